@@ -1,0 +1,50 @@
+#pragma once
+// Tells a local TLS terminator (or any consumer) that a new generation is committed, and where
+// it can, verifies that the new certificate is actually being served.
+
+#include "agent/config.h"
+#include "agent/material.h"
+#include "agent/result.h"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace certagent::reloaders {
+
+enum class ReloadResult { success, failure, unverified, timeout };
+std::string_view to_string(ReloadResult r);  // "success" | "failure" | "unverified" | "timeout"
+
+struct ReloadEvent {
+  std::string cert_name;
+  MaterialPtr material;                       // the committed material (never null)
+  std::optional<std::filesystem::path> files_dir;  // <dir> of the file sink, if configured
+  bool expired{false};                        // true when run as an on_expiry hook
+};
+
+struct ReloadOutcome {
+  ReloadResult result{ReloadResult::success};
+  std::string detail;                         // for logs and the audit log; never key material
+};
+
+class Reloader {
+ public:
+  virtual ~Reloader() = default;
+  virtual std::string_view type() const = 0;
+  // Runs the reload; must finish within the configured timeout and never throw.
+  virtual boost::asio::awaitable<ReloadOutcome> reload(const ReloadEvent& event) = 0;
+};
+
+struct ReloaderContext {
+  boost::asio::any_io_executor executor;
+};
+
+[[nodiscard]] Result<std::unique_ptr<Reloader>> make_reloader(const config::ReloaderConfig& config,
+                                                              const ReloaderContext& context);
+std::vector<std::string> known_reloader_types();
+
+}  // namespace certagent::reloaders

@@ -1,0 +1,73 @@
+#pragma once
+// A broker client. Given a CSR signed by a fresh key, it obtains a certificate chain from its
+// broker, authenticating with the host identity. It does not validate the chain: the core
+// does that for every renewer before anything is committed (agent/validation.h).
+
+#include "agent/clock.h"
+#include "agent/config.h"
+#include "agent/result.h"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace certagent::tpm {
+class Identity;
+}
+
+namespace certagent::renewers {
+
+struct IssueRequest {
+  std::string cert_name;
+  std::string csr_pem;                        // signed by the new key
+  std::string common_name;
+  std::vector<std::string> dns_names;
+  std::vector<std::string> ip_addresses;
+  std::vector<std::string> uris;
+  config::Duration lifetime{};                // wanted lifetime
+  // What the broker returned with the current certificate, if any (e.g. Lemur id, ACME
+  // certificate URL for ARI): lets a broker link the rotation to its predecessor.
+  std::map<std::string, std::string> previous_state;
+  std::string previous_cert_pem;              // current leaf, if any (ARI's CertID)
+};
+
+struct IssueResult {
+  std::string chain_pem;                      // leaf first, then intermediates
+  // The broker's suggested renewal time (ACME ARI): used when earlier than our own point.
+  std::optional<SystemTime> renew_hint;
+  std::map<std::string, std::string> state;   // kept with the certificate, see previous_state
+};
+
+class Renewer {
+ public:
+  virtual ~Renewer() = default;
+  virtual std::string_view type() const = 0;
+
+  // One issuance. Errors carry retry_after when the broker asked for it, and
+  // configuration=true when retrying cannot help until someone fixes something.
+  virtual boost::asio::awaitable<Result<IssueResult>> issue(IssueRequest request) = 0;
+
+  // Cheap liveness probe for certagent_broker_up (directory fetch, healthcheck, ...).
+  virtual boost::asio::awaitable<bool> probe() { co_return true; }
+};
+
+// What a renewer may use besides its own config.
+struct RenewerContext {
+  boost::asio::any_io_executor executor;
+  tpm::Identity* identity{nullptr};           // never null in the daemon
+  std::filesystem::path state_dir;
+  const Clock* clock{nullptr};
+};
+
+// The one place built-in renewers are registered. Unknown types never get here: config
+// loading rejects them with the list of known ones (known_renewer_types()).
+[[nodiscard]] Result<std::unique_ptr<Renewer>> make_renewer(const config::BrokerConfig& broker,
+                                                            const RenewerContext& context);
+std::vector<std::string> known_renewer_types();
+
+}  // namespace certagent::renewers

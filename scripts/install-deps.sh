@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what certagent needs from Debian's packages: `build` for building it, `test` for the
+# real servers the tests start, `demo` for the demo. Run as root; only installs what is missing.
+set -euo pipefail
+
+build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
+  libtss2-dev libyaml-cpp-dev libspdlog-dev libgtest-dev)
+test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
+  procps util-linux systemd dpkg-dev lintian)
+demo_pkgs=(openssl)
+
+want=("${build_pkgs[@]}")
+for group in "$@"; do
+  case "$group" in
+    build) ;;
+    test) want+=("${test_pkgs[@]}") ;;
+    demo) want+=("${demo_pkgs[@]}") ;;
+    *) echo "install-deps.sh: unknown group '$group' (build | test | demo)" >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#want[@]} packages present"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing packages: ${missing[*]} (run as root, or install them)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
