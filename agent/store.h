@@ -1,0 +1,108 @@
+#pragma once
+// The daemon's view of every certificate: current material, state, schedule and failures.
+// Written by the certificate loops, read by the socket server, metrics and status. Lives on
+// the io_context thread: no locking, callbacks run inline.
+
+#include "agent/clock.h"
+#include "agent/config.h"
+#include "agent/material.h"
+
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace certagent {
+
+enum class CertState {
+  not_issued,  // nothing valid held yet
+  valid,       // valid material held
+  expired,     // material held but past not_after (or nothing, after a failure streak)
+};
+std::string_view to_string(CertState s);
+
+struct CertEntry {
+  config::CertificateConfig config;
+  CertState state{CertState::not_issued};
+  MaterialPtr material;                    // null until issued; never handed out if expired
+  std::string trust_bundle_pem;            // as configured, for socket consumers
+  std::optional<SystemTime> next_renewal;
+  bool renewing{false};
+  int consecutive_failures{0};
+  std::string last_error;
+  std::optional<SystemTime> last_success;
+  std::optional<SystemTime> last_attempt;
+  bool reload_unverified{false};           // a reloader could not confirm the new serial
+
+  // Valid material at `now`, or null: the only accessor that hands material out.
+  MaterialPtr valid_material(SystemTime now) const {
+    return material && material->valid_at(now) ? material : nullptr;
+  }
+};
+
+enum class CertEvent { committed, expired, state_changed };
+
+class CertificateStore {
+ public:
+  using Listener = std::function<void(const CertEntry&, CertEvent)>;
+
+  class Subscription {
+   public:
+    Subscription() = default;
+    Subscription(CertificateStore* store, std::list<std::pair<std::string, Listener>>::iterator it)
+        : store_(store), it_(it) {}
+    Subscription(Subscription&& o) noexcept : store_(o.store_), it_(o.it_) { o.store_ = nullptr; }
+    Subscription& operator=(Subscription&& o) noexcept {
+      reset();
+      store_ = o.store_;
+      it_ = o.it_;
+      o.store_ = nullptr;
+      return *this;
+    }
+    ~Subscription() { reset(); }
+    void reset();
+
+   private:
+    CertificateStore* store_{nullptr};
+    std::list<std::pair<std::string, Listener>>::iterator it_;
+  };
+
+  // Replaces the set of certificates (start and config reload); keeps material of names
+  // that remain.
+  void configure(const std::vector<config::CertificateConfig>& certs);
+
+  CertEntry* find(const std::string& name);
+  const CertEntry* find(const std::string& name) const;
+  const std::map<std::string, CertEntry>& entries() const { return entries_; }
+
+  // Swaps in new material and tells listeners (watchers get the new bundle).
+  void commit(const std::string& name, MaterialPtr material, SystemTime now);
+  // The held material has passed not_after: state expired, listeners told.
+  void mark_expired(const std::string& name);
+  // Any other change (schedule, failure count): listeners may refresh views.
+  void touch(const std::string& name);
+
+  // Listen to one certificate ("" = all).
+  [[nodiscard]] Subscription subscribe(const std::string& name, Listener listener);
+
+  // Readiness: every certificate holds valid material with more than its ready_min_ttl left.
+  bool ready(SystemTime now, std::vector<std::string>* reasons = nullptr) const;
+
+  // An out-of-schedule renewal (socket POST .../renew, CLI). Returns false for unknown names.
+  bool request_renewal(const std::string& name);
+  void set_renewal_handler(std::function<void(const std::string&)> handler) {
+    renewal_handler_ = std::move(handler);
+  }
+
+ private:
+  void notify(const CertEntry& entry, CertEvent event);
+
+  std::map<std::string, CertEntry> entries_;
+  std::list<std::pair<std::string, Listener>> listeners_;
+  std::function<void(const std::string&)> renewal_handler_;
+};
+
+}  // namespace certagent
