@@ -1,6 +1,7 @@
 #pragma once
 // The daemon's configuration as plain structs. config.cpp turns YAML into these and does all
 // validation; nothing downstream re-checks syntax. The schema is a contract (DESIGN.md).
+// Every struct compares with ==, so a reload (SIGHUP) can tell which parts changed.
 
 #include "agent/clock.h"
 #include "agent/result.h"
@@ -29,11 +30,15 @@ std::string format_duration(Duration d);
 struct LogConfig {
   std::string level{"info"};   // trace | debug | info | warn | error
   std::string format{"text"};  // text | json
+
+  bool operator==(const LogConfig&) const = default;
 };
 
 struct IdentityConfig {
   std::string backend{"tpm"};                // tpm | file
   std::string tcti{"device:/dev/tpmrm0"};
+
+  bool operator==(const IdentityConfig&) const = default;
 };
 
 struct SocketConfig {
@@ -45,21 +50,29 @@ struct SocketConfig {
   std::size_t max_watchers{4096};
   std::size_t max_header_bytes{8192};
   Duration request_timeout{std::chrono::seconds(10)};
+
+  bool operator==(const SocketConfig&) const = default;
 };
 
 struct MetricsConfig {
   std::string listen;                        // "127.0.0.1:9464"; empty: no TCP listener
+
+  bool operator==(const MetricsConfig&) const = default;
 };
 
 // ---- brokers -------------------------------------------------------------------------------
 
-struct LocalBrokerConfig {};                 // embedded development CA
+struct LocalBrokerConfig {                   // embedded development CA
+  bool operator==(const LocalBrokerConfig&) const = default;
+};
 
 struct AcmeChallengeConfig {
   std::string type{"http-01"};               // http-01 | dns-01
   std::string listen{"0.0.0.0:80"};          // http-01 responder
   std::vector<std::string> hook;             // dns-01: argv; the agent appends
                                              // "present|cleanup" <fqdn> <txt value>
+
+  bool operator==(const AcmeChallengeConfig&) const = default;
 };
 
 struct AcmeBrokerConfig {
@@ -70,6 +83,8 @@ struct AcmeBrokerConfig {
   AcmeChallengeConfig challenge;
   std::string preferred_chain;               // issuer CN of the preferred chain's root
   std::string contact;                       // optional mailto:
+
+  bool operator==(const AcmeBrokerConfig&) const = default;
 };
 
 struct CfsslBrokerConfig {
@@ -78,6 +93,8 @@ struct CfsslBrokerConfig {
   std::filesystem::path auth_key_file;       // hex HMAC key, sealed into the TPM at enroll
   std::string profile;
   std::string label;                         // multirootca signer
+
+  bool operator==(const CfsslBrokerConfig&) const = default;
 };
 
 struct LemurBrokerConfig {
@@ -90,6 +107,8 @@ struct LemurBrokerConfig {
   std::vector<std::string> destinations;
   std::vector<std::string> notifications;
   std::vector<std::string> roles;
+
+  bool operator==(const LemurBrokerConfig&) const = default;
 };
 
 using BrokerSettings =
@@ -101,6 +120,8 @@ struct BrokerConfig {
   std::size_t max_in_flight{4};              // concurrent issuance requests to this broker
   Duration timeout{std::chrono::seconds(30)};// per broker request
   BrokerSettings settings;
+
+  bool operator==(const BrokerConfig&) const = default;
 };
 
 // ---- reloaders -----------------------------------------------------------------------------
@@ -110,34 +131,48 @@ struct VerifyConfig {
   std::string server_name;                   // SNI; empty: none
   Duration settle{std::chrono::milliseconds(150)};
   Duration deadline{std::chrono::seconds(10)};
+
+  bool operator==(const VerifyConfig&) const = default;
 };
 
 struct ExecReloaderConfig {
   std::vector<std::string> command;          // argv, no shell
   Duration timeout{std::chrono::seconds(10)};
+
+  bool operator==(const ExecReloaderConfig&) const = default;
 };
 struct SignalReloaderConfig {
   std::filesystem::path pid_file;
   std::optional<int> pid;
   int signal{1};                             // SIGHUP
+
+  bool operator==(const SignalReloaderConfig&) const = default;
 };
 struct SystemdReloaderConfig {
   std::string unit;
   std::string action{"reload-or-restart"};   // reload | restart | reload-or-restart | try-reload-or-restart
+
+  bool operator==(const SystemdReloaderConfig&) const = default;
 };
 struct NginxReloaderConfig {
   std::vector<std::string> command{"nginx", "-s", "reload"};
   std::vector<std::string> test_command;     // pre-check; default: command's binary with -t
   std::filesystem::path error_log;           // [emerg] lines after the reload = failure
+
+  bool operator==(const NginxReloaderConfig&) const = default;
 };
 struct HaproxyReloaderConfig {
   std::filesystem::path admin_socket;
   std::string cert;                          // the name exactly as haproxy lists it
   std::filesystem::path issuer_file;         // optional .issuer carried in the transaction
   std::filesystem::path ocsp_file;           // optional .ocsp carried in the transaction
+
+  bool operator==(const HaproxyReloaderConfig&) const = default;
 };
 struct EnvoyReloaderConfig {
   std::filesystem::path sds_dir;
+
+  bool operator==(const EnvoyReloaderConfig&) const = default;
 };
 
 using ReloaderSettings =
@@ -149,6 +184,8 @@ struct ReloaderConfig {
   Duration timeout{std::chrono::seconds(30)};// whole reload, verification included
   std::optional<VerifyConfig> verify;        // on by default for nginx/haproxy when given
   ReloaderSettings settings;
+
+  bool operator==(const ReloaderConfig&) const = default;
 };
 
 // ---- certificates --------------------------------------------------------------------------
@@ -161,6 +198,8 @@ struct CertDefaults {
   double jitter{0.1};
   std::filesystem::path trust_bundle;        // empty: for the local broker, its own root
   Duration ready_min_ttl{0};                 // /readyz wants more than this left
+
+  bool operator==(const CertDefaults&) const = default;
 };
 
 struct FilesConfig {
@@ -169,11 +208,15 @@ struct FilesConfig {
   std::string group;                         // empty: the daemon's group
   std::uint32_t keep{3};
   bool remove_on_expiry{false};
+
+  bool operator==(const FilesConfig&) const = default;
 };
 
 struct SocketAccess {
   std::vector<std::uint32_t> allow_uids;
   std::vector<std::uint32_t> allow_gids;
+
+  bool operator==(const SocketAccess&) const = default;
 };
 
 struct CertificateConfig {
@@ -195,6 +238,8 @@ struct CertificateConfig {
   SocketAccess socket;
   std::vector<ReloaderConfig> reload;
   std::vector<ReloaderConfig> on_expiry;
+
+  bool operator==(const CertificateConfig&) const = default;
 };
 
 struct Config {
@@ -212,6 +257,8 @@ struct Config {
     auto it = brokers.find(name);
     return it == brokers.end() ? nullptr : &it->second;
   }
+
+  bool operator==(const Config&) const = default;
 };
 
 // Reads and validates a config file. Errors name file:line:column and what was expected;
