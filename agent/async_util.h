@@ -1,0 +1,81 @@
+#pragma once
+// Small coroutine helpers for the daemon's single io_context.
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coroutine.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <utility>
+
+namespace certagent {
+
+namespace asio = boost::asio;
+
+// Bounds concurrent work (e.g. requests in flight to one broker). FIFO, so no starvation.
+class AsyncSemaphore {
+ public:
+  AsyncSemaphore(asio::any_io_executor executor, std::size_t slots)
+      : executor_(std::move(executor)), available_(slots) {}
+
+  asio::awaitable<void> acquire() {
+    if (available_ > 0 && waiters_.empty()) {
+      --available_;
+      co_return;
+    }
+    auto waiter = std::make_shared<asio::steady_timer>(executor_, asio::steady_timer::time_point::max());
+    waiters_.push_back(waiter);
+    // release() hands the slot over by cancelling the timer.
+    co_await waiter->async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+
+  void release() {
+    while (!waiters_.empty()) {
+      auto next = std::move(waiters_.front());
+      waiters_.pop_front();
+      if (next.use_count() > 1) {  // still awaited by someone
+        next->cancel();
+        return;
+      }
+    }
+    ++available_;
+  }
+
+  std::size_t waiting() const { return waiters_.size(); }
+
+ private:
+  asio::any_io_executor executor_;
+  std::size_t available_;
+  std::deque<std::shared_ptr<asio::steady_timer>> waiters_;
+};
+
+// Holds a semaphore slot for a scope.
+class SemaphoreSlot {
+ public:
+  explicit SemaphoreSlot(AsyncSemaphore& s) : s_(&s) {}
+  SemaphoreSlot(const SemaphoreSlot&) = delete;
+  SemaphoreSlot& operator=(const SemaphoreSlot&) = delete;
+  ~SemaphoreSlot() {
+    if (s_) s_->release();
+  }
+
+ private:
+  AsyncSemaphore* s_;
+};
+
+// Runs `fn` on `pool` (blocking work: RSA keygen, fsync) and resumes on the caller's executor.
+template <class Executor, class Fn>
+auto run_on(Executor pool, Fn fn) -> asio::awaitable<decltype(fn())> {
+  using T = decltype(fn());
+  co_return co_await asio::co_spawn(
+      pool, [fn = std::move(fn)]() mutable -> asio::awaitable<T> { co_return fn(); },
+      asio::use_awaitable);
+}
+
+}  // namespace certagent

@@ -1,0 +1,120 @@
+#pragma once
+// One loop per certificate (DESIGN.md "One rotation, as data flows"): wait for the renew point,
+// rotate (fresh key, CSR, broker, validation, commit, reloaders), back off on failure, and fail
+// closed at expiry. All of it runs on the daemon's io_context; blocking work goes to a pool.
+
+#include "agent/async_util.h"
+#include "agent/audit_log.h"
+#include "agent/clock.h"
+#include "agent/config.h"
+#include "agent/crypto/ossl_ptr.h"
+#include "agent/file_sink.h"
+#include "agent/metrics.h"
+#include "agent/store.h"
+#include "reloaders/reloader.h"
+#include "renewers/renewer.h"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/system_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace certagent {
+
+// What a loop shares with the rest of the daemon. Everything outlives the loops.
+struct LoopServices {
+  asio::any_io_executor executor;
+  asio::thread_pool* workers{nullptr};   // keygen and fsync
+  const Clock* clock{nullptr};
+  CertificateStore* store{nullptr};
+  Metrics* metrics{nullptr};
+  AuditLog* audit{nullptr};
+  std::filesystem::path state_dir;
+  std::function<void()> state_changed;   // persist state.json (debounced by the agent)
+};
+
+// A broker as the loops see it: its client and its concurrency bound.
+struct BrokerHandle {
+  config::BrokerConfig config;
+  std::unique_ptr<renewers::Renewer> renewer;
+  std::unique_ptr<AsyncSemaphore> in_flight;
+  std::filesystem::path default_trust_bundle;  // the local CA's root for `local`
+};
+
+// The trust bundle of one certificate, re-read whenever its file changes (CA rotation without
+// a restart).
+class TrustBundle {
+ public:
+  explicit TrustBundle(std::filesystem::path path) : path_(std::move(path)) {}
+  // The store for the file as it is now; reloads when mtime, size or inode changed.
+  [[nodiscard]] Result<X509_STORE*> current();
+  const std::string& pem() const { return pem_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  crypto::X509StorePtr store_;
+  std::string pem_;
+  std::int64_t mtime_ns_{-1};
+  std::uintmax_t size_{0};
+  std::uint64_t inode_{0};
+};
+
+class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
+ public:
+  CertificateLoop(LoopServices services, config::CertificateConfig config,
+                  std::shared_ptr<BrokerHandle> broker,
+                  std::vector<std::shared_ptr<reloaders::Reloader>> reloaders,
+                  std::vector<std::shared_ptr<reloaders::Reloader>> expiry_hooks);
+
+  // Runs until stop(). Never throws.
+  asio::awaitable<void> run();
+
+  // Out-of-schedule renewal (socket POST .../renew).
+  void request_renewal();
+  // The wall clock jumped (or the host resumed): recompute deadlines now.
+  void wake();
+  void stop();
+  bool stopped() const { return finished_; }
+
+  const std::string& name() const { return config_.name; }
+
+ private:
+  asio::awaitable<void> load_initial();
+  asio::awaitable<Result<MaterialPtr>> rotate();
+  asio::awaitable<void> run_reloaders(MaterialPtr material, bool expiry);
+  asio::awaitable<void> sleep_until(SystemTime t);
+  void on_success(const MaterialPtr& material, std::optional<SystemTime> hint);
+  void on_failure(const Error& error, bool rejected);
+  void on_expiry(const MaterialPtr& material);
+  void schedule_from(const Material& material, std::optional<SystemTime> hint);
+  void publish_schedule(std::optional<SystemTime> due);
+  CertEntry& entry();
+  Metrics::Labels labels() const;
+
+  LoopServices services_;
+  config::CertificateConfig config_;
+  std::shared_ptr<BrokerHandle> broker_;
+  std::vector<std::shared_ptr<reloaders::Reloader>> reloaders_;
+  std::vector<std::shared_ptr<reloaders::Reloader>> expiry_hooks_;
+  std::optional<FileSink> sink_;
+  TrustBundle trust_;
+  asio::system_timer timer_;
+  AsyncSemaphore reload_serial_;        // one reload sequence at a time per certificate
+  std::mt19937_64 rng_;
+
+  std::optional<SystemTime> renew_at_;  // for the held material
+  std::optional<SystemTime> retry_at_;  // after a failure
+  bool force_renewal_{false};
+  bool stopping_{false};
+  bool finished_{false};
+  bool expiry_handled_{false};
+};
+
+}  // namespace certagent

@@ -1,0 +1,42 @@
+#pragma once
+// Renewal timing as pure functions (DESIGN.md "Renewal timing — contract"). The scheduler and
+// the fleet simulation both call these; randomness comes in as arguments so tests are exact.
+
+#include "agent/clock.h"
+
+#include <chrono>
+#include <optional>
+
+namespace certagent::policy {
+
+using Duration = std::chrono::milliseconds;
+
+inline constexpr Duration kBackoffBase = std::chrono::seconds(1);
+inline constexpr Duration kBackoffCapValid = std::chrono::minutes(5);
+inline constexpr Duration kBackoffCapExpired = std::chrono::seconds(30);
+// A broker's Retry-After is honoured up to this long; past it we assume a broken header.
+inline constexpr Duration kMaxRetryAfter = std::chrono::hours(1);
+
+// not_before + lifetime × renew_at × (1 + u), with `jitter_u` the random u already drawn
+// uniformly from [-jitter, +jitter]. `lifetime` is the issued leaf's (not_after - not_before).
+SystemTime renew_point(SystemTime not_before, SystemTime not_after, double renew_at,
+                       double jitter_u);
+
+// The broker's hint (ACME ARI) wins when it is earlier.
+SystemTime apply_hint(SystemTime own_point, std::optional<SystemTime> hint);
+
+// Cap of the failure backoff: min(5 min, max(1 s, 10 % of the time left)); 30 s once expired
+// or when nothing valid is held.
+Duration backoff_cap(SystemTime now, std::optional<SystemTime> not_after);
+
+// Exponential backoff with full jitter: uniform in [0, min(cap, 1 s × 2^(failures-1))],
+// `unit_random` drawn uniformly from [0, 1). `failures` >= 1.
+Duration backoff_delay(int failures, Duration cap, double unit_random);
+
+// The delay before the next attempt after a failure, honouring a broker's Retry-After (never
+// earlier than it asks, up to kMaxRetryAfter) and retrying configuration errors at the cap.
+Duration retry_delay(int failures, SystemTime now, std::optional<SystemTime> not_after,
+                     std::optional<Duration> retry_after, bool configuration_error,
+                     double unit_random);
+
+}  // namespace certagent::policy

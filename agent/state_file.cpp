@@ -1,0 +1,62 @@
+#include "agent/state_file.h"
+
+#include "agent/audit_log.h"
+#include "agent/fs_util.h"
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <fstream>
+#include <sstream>
+
+namespace certagent {
+
+boost::json::array describe_certificates(const CertificateStore& store, SystemTime now) {
+  boost::json::array list;
+  for (const auto& [name, e] : store.entries()) {
+    boost::json::object o;
+    o["name"] = name;
+    o["broker"] = e.config.broker;
+    o["state"] = to_string(e.state);
+    if (e.material) {
+      o["serial"] = e.material->serial_hex;
+      o["not_before"] = format_rfc3339(e.material->not_before);
+      o["not_after"] = format_rfc3339(e.material->not_after);
+      o["expires_in_seconds"] =
+          std::chrono::duration_cast<std::chrono::seconds>(e.material->not_after - now).count();
+    }
+    if (e.next_renewal) o["next_renewal"] = format_rfc3339(*e.next_renewal);
+    o["renewing"] = e.renewing;
+    o["consecutive_failures"] = e.consecutive_failures;
+    if (!e.last_error.empty()) o["last_error"] = e.last_error;
+    if (e.last_success) o["last_success"] = format_rfc3339(*e.last_success);
+    o["reload_unverified"] = e.reload_unverified;
+    if (e.config.files) o["dir"] = e.config.files->dir.string();
+    list.push_back(std::move(o));
+  }
+  return list;
+}
+
+Result<> write_state_file(const std::filesystem::path& state_dir, const CertificateStore& store,
+                          SystemTime now) {
+  boost::json::object root;
+  root["written_at"] = format_rfc3339(now);
+  root["certificates"] = describe_certificates(store, now);
+  return write_file_atomic(state_dir / kStateFileName, boost::json::serialize(root) + "\n", 0600);
+}
+
+Result<boost::json::value> read_state_file(const std::filesystem::path& state_dir) {
+  const auto path = state_dir / kStateFileName;
+  std::ifstream in(path);
+  if (!in)
+    return make_error("cannot read " + path.string() +
+                      ": the daemon has not run with this state_dir yet, or this user may not read it");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  boost::system::error_code ec;
+  auto value = boost::json::parse(ss.str(), ec);
+  if (ec) return make_error(path.string() + " is not valid JSON: " + ec.message());
+  return value;
+}
+
+}  // namespace certagent

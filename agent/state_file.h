@@ -1,0 +1,27 @@
+#pragma once
+// <state_dir>/state.json: what `certagent status --config` shows when the socket is not
+// configured or the daemon is down. Written atomically by the daemon (debounced), never with
+// key material.
+
+#include "agent/clock.h"
+#include "agent/result.h"
+#include "agent/store.h"
+
+#include <boost/json/value.hpp>
+
+#include <filesystem>
+
+namespace certagent {
+
+inline constexpr const char* kStateFileName = "state.json";
+
+// The list the socket's GET /v1/certificates and the status command show, one object per
+// certificate: name, broker, state, serial, not_before, not_after, next_renewal,
+// consecutive_failures, last_error, ... — never keys.
+boost::json::array describe_certificates(const CertificateStore& store, SystemTime now);
+
+[[nodiscard]] Result<> write_state_file(const std::filesystem::path& state_dir,
+                                        const CertificateStore& store, SystemTime now);
+[[nodiscard]] Result<boost::json::value> read_state_file(const std::filesystem::path& state_dir);
+
+}  // namespace certagent
