@@ -43,6 +43,29 @@ constexpr auto kStopGrace = 5s;
 // state.json is written at most this often.
 constexpr auto kStateWriteDelay = 1s;
 
+// The socket API and the metrics listener, started and stopped together.
+class ServerSet {
+ public:
+  ServerSet(asio::io_context& io, const config::Config& config, CertificateStore& store,
+            Metrics& metrics, const Clock& clock, std::function<bool()> healthy)
+      : socket_(io, config.socket, store, metrics, clock, healthy),
+        metrics_(io, config.metrics.listen, store, metrics, clock, healthy) {}
+
+  Result<> start() {
+    if (auto r = socket_.start(); !r) return with_context("socket " + socket_.path().string(), r.error());
+    if (auto r = metrics_.start(); !r) return with_context("metrics listener", r.error());
+    return {};
+  }
+  void stop() {
+    socket_.stop();
+    metrics_.stop();
+  }
+
+ private:
+  SocketServer socket_;
+  MetricsListener metrics_;
+};
+
 bool needs_identity(const config::Config& c) {
   for (const auto& [name, b] : c.brokers)
     if (b.type != "local") return true;

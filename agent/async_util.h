@@ -6,7 +6,6 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/this_coroutine.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <cstddef>

@@ -7,6 +7,7 @@
 #include "agent/renewal_policy.h"
 #include "agent/validation.h"
 
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>

@@ -41,7 +41,10 @@ void CertificateStore::commit(const std::string& name, MaterialPtr material, Sys
   CertEntry* e = find(name);
   if (!e) return;
   e->material = std::move(material);
-  e->state = e->material && e->material->valid_at(now) ? CertState::valid : CertState::expired;
+  if (!e->material || now < e->material->not_before)
+    e->state = CertState::not_issued;  // a leaf from a broker whose clock runs ahead
+  else
+    e->state = now < e->material->not_after ? CertState::valid : CertState::expired;
   notify(*e, CertEvent::committed);
 }
 

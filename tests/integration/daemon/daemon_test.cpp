@@ -1,0 +1,254 @@
+// The real binary against the embedded local CA, with lifetimes of seconds.
+
+#include "tests/integration/daemon/daemon_fixture.h"
+
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <random>
+#include <set>
+#include <thread>
+
+namespace certagent::test {
+namespace {
+
+std::string web_cert(const DaemonFixture& d, const std::string& lifetime = "4s",
+                     const std::string& extra = "") {
+  return "defaults: { lifetime: " + lifetime + ", max_lifetime: 1h, renew_at: 0.5, jitter: 0.1 }\n"
+         "certificates:\n"
+         "  - name: web\n"
+         "    broker: dev\n"
+         "    common_name: web.internal\n"
+         "    dns_names: [web.internal, localhost]\n"
+         "    ip_addresses: [127.0.0.1]\n"
+         "    files: { dir: " + d.live_dir("web").string() + ", keep: 3 }\n" + extra;
+}
+
+TEST(Daemon, RotatesOnDiskWithoutEverShowingAMismatchedPair) {
+  DaemonFixture d;
+  d.write_config(web_cert(d));
+  d.start();
+  auto first = d.wait_new_serial("web", {}, 20s);
+  ASSERT_TRUE(first) << d.log();
+
+  // A reader hammering the files while rotations happen: every read must be consistent.
+  std::atomic<bool> done{false};
+  std::atomic<int> reads{0};
+  std::vector<std::string> problems;
+  std::thread reader([&] {
+    while (!done) {
+      auto why = check_consistent(d.live_dir("web"));
+      if (!why.empty() && problems.size() < 10) problems.push_back(why);
+      ++reads;
+    }
+  });
+  std::vector<std::string> serials{*first};
+  for (int i = 0; i < 3; ++i) {
+    auto next = d.wait_new_serial("web", serials, 15s);
+    ASSERT_TRUE(next) << "rotation " << i + 1 << " did not happen\n" << d.log();
+    serials.push_back(*next);
+  }
+  done = true;
+  reader.join();
+  EXPECT_TRUE(problems.empty()) << problems.front();
+  EXPECT_GT(reads.load(), 100);
+  // keep: 3 generations at most, plus nothing else of ours.
+  int generations = 0;
+  for (const auto& e : fs::directory_iterator(d.live_dir("web")))
+    if (e.is_directory() && e.path().filename().string().rfind("..", 0) == 0) ++generations;
+  EXPECT_LE(generations, 3);
+  EXPECT_EQ(fs::status(d.live_dir("web") / "key.pem").permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_GE(d.count_events("issued", "web"), 4);
+  // Graceful stop: exit 0.
+  int status = d.stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  // No key material in the log.
+  EXPECT_EQ(d.log().find("PRIVATE KEY"), std::string::npos);
+}
+
+TEST(Daemon, ExecHookSeesNameSerialAndDirectory) {
+  DaemonFixture d;
+  const auto hook_out = d.dir() / "hook.txt";
+  d.write_config(web_cert(d, "4s",
+                          "    reload:\n"
+                          "      - type: exec\n"
+                          "        command: [\"/bin/sh\", \"-c\", \"echo \\\"$CERTAGENT_NAME "
+                          "$CERTAGENT_SERIAL $CERTAGENT_DIR\\\" >> " +
+                              hook_out.string() + "\"]\n"));
+  d.start();
+  auto serial = d.wait_new_serial("web", {}, 20s);
+  ASSERT_TRUE(serial) << d.log();
+  const std::string expected = "web " + *serial + " " + d.live_dir("web").string();
+  EXPECT_TRUE(wait_until([&] { return read_file(hook_out).find(expected) != std::string::npos; }, 10s))
+      << "hook output: " << read_file(hook_out) << "\n" << d.log();
+  EXPECT_TRUE(wait_until([&] { return d.metric("certagent_reloads_total",
+                                               "name=\"web\",reloader=\"exec\",result=\"success\"")
+                                          .value_or(0) >= 1; }, 10s));
+}
+
+TEST(Daemon, RestartWithValidMaterialDoesNotReissue) {
+  DaemonFixture d;
+  d.write_config(web_cert(d, "1h"));
+  d.start();
+  auto serial = d.wait_new_serial("web", {}, 20s);
+  ASSERT_TRUE(serial) << d.log();
+  ASSERT_TRUE(wait_until([&] { return d.count_events("issued", "web") == 1; }, 5s));
+  d.stop();
+  d.start();
+  // Up again: the metrics listener answers and reports the same certificate.
+  ASSERT_TRUE(wait_until([&] { return d.metric("certagent_certificate_expired", "name=\"web\"").has_value(); }, 20s))
+      << d.log();
+  ASSERT_TRUE(wait_until([&] { return d.log().find("event=stored_certificate_reused") != std::string::npos; }, 10s))
+      << d.log();
+  EXPECT_EQ(d.current_serial("web"), *serial);
+  EXPECT_EQ(d.count_events("issued", "web"), 1);
+  int status = 0;
+  d.http_get("/readyz", &status);
+  EXPECT_EQ(status, 200);
+}
+
+TEST(Daemon, SurvivesSigkillDuringRotationsWithConsistentFiles) {
+  DaemonFixture d;
+  d.write_config(web_cert(d, "2s"));
+  std::mt19937 rng(42);
+  std::vector<std::string> serials;
+  for (int round = 0; round < 8; ++round) {
+    d.start();
+    auto next = d.wait_new_serial("web", serials, 20s);
+    ASSERT_TRUE(next) << "round " << round << "\n" << d.log();
+    serials.push_back(*next);
+    // Kill at a random moment of the next rotation cycle.
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<>(0, 1500)(rng)));
+    d.kill9();
+    EXPECT_EQ(check_consistent(d.live_dir("web")), "") << "after kill in round " << round;
+  }
+  // The daemon recovers after the last kill.
+  d.start();
+  EXPECT_TRUE(d.wait_new_serial("web", serials, 20s)) << d.log();
+  EXPECT_EQ(check_consistent(d.live_dir("web")), "");
+}
+
+TEST(Daemon, FailsClosedAtExpiryAndRecoversWhenTheBrokerIsTrustedAgain) {
+  DaemonFixture d;
+  // First a normal run, to get a certificate and the dev CA's root.
+  const auto bundle = d.dir() / "trust.pem";
+  d.write_config(web_cert(d, "6s", "    trust_bundle: " + bundle.string() + "\n"));
+  // Until the CA exists, trust some other root: every issuance is rejected by validation.
+  const auto other = run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                          "-nodes", "-keyout", (d.dir() / "other.key").string(), "-subj", "/CN=other",
+                          "-days", "1", "-out", bundle.string()});
+  ASSERT_EQ(other.exit_code, 0) << other.err;
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.count_events("renewal_failed", "web") >= 1; }, 20s)) << d.log();
+  EXPECT_EQ(d.current_serial("web"), "");  // nothing written
+  int status = 0;
+  d.http_get("/readyz", &status);
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(d.metric("certagent_renewals_total", "name=\"web\",result=\"rejected\"").value_or(0) >= 1, true);
+
+  // Trust the dev CA: the daemon re-reads the bundle and recovers without a restart.
+  const auto root = read_file(d.state_dir() / "local-ca" / "root.pem");
+  ASSERT_FALSE(root.empty());
+  write_file(bundle, root);
+  auto serial = d.wait_new_serial("web", {}, 40s);
+  ASSERT_TRUE(serial) << d.log();
+  ASSERT_TRUE(wait_until([&] { d.http_get("/readyz", &status); return status == 200; }, 10s));
+
+  // Distrust again: renewals are rejected, the held leaf expires, the daemon fails closed.
+  const auto other2 = run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                           "-nodes", "-keyout", (d.dir() / "other2.key").string(), "-subj", "/CN=other2",
+                           "-days", "1", "-out", bundle.string()});
+  ASSERT_EQ(other2.exit_code, 0);
+  ASSERT_TRUE(wait_until([&] { return d.metric("certagent_certificate_expired", "name=\"web\"").value_or(0) == 1; },
+                         30s))
+      << d.log();
+  d.http_get("/readyz", &status);
+  EXPECT_EQ(status, 503);
+  EXPECT_GE(d.count_events("expired", "web"), 1);
+  // Files stay (remove_on_expiry is off): every TLS peer rejects an expired leaf anyway.
+  EXPECT_EQ(d.current_serial("web"), *serial);
+  EXPECT_NE(d.log().find("event=certificate_expired"), std::string::npos);
+
+  // Trusted again: recovery within one backoff step (<= 30 s once expired).
+  write_file(bundle, root);
+  auto recovered = d.wait_new_serial("web", {*serial}, 35s);
+  EXPECT_TRUE(recovered) << d.log();
+  EXPECT_TRUE(wait_until([&] { return d.metric("certagent_certificate_expired", "name=\"web\"").value_or(1) == 0; }, 5s));
+}
+
+TEST(Daemon, SighupAppliesANewConfigAndKeepsRunningOnABadOne) {
+  DaemonFixture d;
+  d.write_config(web_cert(d, "1h"));
+  d.start();
+  auto serial = d.wait_new_serial("web", {}, 20s);
+  ASSERT_TRUE(serial) << d.log();
+  // A broken config: logged, ignored, daemon keeps running.
+  write_file(d.config_path(), read_file(d.config_path()) + "  - name: [oops\n");
+  auto send_hup = [&] { ::kill(d.pid(), SIGHUP); };
+  send_hup();
+  ASSERT_TRUE(wait_until([&] { return d.log().find("event=config_reload_failed") != std::string::npos; }, 10s))
+      << d.log();
+  EXPECT_TRUE(d.running());
+  // A good one with a second certificate: issued without a restart, the first one untouched.
+  d.write_config(web_cert(d, "1h") +
+                 "  - name: api\n    broker: dev\n    common_name: api.internal\n"
+                 "    files: { dir: " + d.live_dir("api").string() + " }\n");
+  send_hup();
+  EXPECT_TRUE(d.wait_new_serial("api", {}, 20s)) << d.log();
+  EXPECT_EQ(d.current_serial("web"), *serial);
+  EXPECT_EQ(d.count_events("issued", "web"), 1);
+}
+
+TEST(Daemon, CheckConfigReportsLocatedErrorsWithExitTwo) {
+  DaemonFixture d;
+  d.write_config("certificates:\n  - name: web\n    broker: nope\n    common_name: x\n");
+  auto r = run({certagent_binary().string(), "check-config", "--config", d.config_path().string()});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find(d.config_path().string() + ":"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("nope"), std::string::npos) << r.err;
+  d.write_config(web_cert(d));
+  r = run({certagent_binary().string(), "check-config", "--config", d.config_path().string()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("web.internal"), std::string::npos);
+  // `run` with a bad config exits 2 too, without starting.
+  d.write_config("bogus_key: 1\n");
+  r = run({certagent_binary().string(), "run", "--config", d.config_path().string()}, 20s);
+  EXPECT_EQ(r.exit_code, 2);
+}
+
+TEST(Daemon, CliBasics) {
+  auto r = run({certagent_binary().string(), "version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out.rfind("certagent ", 0), 0u);
+  r = run({certagent_binary().string(), "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  r = run({certagent_binary().string(), "status", "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("--json"), std::string::npos);
+  r = run({certagent_binary().string(), "frobnicate"});
+  EXPECT_EQ(r.exit_code, 2);
+  r = run({certagent_binary().string(), "run", "--bogus"});
+  EXPECT_EQ(r.exit_code, 2);
+  r = run({certagent_binary().string(), "status", "--socket", "/nonexistent/agent.sock"});
+  EXPECT_EQ(r.exit_code, 1);
+}
+
+TEST(Daemon, StatusFromStateFileWhenTheDaemonIsDown) {
+  DaemonFixture d;
+  d.write_config(web_cert(d, "1h"));
+  d.start();
+  auto serial = d.wait_new_serial("web", {}, 20s);
+  ASSERT_TRUE(serial);
+  d.stop();
+  auto r = run({certagent_binary().string(), "status", "--config", d.config_path().string(), "--json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(*serial), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("\"state\":\"valid\""), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace certagent::test
