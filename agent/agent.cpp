@@ -138,13 +138,10 @@ class Daemon {
         brokers.emplace(name, old->second);
         continue;
       }
-      auto handle = std::make_shared<BrokerHandle>();
-      handle->config = bc;
       renewers::RenewerContext context{io_.get_executor(), identity_.get(), next.state_dir, &clock_};
       auto renewer = renewers::make_renewer(bc, context);
       if (!renewer) return with_context("broker '" + name + "'", renewer.error());
-      handle->renewer = std::move(*renewer);
-      handle->in_flight = std::make_unique<AsyncSemaphore>(io_.get_executor(), bc.max_in_flight);
+      auto handle = std::make_shared<BrokerHandle>(bc, std::move(*renewer), io_.get_executor());
       if (bc.type == "local") handle->default_trust_bundle = renewers::LocalRenewer::root_path(next.state_dir);
       brokers.emplace(name, std::move(handle));
     }

@@ -260,8 +260,13 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   }
   Result<renewers::IssueResult> issued = make_error("not attempted");
   {
-    co_await broker_->in_flight->acquire();
-    SemaphoreSlot slot(*broker_->in_flight);
+    co_await broker_->in_flight.acquire();
+    SemaphoreSlot slot(broker_->in_flight);
+    std::optional<SemaphoreSlot> probe_slot;
+    if (broker_->circuit_open()) {
+      co_await broker_->probe.acquire();
+      probe_slot.emplace(broker_->probe);
+    }
     if (stopping_) co_return make_error("stopping");
     asio::steady_timer deadline(services_.executor, broker_->config.timeout * 4);
     auto outcome = co_await (broker_->renewer->issue(std::move(request)) ||
@@ -273,10 +278,16 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
                           config::format_duration(broker_->config.timeout * 4));
   }
   if (!issued) {
+    if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
+      logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",
+                     broker_->config.name);
     services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 0);
     on_failure(issued.error(), false);
     co_return issued.error();
   }
+  if (broker_->circuit_open())
+    logger()->info("event=broker_circuit_closed broker={}", broker_->config.name);
+  broker_->consecutive_failures = 0;
   services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 1);
 
   // 5: validation, before anything is written.

@@ -39,11 +39,26 @@ struct LoopServices {
   std::function<void()> state_changed;   // persist state.json (debounced by the agent)
 };
 
-// A broker as the loops see it: its client and its concurrency bound.
+// A broker as the loops see it: its client, its concurrency bound and its circuit state.
 struct BrokerHandle {
+  // After this many consecutive broker failures (any certificate) the circuit opens: requests
+  // go one at a time, so a down broker is probed, not hammered by every certificate at once.
+  static constexpr int kOpenAfter = 3;
+
+  BrokerHandle(config::BrokerConfig c, std::unique_ptr<renewers::Renewer> r,
+               const asio::any_io_executor& ex)
+      : config(std::move(c)),
+        renewer(std::move(r)),
+        in_flight(ex, config.max_in_flight),
+        probe(ex, 1) {}
+
+  bool circuit_open() const { return consecutive_failures >= kOpenAfter; }
+
   config::BrokerConfig config;
   std::unique_ptr<renewers::Renewer> renewer;
-  std::unique_ptr<AsyncSemaphore> in_flight;
+  AsyncSemaphore in_flight;
+  AsyncSemaphore probe;
+  int consecutive_failures{0};
   std::filesystem::path default_trust_bundle;  // the local CA's root for `local`
 };
 
