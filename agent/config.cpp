@@ -603,8 +603,9 @@ void Schema::knobs(MapView& m, Knobs& out) {
   for (auto [key, dst] : {std::pair{"lifetime", &out.lifetime}, std::pair{"max_lifetime", &out.max_lifetime}}) {
     if (auto f = m.get(key)) {
       auto d = r_.duration(*f);
-      if (d && d->count() <= 0) {
-        r_.fail(*f, "got " + describe(f->value), "a duration longer than 0s");
+      // X.509 validity counts whole seconds: anything shorter cannot be issued.
+      if (d && *d < std::chrono::seconds(1)) {
+        r_.fail(*f, "got " + describe(f->value), "a duration of at least 1s");
       } else if (d) {
         *dst = *d;
         note(*f);
@@ -908,7 +909,7 @@ std::optional<ReloaderConfig> Schema::reloader(const Field& f) {
       }
     }
     opt(m, "action", [&](const Field& x) {
-          return r_.one_of(x, {"reload", "restart", "reload-or-restart", "try-reload-or-restart"}, "systemd action");
+          return r_.one_of(x, {"reload", "restart", "reload-or-restart", "try-reload-or-restart", "try-restart"}, "systemd action");
         }, [&](std::string v) { s.action = std::move(v); });
     rc.settings = std::move(s);
   } else if (*type == "nginx") {
@@ -916,10 +917,14 @@ std::optional<ReloaderConfig> Schema::reloader(const Field& f) {
     if (auto cf = m.get("command")) {
       if (auto v = argv(*cf)) n.command = std::move(*v);
     }
+    // Left empty when not given (an empty list means the same): the nginx reloader derives
+    // the pre-check from `command` (its binary with -t and the same -c/-p/-g options).
     if (auto tc = m.get("test_command")) {
-      if (auto v = argv(*tc)) n.test_command = std::move(*v);
-    } else {
-      n.test_command = {n.command[0], "-t"};  // documented default: the command's binary with -t
+      if (tc->value.IsSequence() && tc->value.size() == 0) {
+        n.test_command.clear();
+      } else if (auto v = argv(*tc)) {
+        n.test_command = std::move(*v);
+      }
     }
     opt_path(m, "error_log", n.error_log);
     rc.settings = std::move(n);
@@ -927,7 +932,13 @@ std::optional<ReloaderConfig> Schema::reloader(const Field& f) {
     HaproxyReloaderConfig h;
     req_path(m, "admin_socket", h.admin_socket);
     // Not resolved like a path: haproxy knows the certificate by the exact string in its config.
-    req_string(m, "cert", "the certificate's name exactly as haproxy lists it (show ssl cert)", h.cert);
+    constexpr std::string_view kCert = "the certificate's name exactly as haproxy lists it (show ssl cert)";
+    req_string(m, "cert", kCert, h.cert);
+    if (h.cert.find_first_of(" \t\r\n") != std::string::npos) {
+      // The name travels on one line of haproxy's runtime API: white space would split it.
+      r_.fail(*m.get("cert"), "got " + describe(m.get("cert")->value) + " with white space", kCert);
+      h.cert.clear();
+    }
     opt_path(m, "issuer_file", h.issuer_file);
     opt_path(m, "ocsp_file", h.ocsp_file);
     rc.settings = std::move(h);

@@ -150,13 +150,13 @@ struct SignalReloaderConfig {
 };
 struct SystemdReloaderConfig {
   std::string unit;
-  std::string action{"reload-or-restart"};   // reload | restart | reload-or-restart | try-reload-or-restart
+  std::string action{"reload-or-restart"};   // reload | restart | reload-or-restart | try-(reload-or-)restart
 
   bool operator==(const SystemdReloaderConfig&) const = default;
 };
 struct NginxReloaderConfig {
   std::vector<std::string> command{"nginx", "-s", "reload"};
-  std::vector<std::string> test_command;     // pre-check; default: command's binary with -t
+  std::vector<std::string> test_command;     // pre-check; empty: derived from command (binary -t)
   std::filesystem::path error_log;           // [emerg] lines after the reload = failure
 
   bool operator==(const NginxReloaderConfig&) const = default;
