@@ -6,7 +6,7 @@ set -euo pipefail
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
   libtss2-dev libyaml-cpp-dev libspdlog-dev libgtest-dev)
 test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
-  procps util-linux systemd dpkg-dev lintian)
+  procps util-linux systemd dpkg-dev lintian man-db binutils prometheus)
 demo_pkgs=(openssl)
 
 want=("${build_pkgs[@]}")
