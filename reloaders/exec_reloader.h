@@ -1,0 +1,30 @@
+#pragma once
+// Runs a command (argv, no shell) after each rotation or at expiry. The hook learns what
+// happened from its environment: CERTAGENT_NAME, CERTAGENT_SERIAL, CERTAGENT_NOT_AFTER
+// (RFC 3339), CERTAGENT_DIR (when files are configured), CERTAGENT_EVENT=rotated|expired.
+
+#include "reloaders/reloader_base.h"
+
+#include <map>
+#include <string>
+
+namespace certagent::reloaders {
+
+// The variables the hook gets on top of the daemon's environment.
+std::map<std::string, std::string> hook_environment(const ReloadEvent& event);
+// "2026-05-01T12:00:00Z"
+std::string format_rfc3339(SystemTime t);
+
+class ExecReloader final : public ReloaderBase {
+ public:
+  ExecReloader(const config::ReloaderConfig& config, const config::ExecReloaderConfig& exec,
+               const ReloaderContext& context);
+
+ protected:
+  boost::asio::awaitable<ReloadOutcome> apply(const ReloadEvent& event, Deadline deadline) override;
+
+ private:
+  config::ExecReloaderConfig exec_;
+};
+
+}  // namespace certagent::reloaders

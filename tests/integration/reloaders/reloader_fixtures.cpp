@@ -1,0 +1,435 @@
+#include "tests/integration/reloaders/reloader_fixtures.h"
+
+#include "agent/crypto/ossl_ptr.h"
+#include "agent/file_sink.h"
+#include "reloaders/reloader_base.h"
+#include "reloaders/serving_probe.h"
+
+#include <gtest/gtest.h>
+
+#include <netinet/in.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/pem.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <regex>
+#include <stdexcept>
+#include <thread>
+
+namespace certagent::test::reloaders {
+namespace {
+
+using crypto::BioPtr;
+using crypto::EvpPkeyPtr;
+using crypto::X509Ptr;
+
+void check(bool ok, const char* what) {
+  if (!ok) throw std::runtime_error(std::string("OpenSSL: ") + what);
+}
+
+std::string bio_string(BIO* bio) {
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio, &data);
+  return std::string(data, static_cast<std::size_t>(len));
+}
+
+std::string cert_to_pem(X509* cert) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  check(PEM_write_bio_X509(bio.get(), cert) == 1, "PEM_write_bio_X509");
+  return bio_string(bio.get());
+}
+
+std::string key_to_pem(EVP_PKEY* key) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  check(PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) == 1,
+        "PEM_write_bio_PrivateKey");
+  return bio_string(bio.get());
+}
+
+void add_ext(X509* cert, X509* issuer, int nid, const char* value) {
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
+  crypto::X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
+  check(ext != nullptr, "X509V3_EXT_conf_nid");
+  check(X509_add_ext(cert, ext.get(), -1) == 1, "X509_add_ext");
+}
+
+X509Ptr make_cert(const std::string& cn, std::uint64_t serial, EVP_PKEY* subject_key, X509* issuer,
+                  EVP_PKEY* issuer_key, bool ca) {
+  X509Ptr cert(X509_new());
+  check(cert != nullptr, "X509_new");
+  X509_set_version(cert.get(), 2);
+  crypto::BignumPtr bn(BN_new());
+  BN_set_word(bn.get(), serial);
+  BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
+  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert.get()), ca ? 7 * 86400 : 86400);
+  X509_NAME* name = X509_get_subject_name(cert.get());
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(cert.get(), issuer ? X509_get_subject_name(issuer) : name);
+  X509_set_pubkey(cert.get(), subject_key);
+  X509* iss = issuer ? issuer : cert.get();
+  if (ca) {
+    add_ext(cert.get(), iss, NID_basic_constraints, "critical,CA:TRUE");
+    add_ext(cert.get(), iss, NID_key_usage, "critical,keyCertSign,cRLSign");
+    add_ext(cert.get(), iss, NID_subject_key_identifier, "hash");
+  } else {
+    add_ext(cert.get(), iss, NID_basic_constraints, "critical,CA:FALSE");
+    add_ext(cert.get(), iss, NID_key_usage, "critical,digitalSignature");
+    add_ext(cert.get(), iss, NID_ext_key_usage, "serverAuth");
+    add_ext(cert.get(), iss, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
+    add_ext(cert.get(), iss, NID_authority_key_identifier, "keyid");
+  }
+  check(X509_sign(cert.get(), issuer_key, EVP_sha256()) > 0, "X509_sign");
+  return cert;
+}
+
+bool port_open(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+long number_after(const std::string& text, const std::string& pattern) {
+  std::smatch m;
+  if (std::regex_search(text, m, std::regex(pattern))) return std::stol(m[1].str());
+  return 0;
+}
+
+}  // namespace
+
+std::string hex_serial(std::uint64_t serial) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(serial));
+  return buf;
+}
+
+// ---- TestCa -----------------------------------------------------------------------------------
+
+struct TestCa::Impl {
+  EvpPkeyPtr key;
+  X509Ptr cert;
+  std::string cert_pem;
+  std::string key_pem;
+};
+
+TestCa::TestCa() : impl_(std::make_unique<Impl>()) {
+  impl_->key.reset(EVP_EC_gen("P-256"));
+  check(impl_->key != nullptr, "EVP_EC_gen");
+  impl_->cert = make_cert("certagent reloader test CA", 1, impl_->key.get(), nullptr, impl_->key.get(), true);
+  impl_->cert_pem = cert_to_pem(impl_->cert.get());
+  impl_->key_pem = key_to_pem(impl_->key.get());
+}
+
+TestCa::~TestCa() = default;
+
+std::string TestCa::cert_pem() const { return impl_->cert_pem; }
+
+Material TestCa::issue(std::uint64_t serial) const {
+  EvpPkeyPtr key(EVP_EC_gen("P-256"));
+  check(key != nullptr, "EVP_EC_gen");
+  X509Ptr cert = make_cert("localhost", serial, key.get(), impl_->cert.get(), impl_->key.get(), false);
+  Material m;
+  m.cert_pem = cert_to_pem(cert.get());
+  m.key_pem = Secret(key_to_pem(key.get()));
+  m.serial_hex = hex_serial(serial);
+  const auto now = std::chrono::system_clock::now();
+  m.not_before = std::chrono::time_point_cast<std::chrono::seconds>(now - std::chrono::hours(1));
+  m.not_after = std::chrono::time_point_cast<std::chrono::seconds>(now + std::chrono::hours(24));
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int md_len = 0;
+  check(X509_digest(cert.get(), EVP_sha256(), md, &md_len) == 1, "X509_digest");
+  static constexpr char kHex[] = "0123456789abcdef";
+  for (unsigned i = 0; i < md_len; ++i) {
+    m.sha256_hex += kHex[md[i] >> 4];
+    m.sha256_hex += kHex[md[i] & 15];
+  }
+  m.broker = "test";
+  return m;
+}
+
+std::string TestCa::ocsp_response_der(const Material& leaf, const fs::path& work_dir) const {
+  fs::create_directories(work_dir);
+  write_file(work_dir / "ca.pem", impl_->cert_pem);
+  write_file(work_dir / "ca.key", impl_->key_pem, fs::perms(0600));
+  write_file(work_dir / "leaf.pem", leaf.cert_pem);
+  std::string upper = leaf.serial_hex;
+  if (upper.size() % 2) upper = "0" + upper;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  write_file(work_dir / "index.txt", "V\t350101000000Z\t\t" + upper + "\tunknown\t/CN=localhost\n");
+  write_file(work_dir / "index.txt.attr", "unique_subject = no\n");
+  auto openssl = require_program("openssl");
+  auto req = run({openssl.string(), "ocsp", "-issuer", (work_dir / "ca.pem").string(), "-cert",
+                  (work_dir / "leaf.pem").string(), "-no_nonce", "-reqout", (work_dir / "req.der").string()});
+  if (req.exit_code != 0) throw std::runtime_error("openssl ocsp request: " + req.err);
+  auto resp = run({openssl.string(), "ocsp", "-index", (work_dir / "index.txt").string(), "-rsigner",
+                   (work_dir / "ca.pem").string(), "-rkey", (work_dir / "ca.key").string(), "-CA",
+                   (work_dir / "ca.pem").string(), "-reqin", (work_dir / "req.der").string(), "-respout",
+                   (work_dir / "resp.der").string(), "-ndays", "1"});
+  if (resp.exit_code != 0) throw std::runtime_error("openssl ocsp response: " + resp.err);
+  return read_file(work_dir / "resp.der");
+}
+
+// ---- Generations ------------------------------------------------------------------------------
+
+struct Generations::Impl {
+  explicit Impl(config::FilesConfig files) : sink(std::move(files)) {}
+  FileSink sink;
+};
+
+Generations::Generations(fs::path dir) : dir_(std::move(dir)) {
+  fs::create_directories(dir_);
+  config::FilesConfig files;
+  files.dir = dir_;
+  files.keep = 3;
+  impl_ = std::make_unique<Impl>(files);
+}
+
+Generations::~Generations() = default;
+
+void Generations::commit(const Material& m) {
+  auto r = impl_->sink.commit(m);
+  if (!r) throw std::runtime_error("file sink commit: " + r.error().message);
+}
+
+// ---- nginx ------------------------------------------------------------------------------------
+
+NginxServer::NginxServer(const fs::path& dir, int port, const fs::path& cert, const fs::path& key, int workers)
+    : dir_(dir), conf_(dir / "nginx.conf"), error_log_(dir / "error.log"), port_(port) {
+  fs::create_directories(dir / "tmp");
+  std::string t = (dir / "tmp").string();
+  write_file(conf_,
+             "daemon off;\n"
+             "worker_processes " + std::to_string(workers) + ";\n"
+             "pid " + (dir / "nginx.pid").string() + ";\n"
+             "error_log " + error_log_.string() + ";\n"
+             "events { worker_connections 1024; }\n"
+             "http {\n"
+             "  access_log off;\n"
+             "  client_body_temp_path " + t + "/client;\n"
+             "  proxy_temp_path " + t + "/proxy;\n"
+             "  fastcgi_temp_path " + t + "/fastcgi;\n"
+             "  uwsgi_temp_path " + t + "/uwsgi;\n"
+             "  scgi_temp_path " + t + "/scgi;\n"
+             "  keepalive_requests 1000000;\n"
+             "  server {\n"
+             "    listen 127.0.0.1:" + std::to_string(port) + " ssl;\n"
+             "    ssl_certificate " + cert.string() + ";\n"
+             "    ssl_certificate_key " + key.string() + ";\n"
+             "    ssl_session_tickets off;\n"
+             "    ssl_session_cache off;\n"
+             "    location / { return 200 \"ok\"; }\n"
+             "  }\n"
+             "}\n");
+  auto nginx = require_program("nginx");
+  Process::Options options;
+  options.stderr_file = dir / "nginx.stderr";
+  process_ = Process({nginx.string(), "-p", dir.string(), "-e", error_log_.string(), "-c", conf_.string()}, options);
+  if (!wait_until([&] { return port_open(port_) || !process_.running(); }, 10s) || !process_.running()) {
+    throw std::runtime_error("nginx did not start: " + read_file(dir / "nginx.stderr") + read_file(error_log_));
+  }
+}
+
+NginxServer::~NginxServer() { process_.stop(SIGTERM, 10s); }
+
+std::vector<std::string> NginxServer::base_command() const {
+  return {require_program("nginx").string(), "-p", dir_.string(), "-e", error_log_.string(), "-c", conf_.string()};
+}
+
+std::vector<std::string> NginxServer::reload_command() const {
+  auto c = base_command();
+  c.push_back("-s");
+  c.push_back("reload");
+  return c;
+}
+
+// ---- haproxy ----------------------------------------------------------------------------------
+
+HaproxyServer::HaproxyServer(const fs::path& dir, int port, const fs::path& crt, bool)
+    : dir_(dir), admin_socket_(dir / "admin.sock"), port_(port) {
+  fs::create_directories(dir);
+  const fs::path cfg = dir / "haproxy.cfg";
+  write_file(cfg,
+             "global\n"
+             "  master-worker\n"
+             "  pidfile " + (dir / "haproxy.pid").string() + "\n"
+             "  stats socket " + admin_socket_.string() + " mode 600 level admin expose-fd listeners\n"
+             "  tune.ssl.cachesize 0\n"
+             "  nbthread 2\n"
+             "defaults\n"
+             "  mode http\n"
+             "  timeout client 30s\n"
+             "  timeout server 30s\n"
+             "  timeout connect 5s\n"
+             "  timeout http-keep-alive 30s\n"
+             "frontend fe\n"
+             "  bind 127.0.0.1:" + std::to_string(port) + " ssl crt " + crt.string() + " no-tls-tickets\n"
+             "  http-request return status 200 content-type text/plain string ok\n");
+  auto haproxy = require_program("haproxy");
+  Process::Options options;
+  options.stderr_file = dir / "haproxy.stderr";
+  options.stdout_file = dir / "haproxy.stdout";
+  process_ = Process({haproxy.string(), "-W", "-S", (dir / "master.sock").string(), "-f", cfg.string()}, options);
+  if (!wait_until([&] { return (port_open(port_) && fs::exists(admin_socket_)) || !process_.running(); }, 10s) ||
+      !process_.running()) {
+    throw std::runtime_error("haproxy did not start: " + read_file(dir / "haproxy.stderr"));
+  }
+}
+
+HaproxyServer::~HaproxyServer() { process_.stop(SIGTERM, 10s); }
+
+std::string HaproxyServer::admin(const std::string& command) const {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", admin_socket_.c_str());
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return "(cannot connect)";
+  }
+  std::string c = command + "\n";
+  if (::write(fd, c.data(), c.size()) != static_cast<ssize_t>(c.size())) {
+    ::close(fd);
+    return "(write failed)";
+  }
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string out;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+// ---- wrk --------------------------------------------------------------------------------------
+
+WrkResult parse_wrk(const std::string& output) {
+  WrkResult r;
+  r.output = output;
+  std::smatch m;
+  if (std::regex_search(output, m, std::regex(R"((\d+) requests in)"))) {
+    r.requests = std::stol(m[1].str());
+    r.parsed = true;
+  }
+  if (std::regex_search(output, m,
+                        std::regex(R"(Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+))"))) {
+    r.connect_errors = std::stol(m[1].str());
+    r.read_errors = std::stol(m[2].str());
+    r.write_errors = std::stol(m[3].str());
+    r.timeouts = std::stol(m[4].str());
+  }
+  r.non_2xx = number_after(output, R"(Non-2xx or 3xx responses: (\d+))");
+  return r;
+}
+
+struct WrkRun::Impl {
+  std::thread thread;
+  std::atomic<bool> done{false};
+  RunResult result;
+};
+
+WrkRun::WrkRun(int port, std::chrono::seconds duration, int connections, bool connection_close, int threads)
+    : impl_(std::make_unique<Impl>()) {
+  std::vector<std::string> argv{require_program("wrk").string(), "-t" + std::to_string(threads),
+                                "-c" + std::to_string(connections), "-d" + std::to_string(duration.count()) + "s",
+                                "--timeout", "5s"};
+  if (connection_close) {
+    argv.push_back("-H");
+    argv.push_back("Connection: close");
+  }
+  argv.push_back("https://127.0.0.1:" + std::to_string(port) + "/");
+  auto limit = std::chrono::duration_cast<std::chrono::milliseconds>(duration) + 60s;
+  impl_->thread = std::thread([impl = impl_.get(), argv, limit] {
+    impl->result = run(argv, limit);
+    impl->done = true;
+  });
+}
+
+WrkRun::~WrkRun() {
+  if (impl_->thread.joinable()) impl_->thread.join();
+}
+
+bool WrkRun::finished() const { return impl_->done; }
+
+WrkResult WrkRun::join() {
+  if (impl_->thread.joinable()) impl_->thread.join();
+  auto r = parse_wrk(impl_->result.out);
+  if (impl_->result.exit_code != 0) r.parsed = false;
+  r.output += impl_->result.err;
+  return r;
+}
+
+LoadRun rotate_under_load(boost::asio::io_context& ioc, certagent::reloaders::Reloader& reloader,
+                          Generations& generations, const TestCa& ca, int port, std::chrono::seconds duration,
+                          std::chrono::milliseconds interval, bool connection_close, std::uint64_t& next_serial,
+                          int connections) {
+  namespace r = certagent::reloaders;
+  LoadRun out;
+  WrkRun wrk(port, duration, connections, connection_close);
+  // Let wrk's connections open first, then rotate on a fixed cadence until it stops (leaving
+  // a margin so the last reload settles while wrk still measures).
+  const auto begin = std::chrono::steady_clock::now();
+  const auto stop_at = begin + duration - 1500ms;
+  auto next = begin + 500ms;
+  while (std::chrono::steady_clock::now() < stop_at && !wrk.finished()) {
+    std::this_thread::sleep_until(next);  // pacing, not an assertion
+    next += interval;
+    auto m = ca.issue(next_serial++);
+    generations.commit(m);
+    auto outcome = run_on(ioc, reloader.reload(event_for("web", m, generations.dir())));
+    ++out.reloads;
+    if (outcome.result == r::ReloadResult::success) {
+      ++out.successes;
+    } else {
+      out.failures.push_back(m.serial_hex + ": " + std::string(r::to_string(outcome.result)) + ": " + outcome.detail);
+    }
+    if (auto* base = dynamic_cast<r::ReloaderBase*>(&reloader); base && base->last_probe() &&
+                                                                 base->last_probe()->verified) {
+      out.stable_ms.push_back(base->last_probe()->stable_since.count());
+    }
+    if (std::chrono::steady_clock::now() > next) next = std::chrono::steady_clock::now();
+  }
+  out.wrk = wrk.join();
+  return out;
+}
+
+// ---- misc -------------------------------------------------------------------------------------
+
+std::string served_serial(int port, const std::string& sni) {
+  boost::asio::io_context ioc;
+  auto r = run_on(ioc, certagent::reloaders::fetch_served_serial("127.0.0.1:" + std::to_string(port), sni, 5s));
+  return r ? *r : "error: " + r.error().message;
+}
+
+certagent::reloaders::ReloadEvent event_for(const std::string& name, const Material& m,
+                                            std::optional<fs::path> files_dir) {
+  certagent::reloaders::ReloadEvent e;
+  e.cert_name = name;
+  auto copy = std::make_shared<Material>();
+  copy->cert_pem = m.cert_pem;
+  copy->chain_pem = m.chain_pem;
+  copy->key_pem = m.key_pem.clone();
+  copy->serial_hex = m.serial_hex;
+  copy->not_before = m.not_before;
+  copy->not_after = m.not_after;
+  copy->sha256_hex = m.sha256_hex;
+  copy->broker = m.broker;
+  e.material = std::move(copy);
+  e.files_dir = std::move(files_dir);
+  return e;
+}
+
+}  // namespace certagent::test::reloaders
