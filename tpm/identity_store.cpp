@@ -111,23 +111,24 @@ Result<> write_file_atomic(const fs::path& path, std::span<const std::uint8_t> d
                               "." + std::to_string(counter++));
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
   if (fd.get() < 0) return make_error("creating " + tmp.string() + ": " + errno_text(errno));
+  // `what` names the step; the temp file is removed so a failed write leaves nothing behind.
   auto fail = [&](const std::string& what) -> Result<> {
     int err = errno;
     ::unlink(tmp.c_str());
-    return make_error(what + " " + tmp.string() + ": " + errno_text(err));
+    return make_error(what + ": " + errno_text(err));
   };
   // The umask may have narrowed the mode; secrets must be exactly `mode`.
-  if (::fchmod(fd.get(), mode) != 0) return fail("chmod");
+  if (::fchmod(fd.get(), mode) != 0) return fail("chmod " + tmp.string());
   std::size_t done = 0;
   while (done < data.size()) {
     ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail("writing");
+    if (n < 0) return fail("writing " + tmp.string());
     done += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd.get()) != 0) return fail("syncing");
-  if (::close(fd.release()) != 0) return fail("closing");
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("renaming to " + path.string() + ":");
+  if (::fsync(fd.get()) != 0) return fail("syncing " + tmp.string());
+  if (::close(fd.release()) != 0) return fail("closing " + tmp.string());
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("renaming " + tmp.string() + " to " + path.string());
   return fsync_dir(dir);
 }
 

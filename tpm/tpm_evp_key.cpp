@@ -82,11 +82,14 @@ int km_has(const void* keydata, int selection) {
   return ok;
 }
 
-int km_match(const void* a, const void* b, int) {
+int km_match(const void* a, const void* b, int selection) {
   auto* ka = static_cast<const KeyData*>(a);
   auto* kb = static_cast<const KeyData*>(b);
+  if (!ka || !kb) return 0;
+  // Domain parameters: always P-256.
+  if (!(selection & OSSL_KEYMGMT_SELECT_KEYPAIR)) return 1;
   // A private half is never comparable: two keys match when their public points do.
-  return ka && kb && ka->has_public && kb->has_public && ka->point == kb->point;
+  return ka->has_public && kb->has_public && ka->point == kb->point;
 }
 
 int km_import(void* keydata, int selection, const OSSL_PARAM params[]) {

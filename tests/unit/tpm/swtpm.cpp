@@ -40,7 +40,7 @@ Swtpm::Swtpm(fs::path state_dir) : dir_(std::move(state_dir)) {
 
 Swtpm::~Swtpm() { stop(); }
 
-void Swtpm::start() {
+void Swtpm::start(bool startup_clear) {
   const fs::path swtpm = certagent::test::require_program("swtpm");
   const fs::path sock = socket_path();
   const fs::path ctrl = dir_ / "tpm.sock.ctrl";
@@ -52,7 +52,7 @@ void Swtpm::start() {
   process_ = certagent::test::Process(
       {swtpm.string(), "socket", "--tpm2", "--tpmstate", "dir=" + dir_.string(), "--server",
        "type=unixio,path=" + sock.string(), "--ctrl", "type=unixio,path=" + ctrl.string(), "--flags",
-       "not-need-init,startup-clear"},
+       startup_clear ? "not-need-init,startup-clear" : "not-need-init"},
       options);
   running_ = true;
   // The swtpm TCTI opens the control socket at init and the server socket per command.

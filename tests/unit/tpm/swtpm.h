@@ -26,11 +26,13 @@ class Swtpm {
   fs::path socket_path() const { return dir_ / "tpm.sock"; }
   const fs::path& state_dir() const { return dir_; }
 
-  void start();
+  // startup_clear=false: like a power cycle without firmware, the TPM answers
+  // TPM2_RC_INITIALIZE until someone sends TPM2_Startup.
+  void start(bool startup_clear = true);
   void stop();
-  void restart() {
+  void restart(bool startup_clear = true) {
     stop();
-    start();
+    start(startup_clear);
   }
 
  private:

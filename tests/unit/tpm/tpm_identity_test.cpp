@@ -188,6 +188,17 @@ TEST_F(TpmIdentityTest, TransparentReloadAfterTpmRestart) {
   EXPECT_EQ(client.transient_handles().size(), 1u);
 }
 
+TEST_F(TpmIdentityTest, TransparentReloadWhenTpmNeedsStartup) {
+  auto id = enroll();
+  ASSERT_TRUE(id);
+  tpm.restart(/*startup_clear=*/false);  // every command answers TPM2_RC_INITIALIZE until Startup
+  const Bytes digest = sha256("after reset");
+  auto sig = id->sign_digest(digest);
+  ASSERT_TRUE(sig) << sig.error().message;
+  EXPECT_TRUE(verify(id->public_key_pem(), digest, *sig));
+  EXPECT_EQ(id->reload_count(), 1u);
+}
+
 TEST_F(TpmIdentityTest, SignFailsCleanlyWhileTpmIsDownThenRecovers) {
   auto id = enroll();
   ASSERT_TRUE(id);
