@@ -1,1 +1,739 @@
-// placeholder: implemented in progress
+#include "agent/socket_server.h"
+
+#include "agent/fs_util.h"
+#include "agent/logging.h"
+
+#include <grp.h>
+#include <openssl/crypto.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/asio/system_timer.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <vector>
+
+namespace certagent {
+
+namespace json = boost::json;
+namespace bhttp = boost::beast::http;
+using local = boost::asio::local::stream_protocol;
+
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() {
+  static auto l = log::get("socket");
+  return l;
+}
+
+// Access denials logged per second at most; the rest are counted (and in the metrics).
+constexpr int kMaxDeniedLogs = 10;
+
+// ---- JSON without stray copies of the key --------------------------------------------------
+
+// Memory for JSON values that hold a private key: wiped before it is given back.
+class WipingResource final : public json::memory_resource {
+  void* do_allocate(std::size_t n, std::size_t align) override {
+    return ::operator new(n, std::align_val_t(align));
+  }
+  void do_deallocate(void* p, std::size_t n, std::size_t align) override {
+    OPENSSL_cleanse(p, n);
+    ::operator delete(p, n, std::align_val_t(align));
+  }
+  bool do_is_equal(const json::memory_resource& other) const noexcept override {
+    return this == &other;
+  }
+};
+
+
+// Appends without leaving an unwiped copy behind when the string has to grow.
+void append_wiped(std::string& out, std::string_view piece) {
+  if (out.size() + piece.size() > out.capacity()) {
+    std::string bigger;
+    bigger.reserve(std::max(out.capacity() * 2, out.size() + piece.size()));
+    bigger.append(out);
+    OPENSSL_cleanse(out.data(), out.size());
+    out = std::move(bigger);
+  }
+  out.append(piece);
+}
+
+// Serializes a value that may hold key material into a string whose every buffer is wiped
+// (the caller wipes the result itself).
+std::string serialize_wiped(const json::value& value, std::size_t size_hint, bool newline) {
+  std::string out;
+  out.reserve(size_hint);
+  json::serializer serializer;
+  serializer.reset(&value);
+  std::array<char, 4096> buffer;
+  while (!serializer.done()) append_wiped(out, serializer.read(buffer.data(), buffer.size()));
+  OPENSSL_cleanse(buffer.data(), buffer.size());
+  if (newline) append_wiped(out, "\n");
+  return out;
+}
+
+json::value time_or_null(const std::optional<SystemTime>& t) {
+  if (!t) return nullptr;
+  return json::string(format_rfc3339(*t));
+}
+
+// ---- what a certificate looks like on the socket -------------------------------------------
+
+bool valid_name(std::string_view name) {
+  if (name.empty() || name.size() > 255) return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+// Why nothing valid can be handed out: "expired" or "not_issued".
+std::string_view unavailable_reason(const CertEntry& entry, SystemTime now) {
+  if (entry.material && now >= entry.material->not_after) return "expired";
+  if (!entry.material && entry.state == CertState::expired) return "expired";
+  return "not_issued";
+}
+
+std::string_view effective_state(const CertEntry& entry, SystemTime now) {
+  if (entry.state == CertState::valid && !entry.valid_material(now)) {
+    return unavailable_reason(entry, now);
+  }
+  return to_string(entry.state);
+}
+
+// The bundle for one certificate. Every byte of it is wiped when freed.
+std::string bundle_json(const CertEntry& entry, const Material& m, bool newline) {
+  const auto storage = json_wiping_storage();
+  json::object o(storage);
+  o["name"] = entry.config.name;
+  o["serial"] = m.serial_hex;
+  o["not_before"] = format_rfc3339(m.not_before);
+  o["not_after"] = format_rfc3339(m.not_after);
+  o["sha256"] = m.sha256_hex;
+  o["certificate_pem"] = m.cert_pem;
+  o["chain_pem"] = m.chain_pem;
+  o["private_key_pem"] = json::string_view(m.key_pem.data(), m.key_pem.size());
+  o["trust_bundle_pem"] = entry.trust_bundle_pem;
+  const std::size_t hint = m.cert_pem.size() + m.chain_pem.size() + m.key_pem.size() +
+                           entry.trust_bundle_pem.size() + 1024;
+  // PEM newlines become two bytes each in JSON: the hint leaves room for them.
+  return serialize_wiped(json::value(std::move(o), storage), hint + hint / 32, newline);
+}
+
+std::string error_json(std::string_view code, bool newline) {
+  std::string out = json::serialize(json::object{{"error", code}});
+  if (newline) out.push_back('\n');
+  return out;
+}
+
+// The line a watcher gets for the current state of `entry`.
+http::Chunk current_line(const CertEntry& entry, SystemTime now, std::string* key) {
+  if (auto m = entry.valid_material(now)) {
+    *key = "serial:" + m->serial_hex;
+    return std::make_shared<const Secret>(bundle_json(entry, *m, true));
+  }
+  const auto reason = unavailable_reason(entry, now);
+  *key = "error:" + std::string(reason);
+  return std::make_shared<const Secret>(error_json(reason, true));
+}
+
+bool may_read_key(const config::SocketAccess& access, const http::Peer& peer) {
+  if (!peer.known) return false;
+  if (peer.uid == 0) return true;
+  if (std::find(access.allow_uids.begin(), access.allow_uids.end(), peer.uid) !=
+      access.allow_uids.end()) {
+    return true;
+  }
+  return std::any_of(access.allow_gids.begin(), access.allow_gids.end(),
+                     [&](std::uint32_t g) { return peer.in_group(g); });
+}
+
+std::string_view path_of(std::string_view target) {
+  return target.substr(0, target.find('?'));
+}
+
+bool wants_watch(std::string_view target) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return false;
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view param = query.substr(0, amp);
+    if (param == "watch" || param == "watch=1" || param == "watch=true") return true;
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return false;
+}
+
+http::Reply method_not_allowed(std::string_view allow) {
+  auto reply = http::error_reply(bhttp::status::method_not_allowed, "method_not_allowed");
+  reply.response.set(bhttp::field::allow, allow);
+  return reply;
+}
+
+// /healthz, /readyz, /metrics: shared by the socket and the TCP listener. nullopt: not one of
+// them.
+std::optional<http::Reply> common_route(std::string_view path, const http::Request& request,
+                                        const CertificateStore& store, Metrics& metrics,
+                                        const Clock& clock,
+                                        const std::function<bool()>& healthy) {
+  if (path != "/healthz" && path != "/readyz" && path != "/metrics") return std::nullopt;
+  if (request.method() != bhttp::verb::get) return method_not_allowed("GET");
+  if (path == "/healthz") {
+    const bool ok = !healthy || healthy();
+    return http::json_reply(ok ? bhttp::status::ok : bhttp::status::service_unavailable,
+                            ok ? R"({"status":"ok"})" : R"({"status":"unhealthy"})");
+  }
+  if (path == "/readyz") {
+    std::vector<std::string> reasons;
+    const bool ready = store.ready(clock.now(), &reasons);
+    json::array why;
+    for (auto& r : reasons) why.emplace_back(r);
+    return http::json_reply(ready ? bhttp::status::ok : bhttp::status::service_unavailable,
+                            json::serialize(json::object{{"ready", ready}, {"reasons", why}}));
+  }
+  return http::make_reply(bhttp::status::ok, "text/plain; version=0.0.4; charset=utf-8",
+                          metrics.render());
+}
+
+// ---- the socket file -----------------------------------------------------------------------
+
+Result<std::optional<gid_t>> lookup_group(const std::string& name) {
+  if (name.empty()) return std::optional<gid_t>{};
+  group grp{};
+  group* found = nullptr;
+  std::vector<char> buffer(16384);
+  int rc = 0;
+  while ((rc = ::getgrnam_r(name.c_str(), &grp, buffer.data(), buffer.size(), &found)) == ERANGE &&
+         buffer.size() < (1u << 20)) {
+    buffer.resize(buffer.size() * 2);
+  }
+  if (rc != 0) return make_error("socket.group '" + name + "': " + std::strerror(rc));
+  if (!found) {
+    Error e = make_error("socket.group '" + name +
+                         "' does not exist: create the group or change socket.group");
+    e.configuration = true;
+    return e;
+  }
+  return std::optional<gid_t>(grp.gr_gid);
+}
+
+bool fits_sun_path(const std::filesystem::path& p) {
+  return p.native().size() < sizeof(sockaddr_un{}.sun_path);
+}
+
+// An existing file at the socket path: a socket nobody answers on is stale and will be replaced
+// (by the rename that publishes the new one); anything else is left alone and is an error.
+Result<> check_existing(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return {};
+    return fs_util::errno_error("socket.path " + path.string(), errno);
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    return make_error("socket.path " + path.string() +
+                      " exists and is not a socket; refusing to replace it (remove it or choose "
+                      "another path)");
+  }
+  fs_util::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fs_util::errno_error("socket()", errno);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.native().size());
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 ||
+      errno == EAGAIN || errno == EINPROGRESS) {
+    return make_error("socket.path " + path.string() +
+                      " is in use by a running process (another certagent?)");
+  }
+  if (errno != ECONNREFUSED) {
+    return fs_util::errno_error("socket.path " + path.string() + ": probing the existing socket",
+                                errno);
+  }
+  logger()->info("replacing stale socket path={}", log::quote(path.string()));
+  return {};
+}
+
+std::string mode_string(std::uint32_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", mode & 07777);
+  return buf;
+}
+
+}  // namespace
+
+json::storage_ptr json_wiping_storage() {
+  static WipingResource resource;
+  return json::storage_ptr(&resource);
+}
+
+// ---- RFC 3339 ------------------------------------------------------------------------------
+
+std::string format_rfc3339(SystemTime t) {
+  const auto secs = std::chrono::floor<std::chrono::seconds>(t);
+  const std::time_t tt = std::chrono::system_clock::to_time_t(secs);
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::optional<SystemTime> parse_rfc3339(std::string_view text) {
+  std::tm tm{};
+  int consumed = 0;
+  const std::string s(text);
+  if (std::sscanf(s.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+                  &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6 ||
+      consumed != 19) {
+    return std::nullopt;
+  }
+  std::string_view rest = std::string_view(s).substr(19);
+  if (!rest.empty() && rest.front() == '.') {
+    rest.remove_prefix(1);
+    while (!rest.empty() && rest.front() >= '0' && rest.front() <= '9') rest.remove_prefix(1);
+  }
+  long offset = 0;
+  if (rest == "Z" || rest == "z") {
+  } else if (rest.size() == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':') {
+    int hh = 0, mm = 0;
+    if (std::sscanf(std::string(rest.substr(1)).c_str(), "%2d:%2d", &hh, &mm) != 2) {
+      return std::nullopt;
+    }
+    offset = (rest[0] == '+' ? 1 : -1) * (hh * 3600L + mm * 60L);
+  } else {
+    return std::nullopt;
+  }
+  if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
+      tm.tm_min > 59 || tm.tm_sec > 60) {
+    return std::nullopt;
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  const std::time_t t = ::timegm(&tm);
+  return std::chrono::system_clock::from_time_t(t - offset);
+}
+
+// ---- SocketServer --------------------------------------------------------------------------
+
+struct SocketServer::WatchGroup {
+  explicit WatchGroup(boost::asio::io_context& io) : expiry(io) {}
+  std::string name;
+  CertificateStore::Subscription subscription;
+  std::map<std::size_t, std::shared_ptr<http::ResponseStream>> watchers;
+  std::string last_key;  // what was last pushed: "serial:<hex>" or "error:<code>"
+  boost::asio::system_timer expiry;  // at the pushed material's not_after
+};
+
+namespace {
+
+http::Limits socket_limits(const config::SocketConfig& c) {
+  http::Limits limits;
+  limits.max_connections = c.max_connections;
+  limits.max_header_bytes = c.max_header_bytes;
+  limits.max_body_bytes = kSocketMaxBody;
+  limits.request_timeout = c.request_timeout;
+  return limits;
+}
+
+}  // namespace
+
+SocketServer::SocketServer(boost::asio::io_context& io, const config::SocketConfig& config,
+                           CertificateStore& store, Metrics& metrics, const Clock& clock,
+                           std::function<bool()> healthy)
+    : io_(io),
+      config_(config),
+      store_(store),
+      metrics_(metrics),
+      clock_(clock),
+      healthy_(std::move(healthy)),
+      server_(io, socket_limits(config),
+              [this](const http::Request& request, const http::Peer& peer) {
+                return handle(request, peer);
+              },
+              http::Hooks{
+                  [&metrics](std::size_t open) {
+                    metrics.set(metric::kSocketConnections, {}, static_cast<double>(open));
+                  },
+                  [&metrics](std::string_view reason) {
+                    metrics.add(metric::kSocketRejected, {{"reason", std::string(reason)}});
+                  }}) {}
+
+SocketServer::~SocketServer() { stop(); }
+
+Result<> SocketServer::start() {
+  if (config_.path.empty()) return {};
+  if (started_) return make_error("socket server already started");
+  const auto& path = config_.path;
+  auto gid = lookup_group(config_.group);
+  if (!gid) return gid.error();
+
+  std::filesystem::path parent = path.parent_path();
+  if (parent.empty()) parent = ".";
+  if (auto r = fs_util::make_directories(parent, 0755); !r) {
+    return with_context("socket.path " + path.string(), r.error());
+  }
+  if (auto r = check_existing(path); !r) return r.error();
+
+  // Bound in a private directory, given its mode and group there, then renamed into place:
+  // the socket never shows at its path with the umask's permissions.
+  std::string temp_dir = (parent / ".sock-XXXXXX").string();
+  if (!::mkdtemp(temp_dir.data())) {
+    return fs_util::errno_error("socket.path " + path.string() + ": creating a temp directory in " +
+                                    parent.string(),
+                                errno);
+  }
+  const std::filesystem::path temp_path = std::filesystem::path(temp_dir) / "s";
+  auto cleanup = [&] {
+    ::unlink(temp_path.c_str());
+    ::rmdir(temp_dir.c_str());
+  };
+  if (!fits_sun_path(path) || !fits_sun_path(temp_path)) {
+    cleanup();
+    return make_error("socket.path " + path.string() + " is too long for a Unix socket (at most " +
+                      std::to_string(sizeof(sockaddr_un{}.sun_path) - 16) + " bytes)");
+  }
+  local::acceptor acceptor(io_);
+  boost::system::error_code ec;
+  acceptor.open(local(), ec);
+  if (!ec) acceptor.bind(local::endpoint(temp_path.string()), ec);
+  if (!ec) acceptor.listen(boost::asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    cleanup();
+    return make_error("socket.path " + path.string() + ": " + ec.message());
+  }
+  if (::chmod(temp_path.c_str(), config_.mode & 07777) != 0) {
+    const int err = errno;
+    cleanup();
+    return fs_util::errno_error("socket.path " + path.string() + ": chmod", err);
+  }
+  if (*gid && ::chown(temp_path.c_str(), static_cast<uid_t>(-1), **gid) != 0) {
+    const int err = errno;
+    cleanup();
+    return fs_util::errno_error(
+        "socket.path " + path.string() + ": chown to group '" + config_.group + "'", err);
+  }
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    cleanup();
+    return fs_util::errno_error("socket.path " + path.string() + ": rename into place", err);
+  }
+  ::rmdir(temp_dir.c_str());
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) socket_file_ = std::make_pair(st.st_dev, st.st_ino);
+
+  server_.serve(std::move(acceptor));
+  started_ = true;
+  set_watchers_metric();
+  logger()->info("socket listening path={} mode={} group={}", log::quote(path.string()),
+                 mode_string(config_.mode), log::quote(config_.group));
+  return {};
+}
+
+void SocketServer::stop() {
+  server_.stop();  // watchers' on_close callbacks run now and empty the groups
+  groups_.clear();
+  watcher_count_ = 0;
+  if (socket_file_) {
+    struct stat st {};
+    // Only our own socket: another daemon may have replaced it meanwhile.
+    if (::lstat(config_.path.c_str(), &st) == 0 && st.st_dev == socket_file_->first &&
+        st.st_ino == socket_file_->second) {
+      ::unlink(config_.path.c_str());
+    }
+    socket_file_.reset();
+    logger()->info("socket closed path={}", log::quote(config_.path.string()));
+  }
+  if (started_) set_watchers_metric();
+}
+
+http::Reply SocketServer::handle(const http::Request& request, const http::Peer& peer) {
+  const std::string_view target = request.target();
+  const std::string_view path = path_of(target);
+  logger()->debug("request method={} path={} pid={} uid={}",
+                  std::string_view(request.method_string()), log::quote(path), peer.pid,
+                  peer.uid);
+  if (auto reply = common_route(path, request, store_, metrics_, clock_, healthy_)) {
+    return std::move(*reply);
+  }
+  constexpr std::string_view kPrefix = "/v1/certificates";
+  if (path == kPrefix) {
+    if (request.method() != bhttp::verb::get) return method_not_allowed("GET");
+    return list();
+  }
+  if (path.size() > kPrefix.size() + 1 && path.substr(0, kPrefix.size() + 1) == "/v1/certificates/") {
+    std::string_view rest = path.substr(kPrefix.size() + 1);
+    bool renew_path = false;
+    if (const auto slash = rest.find('/'); slash != std::string_view::npos) {
+      if (rest.substr(slash) != "/renew") {
+        return http::error_reply(bhttp::status::not_found, "not_found");
+      }
+      rest = rest.substr(0, slash);
+      renew_path = true;
+    }
+    if (!valid_name(rest)) return http::error_reply(bhttp::status::not_found, "not_found");
+    const std::string name(rest);
+    if (renew_path) {
+      if (request.method() != bhttp::verb::post) return method_not_allowed("POST");
+      return renew(name, peer);
+    }
+    if (request.method() != bhttp::verb::get) return method_not_allowed("GET");
+    return wants_watch(target) ? watch(name, peer) : fetch(name, peer);
+  }
+  return http::error_reply(bhttp::status::not_found, "not_found");
+}
+
+http::Reply SocketServer::list() const {
+  const auto now = clock_.now();
+  json::array certs;
+  for (const auto& [name, entry] : store_.entries()) {
+    json::object o;
+    o["name"] = name;
+    o["state"] = effective_state(entry, now);
+    if (entry.material) {
+      o["serial"] = entry.material->serial_hex;
+      o["not_before"] = format_rfc3339(entry.material->not_before);
+      o["not_after"] = format_rfc3339(entry.material->not_after);
+    } else {
+      o["serial"] = nullptr;
+      o["not_before"] = nullptr;
+      o["not_after"] = nullptr;
+    }
+    o["next_renewal"] = time_or_null(entry.next_renewal);
+    o["renewing"] = entry.renewing;
+    o["consecutive_failures"] = entry.consecutive_failures;
+    o["last_error"] = entry.last_error.empty() ? json::value(nullptr) : json::value(entry.last_error);
+    o["last_success"] = time_or_null(entry.last_success);
+    certs.emplace_back(std::move(o));
+  }
+  return http::json_reply(bhttp::status::ok,
+                          json::serialize(json::object{{"certificates", std::move(certs)}}));
+}
+
+http::Reply SocketServer::fetch(const std::string& name, const http::Peer& peer) {
+  const CertEntry* entry = store_.find(name);
+  if (!entry) return http::error_reply(bhttp::status::not_found, "not_found");
+  if (!may_read_key(entry->config.socket, peer)) {
+    log_denied("fetch", name, peer);
+    metrics_.add(metric::kSocketRejected, {{"reason", "forbidden"}});
+    return http::error_reply(bhttp::status::forbidden, "forbidden");
+  }
+  const auto now = clock_.now();
+  auto material = entry->valid_material(now);
+  if (!material) {
+    return http::error_reply(bhttp::status::service_unavailable, unavailable_reason(*entry, now));
+  }
+  http::Reply reply = http::json_reply(bhttp::status::ok, bundle_json(*entry, *material, false));
+  reply.sensitive = true;
+  reply.response.set(bhttp::field::cache_control, "no-store");
+  return reply;
+}
+
+http::Reply SocketServer::watch(const std::string& name, const http::Peer& peer) {
+  const CertEntry* entry = store_.find(name);
+  if (!entry) return http::error_reply(bhttp::status::not_found, "not_found");
+  if (!may_read_key(entry->config.socket, peer)) {
+    log_denied("watch", name, peer);
+    metrics_.add(metric::kSocketRejected, {{"reason", "forbidden"}});
+    return http::error_reply(bhttp::status::forbidden, "forbidden");
+  }
+  if (watcher_count_ >= config_.max_watchers) {
+    metrics_.add(metric::kSocketRejected, {{"reason", "max_watchers"}});
+    return http::error_reply(bhttp::status::service_unavailable, "too_many_watchers");
+  }
+  http::Reply reply = http::make_reply(bhttp::status::ok, "application/x-ndjson", {});
+  reply.response.set(bhttp::field::cache_control, "no-store");
+  reply.stream = [this, name](std::shared_ptr<http::ResponseStream> stream) {
+    add_watcher(name, std::move(stream));
+  };
+  return reply;
+}
+
+http::Reply SocketServer::renew(const std::string& name, const http::Peer& peer) {
+  const bool admin =
+      peer.known && (peer.uid == 0 || std::find(config_.admin_uids.begin(), config_.admin_uids.end(),
+                                                peer.uid) != config_.admin_uids.end());
+  if (!admin) {
+    log_denied("renew", name, peer);
+    metrics_.add(metric::kSocketRejected, {{"reason", "forbidden"}});
+    return http::error_reply(bhttp::status::forbidden, "forbidden");
+  }
+  if (!store_.request_renewal(name)) {
+    return http::error_reply(bhttp::status::not_found, "not_found");
+  }
+  logger()->info("renewal requested certificate={} pid={} uid={}", name, peer.pid, peer.uid);
+  return http::json_reply(bhttp::status::accepted, R"({"renewal":"requested"})");
+}
+
+void SocketServer::add_watcher(const std::string& name,
+                               std::shared_ptr<http::ResponseStream> stream) {
+  const CertEntry* entry = store_.find(name);
+  if (stream->closed()) return;
+  if (!entry) {  // removed by a config reload meanwhile
+    stream->write(std::make_shared<const Secret>(error_json("not_found", true)));
+    stream->finish();
+    return;
+  }
+  if (watcher_count_ >= config_.max_watchers) {
+    stream->write(std::make_shared<const Secret>(error_json("too_many_watchers", true)));
+    stream->finish();
+    return;
+  }
+  auto& slot = groups_[name];
+  if (!slot) {
+    slot = std::make_shared<WatchGroup>(io_);
+    slot->name = name;
+    std::weak_ptr<WatchGroup> weak = slot;
+    slot->subscription = store_.subscribe(name, [this, weak](const CertEntry& e, CertEvent) {
+      if (auto group = weak.lock()) on_event(group, e);
+    });
+  }
+  auto group = slot;
+  const std::size_t id = next_watcher_id_++;
+  group->watchers.emplace(id, stream);
+  ++watcher_count_;
+  set_watchers_metric();
+  logger()->debug("watch started certificate={} pid={} uid={} watchers={}", name,
+                  stream->peer().pid, stream->peer().uid, watcher_count_);
+
+  std::string key;
+  stream->write(current_line(*entry, clock_.now(), &key));
+  if (group->watchers.size() == 1) {
+    group->last_key = key;
+    arm_expiry(group, *entry);
+  }
+  std::weak_ptr<WatchGroup> weak = group;
+  stream->on_close([this, weak, id] {
+    if (auto g = weak.lock()) remove_watcher(g, id);
+  });
+}
+
+void SocketServer::remove_watcher(const std::shared_ptr<WatchGroup>& group, std::size_t id) {
+  if (group->watchers.erase(id) == 0) return;
+  --watcher_count_;
+  set_watchers_metric();
+  if (group->watchers.empty()) {
+    auto it = groups_.find(group->name);
+    if (it != groups_.end() && it->second == group) groups_.erase(it);
+  }
+}
+
+void SocketServer::on_event(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry) {
+  push(group, entry);
+}
+
+// Sends watchers what they should hold now, when that differs from what they were last sent
+// (a new serial, or the error that replaces the bundle).
+void SocketServer::push(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry) {
+  std::string key;
+  const auto line = current_line(entry, clock_.now(), &key);
+  if (key == group->last_key) return;
+  group->last_key = key;
+  arm_expiry(group, entry);
+  // Snapshot: a watcher that cannot keep up is closed by write() and leaves the map.
+  std::vector<std::shared_ptr<http::ResponseStream>> streams;
+  streams.reserve(group->watchers.size());
+  for (const auto& [id, s] : group->watchers) streams.push_back(s);
+  for (const auto& stream : streams) {
+    if (!may_read_key(entry.config.socket, stream->peer())) {  // access narrowed by a reload
+      stream->write(std::make_shared<const Secret>(error_json("forbidden", true)));
+      stream->finish();
+      continue;
+    }
+    stream->write(line);
+  }
+}
+
+void SocketServer::arm_expiry(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry) {
+  // Belt and braces: the certificate loop marks expiry in the store, but a watcher must hear of
+  // it even if that comes late.
+  group->expiry.cancel();
+  const auto now = clock_.now();
+  const auto material = entry.valid_material(now);
+  if (!material) return;
+  // Relative to the injected clock, and never zero, so a clock that disagrees with the timer's
+  // cannot make it spin.
+  group->expiry.expires_after(std::max<SystemTime::duration>(material->not_after - now,
+                                                             std::chrono::milliseconds(10)));
+  std::weak_ptr<WatchGroup> weak = group;
+  group->expiry.async_wait([this, weak](boost::system::error_code ec) {
+    if (ec) return;
+    if (auto g = weak.lock()) on_expiry_timer(g);
+  });
+}
+
+void SocketServer::on_expiry_timer(const std::shared_ptr<WatchGroup>& group) {
+  const CertEntry* entry = store_.find(group->name);
+  if (!entry) return;
+  const auto now = clock_.now();
+  if (entry->valid_material(now)) {
+    arm_expiry(group, *entry);  // the injected clock disagrees with the timer's: check later
+    return;
+  }
+  push(group, *entry);
+}
+
+void SocketServer::set_watchers_metric() {
+  metrics_.set(metric::kSocketWatchers, {}, static_cast<double>(watcher_count_));
+}
+
+void SocketServer::log_denied(std::string_view what, const std::string& name,
+                              const http::Peer& peer) {
+  const auto second = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  if (second != denied_second_) {
+    if (denied_logged_ > kMaxDeniedLogs) {
+      logger()->warn("socket access denied: {} more denials not logged",
+                     denied_logged_ - kMaxDeniedLogs);
+    }
+    denied_second_ = second;
+    denied_logged_ = 0;
+  }
+  if (++denied_logged_ > kMaxDeniedLogs) return;
+  logger()->warn("socket access denied request={} certificate={} pid={} uid={} gid={}", what,
+                 name, peer.known ? std::to_string(peer.pid) : "unknown",
+                 peer.known ? std::to_string(peer.uid) : "unknown",
+                 peer.known ? std::to_string(peer.gid) : "unknown");
+}
+
+// ---- MetricsListener -----------------------------------------------------------------------
+
+MetricsListener::MetricsListener(boost::asio::io_context& io, std::string listen,
+                                 const CertificateStore& store, Metrics& metrics,
+                                 const Clock& clock, std::function<bool()> healthy)
+    : io_(io),
+      listen_(std::move(listen)),
+      server_(io, http::Limits{},
+              [&store, &metrics, &clock, healthy = std::move(healthy)](
+                  const http::Request& request, const http::Peer&) {
+                const std::string_view path = path_of(request.target());
+                if (auto reply = common_route(path, request, store, metrics, clock, healthy)) {
+                  return std::move(*reply);
+                }
+                return http::error_reply(bhttp::status::not_found, "not_found");
+              }) {}
+
+MetricsListener::~MetricsListener() { stop(); }
+
+Result<> MetricsListener::start() {
+  if (listen_.empty()) return {};
+  auto acceptor = http::listen_tcp(io_, listen_);
+  if (!acceptor) return with_context("metrics.listen", acceptor.error());
+  boost::system::error_code ec;
+  endpoint_ = acceptor->local_endpoint(ec);
+  server_.serve(std::move(*acceptor));
+  logger()->info("metrics listening address={}", log::quote(listen_));
+  return {};
+}
+
+void MetricsListener::stop() { server_.stop(); }
+
+}  // namespace certagent
