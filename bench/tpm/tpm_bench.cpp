@@ -12,12 +12,14 @@
 #include "tests/unit/tpm/tls_test_util.h"
 
 #include <openssl/pem.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,6 +58,26 @@ std::string cpu_model() {
   while (std::getline(in, line))
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown";
+}
+
+// CPU time (user + system) in ms: this process, and another process by PID.
+double self_cpu_ms() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+double process_cpu_ms(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(in, line);
+  std::istringstream fields(line.substr(line.rfind(')') + 2));
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::stod(f);
+    if (i == 15) break;
+  }
+  return ticks * 1e3 / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 crypto::EvpPkeyPtr read_public(const std::string& pem) {
@@ -100,6 +122,7 @@ int main(int argc, char** argv) {
   // Sign latency.
   std::vector<std::uint8_t> digest(32, 0x5a);
   std::vector<double> sign_ms;
+  const double sign_cpu0 = self_cpu_ms(), sign_tpm0 = process_cpu_ms(swtpm.pid());
   for (int i = 0; i < n; ++i) {
     digest[0] = static_cast<std::uint8_t>(i);
     auto t0 = Clock::now();
@@ -111,6 +134,8 @@ int main(int argc, char** argv) {
     }
   }
   print("sign_digest (TPM2_Sign via TPM thread)", stats(sign_ms));
+  std::printf("  CPU per sign: certagent %.3f ms, swtpm %.3f ms\n", (self_cpu_ms() - sign_cpu0) / n,
+              (process_cpu_ms(swtpm.pid()) - sign_tpm0) / n);
 
   auto key = id.private_key();
   tpm::test::TestCa ca = tpm::test::make_ca("bench ca");
@@ -130,10 +155,17 @@ int main(int argc, char** argv) {
     std::vector<double> tpm_ms, soft_ms;
     const auto commands = id.command_count();
     const auto signs = id.sign_count();
+    double soft_cpu = 0, tpm_cpu = 0, tpm_side = 0;
     for (int round = 0; round < 10; ++round) {
+      double c0 = self_cpu_ms();
       auto s = handshakes(soft_client.get(), server.get(), n / 10);
+      soft_cpu += self_cpu_ms() - c0;
       soft_ms.insert(soft_ms.end(), s.begin(), s.end());
+      c0 = self_cpu_ms();
+      const double t0 = process_cpu_ms(swtpm.pid());
       auto t = handshakes(tpm_client.get(), server.get(), n / 10);
+      tpm_cpu += self_cpu_ms() - c0;
+      tpm_side += process_cpu_ms(swtpm.pid()) - t0;
       tpm_ms.insert(tpm_ms.end(), t.begin(), t.end());
     }
     const double per_handshake = double(id.command_count() - commands) / double(tpm_ms.size());
@@ -144,6 +176,9 @@ int main(int argc, char** argv) {
     print("  TPM identity key", st);
     std::printf("  TPM / software: p50 %.2fx, p99 %.2fx (target <= 2x)\n", st.p50 / ss.p50, st.p99 / ss.p99);
     std::printf("  TPM commands per handshake: %.2f (TPM2_Sign: %.2f; target 1)\n", per_handshake, signs_per);
+    std::printf("  CPU per handshake (client+server, this process): software %.3f ms, TPM key %.3f ms"
+                " (+ swtpm %.3f ms)\n",
+                soft_cpu / soft_ms.size(), tpm_cpu / tpm_ms.size(), tpm_side / tpm_ms.size());
   }
   std::printf("\nload average %s; total TPM commands %llu, reloads %llu\n", load_average().c_str(), static_cast<unsigned long long>(id.command_count()),
               static_cast<unsigned long long>(id.reload_count()));

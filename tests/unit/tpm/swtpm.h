@@ -25,6 +25,7 @@ class Swtpm {
   std::string tcti() const { return "swtpm:path=" + socket_path().string(); }
   fs::path socket_path() const { return dir_ / "tpm.sock"; }
   const fs::path& state_dir() const { return dir_; }
+  pid_t pid() const { return process_.pid(); }
 
   // startup_clear=false: like a power cycle without firmware, the TPM answers
   // TPM2_RC_INITIALIZE until someone sends TPM2_Startup.
