@@ -27,9 +27,10 @@ namespace {
 
 constexpr std::size_t kMaxAnswerBytes = 256 * 1024;
 constexpr std::size_t kMaxSideFileBytes = 1024 * 1024;  // .issuer / .ocsp
-// An abort must still go out when the reload's own budget is spent: an open transaction
-// would block every later `set ssl cert` on this HAProxy.
-constexpr milliseconds kAbortBudget{2000};
+// An abort must still go out when the reload's own budget is spent (an open transaction
+// would block every later `set ssl cert` on this HAProxy): it gets at least this long, the
+// only time a reload may overrun its timeout.
+constexpr milliseconds kAbortGrace{250};
 
 bool contains(std::string_view text, std::string_view what) { return text.find(what) != std::string_view::npos; }
 
@@ -191,9 +192,9 @@ asio::awaitable<Result<std::string>> HaproxyReloader::set_payload(const std::str
   co_return co_await haproxy_admin_command(haproxy_.admin_socket, wiped.view(), deadline);
 }
 
-asio::awaitable<void> HaproxyReloader::abort_transaction() {
+asio::awaitable<void> HaproxyReloader::abort_transaction(Deadline deadline) {
   auto r = co_await haproxy_admin_command(haproxy_.admin_socket, "abort ssl cert " + haproxy_.cert + "\n",
-                                          steady_clock::now() + kAbortBudget);
+                                          std::max(deadline, steady_clock::now() + kAbortGrace));
   if (r) {
     logger_->debug("abort name={} answer={}", haproxy_.cert, certagent::log::quote(summarize(*r)));
   } else {
@@ -205,7 +206,7 @@ asio::awaitable<std::string> HaproxyReloader::unknown_name_detail(Deadline deadl
   std::string detail = "haproxy has no certificate named '" + haproxy_.cert +
                        "': `cert` must be the path exactly as haproxy's config writes it";
   auto list = co_await haproxy_admin_command(haproxy_.admin_socket, "show ssl cert\n",
-                                             std::max(deadline, steady_clock::now() + kAbortBudget));
+                                             std::max(deadline, steady_clock::now() + kAbortGrace));
   if (list) {
     auto names = parse_show_ssl_cert(*list);
     std::string joined;
@@ -224,12 +225,12 @@ asio::awaitable<ReloadOutcome> HaproxyReloader::transaction(const ReloadEvent& e
 
   auto set = co_await set_payload(name, haproxy_payload(*event.material), deadline);
   if (!set) {
-    co_await abort_transaction();
+    co_await abort_transaction(deadline);
     co_return failed("set ssl cert " + name + ": " + set.error().message);
   }
   if (!transaction_answer_ok(*set)) {
     const bool unknown = contains(*set, "not referenced");
-    co_await abort_transaction();
+    co_await abort_transaction(deadline);
     if (unknown) co_return failed(co_await unknown_name_detail(deadline));
     co_return failed("set ssl cert " + name + " refused: " + summarize(*set));
   }
@@ -253,7 +254,7 @@ asio::awaitable<ReloadOutcome> HaproxyReloader::transaction(const ReloadEvent& e
     Secret payload = side.binary ? Secret(base64(*data)) : strip_blank_lines(*data);
     auto r = co_await set_payload(name + side.suffix, payload, deadline);
     if (!r || !transaction_answer_ok(*r)) {
-      co_await abort_transaction();
+      co_await abort_transaction(deadline);
       co_return failed("set ssl cert " + name + side.suffix + " " +
                        (r ? "refused: " + summarize(*r) : r.error().message));
     }
@@ -262,7 +263,7 @@ asio::awaitable<ReloadOutcome> HaproxyReloader::transaction(const ReloadEvent& e
 
   auto commit = co_await haproxy_admin_command(haproxy_.admin_socket, "commit ssl cert " + name + "\n", deadline);
   if (!commit || !contains(*commit, "Success!")) {
-    co_await abort_transaction();
+    co_await abort_transaction(deadline);
     co_return failed("commit ssl cert " + name + " " +
                      (commit ? "refused: " + summarize(*commit) : commit.error().message));
   }

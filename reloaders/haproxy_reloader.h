@@ -42,7 +42,7 @@ class HaproxyReloader final : public ReloaderBase {
   boost::asio::awaitable<ReloadOutcome> transaction(const ReloadEvent& event, Deadline deadline);
   boost::asio::awaitable<Result<std::string>> set_payload(const std::string& name, const Secret& payload,
                                                           Deadline deadline);
-  boost::asio::awaitable<void> abort_transaction();
+  boost::asio::awaitable<void> abort_transaction(Deadline deadline);
   boost::asio::awaitable<std::string> unknown_name_detail(Deadline deadline);
 
   config::HaproxyReloaderConfig haproxy_;

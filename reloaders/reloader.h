@@ -35,7 +35,8 @@ class Reloader {
  public:
   virtual ~Reloader() = default;
   virtual std::string_view type() const = 0;
-  // Runs the reload; must finish within the configured timeout and never throw.
+  // Runs the reload; must finish within the configured timeout and never throw. `event` is
+  // taken by reference: keep it alive until the returned awaitable completes.
   virtual boost::asio::awaitable<ReloadOutcome> reload(const ReloadEvent& event) = 0;
 };
 

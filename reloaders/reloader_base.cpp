@@ -59,6 +59,10 @@ asio::awaitable<ProbeReport> ReloaderBase::probe(const ReloadEvent& event, Deadl
   options.server_name = v.server_name;
   options.settle = v.settle;
   options.deadline = v.deadline;
+  if (!probe_context_) {
+    if (auto ctx = make_probe_context()) probe_context_ = *ctx;
+  }
+  options.context = probe_context_;
   auto report = co_await probe_serving(options, event.material->serial_hex, deadline, std::move(abort_check));
   last_probe_ = report;
   co_return report;

@@ -49,6 +49,7 @@ class ReloaderBase : public Reloader {
   boost::asio::any_io_executor executor_;
   std::shared_ptr<spdlog::logger> logger_;
   std::optional<ProbeReport> last_probe_;
+  std::shared_ptr<boost::asio::ssl::context> probe_context_;  // made on first use
 };
 
 }  // namespace certagent::reloaders

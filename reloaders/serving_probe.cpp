@@ -45,20 +45,6 @@ std::string serial_of(X509* cert) {
   return out;
 }
 
-// A client context for probing: no session cache and no tickets (every handshake is a full
-// one and shows the certificate), no chain verification, no client certificate.
-Result<std::shared_ptr<asio::ssl::context>> make_probe_context() {
-  try {
-    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
-    ctx->set_verify_mode(asio::ssl::verify_none);
-    SSL_CTX_set_session_cache_mode(ctx->native_handle(), SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(ctx->native_handle(), SSL_OP_NO_TICKET);
-    return ctx;
-  } catch (const std::exception& e) {
-    return make_error(std::string("TLS client context: ") + e.what());
-  }
-}
-
 asio::awaitable<Result<tcp::resolver::results_type>> resolve(const std::string& connect,
                                                             steady_clock::time_point deadline) {
   auto hp = split_host_port(connect);
@@ -110,6 +96,18 @@ asio::awaitable<Result<std::string>> handshake_serial(asio::ssl::context& ctx,
 }
 
 }  // namespace
+
+Result<std::shared_ptr<asio::ssl::context>> make_probe_context() {
+  try {
+    auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
+    ctx->set_verify_mode(asio::ssl::verify_none);
+    SSL_CTX_set_session_cache_mode(ctx->native_handle(), SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(ctx->native_handle(), SSL_OP_NO_TICKET);
+    return ctx;
+  } catch (const std::exception& e) {
+    return make_error(std::string("TLS client context: ") + e.what());
+  }
+}
 
 std::string normalize_serial(std::string_view hex) {
   std::string out;
@@ -185,7 +183,7 @@ asio::awaitable<ProbeReport> probe_serving(const ProbeOptions& options, const st
     return report;
   };
 
-  auto ctx = make_probe_context();
+  auto ctx = options.context ? Result<std::shared_ptr<asio::ssl::context>>(options.context) : make_probe_context();
   if (!ctx) {
     report.last_error = ctx.error().message;
     co_return finish();

@@ -11,11 +11,21 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
 
+namespace boost::asio::ssl {
+class context;
+}
+
 namespace certagent::reloaders {
+
+// A client context for probing: no session cache, no tickets (every handshake is a full one
+// and shows the certificate), no chain verification, no client certificate. Creating one costs
+// milliseconds with OpenSSL 3, so a reloader makes it once and reuses it.
+[[nodiscard]] Result<std::shared_ptr<boost::asio::ssl::context>> make_probe_context();
 
 struct ProbeOptions {
   std::string connect;                         // "127.0.0.1:443", "[::1]:443", "host:443"
@@ -24,6 +34,7 @@ struct ProbeOptions {
   std::chrono::milliseconds deadline{10000};   // from the start of the probe
   std::chrono::milliseconds interval{5};       // pause between handshakes
   std::chrono::milliseconds handshake_timeout{2000};
+  std::shared_ptr<boost::asio::ssl::context> context;  // from make_probe_context(); null: made here
 };
 
 struct ProbeReport {

@@ -7,6 +7,12 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 namespace certagent::test::reloaders {
 namespace {
 
@@ -154,6 +160,37 @@ TEST_F(HaproxyReloaderTest, ProbeAgainstAClosedPortIsUnverified) {
   EXPECT_EQ(out.result, r::ReloadResult::unverified) << out.detail;
   EXPECT_NE(out.detail.find("connect"), std::string::npos) << out.detail;
   EXPECT_EQ(served_serial(server_->port()), "1002");  // the swap itself happened
+}
+
+// A socket that accepts (backlog) but never answers: the reload ends at its timeout (plus the
+// short grace for the abort), reported as a timeout.
+TEST(HaproxyHungSocket, TimesOut) {
+  TempDir tmp("certagent-haproxy-hung");
+  const auto path = tmp / "admin.sock";
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(fd, 16), 0);
+  boost::asio::io_context ioc;
+  config::ReloaderConfig c;
+  c.type = "haproxy";
+  c.timeout = 300ms;
+  config::HaproxyReloaderConfig h;
+  h.admin_socket = path;
+  h.cert = "/etc/site.pem";
+  c.settings = h;
+  auto made = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+  ASSERT_TRUE(made);
+  TestCa ca;
+  const auto start = std::chrono::steady_clock::now();
+  auto out = run_on(ioc, (*made)->reload(event_for("web", ca.issue(0x1002))));
+  const auto took = std::chrono::steady_clock::now() - start;
+  ::close(fd);
+  EXPECT_EQ(out.result, r::ReloadResult::timeout) << out.detail;
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 1500ms);
 }
 
 TEST(HaproxyPayload, HasNoBlankLinesAndEndsWithoutNewline) {
