@@ -269,7 +269,11 @@ fs::path LocalRenewer::root_path(const fs::path& state_dir) { return ca_dir(stat
 
 LocalRenewer::LocalRenewer(crypto::EvpPkeyPtr key, crypto::X509Ptr root, fs::path root_file,
                            const Clock* clock)
-    : key_(std::move(key)), root_(std::move(root)), root_file_(std::move(root_file)), clock_(clock) {}
+    : key_(std::move(key)),
+      root_(std::move(root)),
+      root_not_after_(crypto::describe(root_.get()).not_after),
+      root_file_(std::move(root_file)),
+      clock_(clock) {}
 
 Result<std::unique_ptr<LocalRenewer>> LocalRenewer::open(const fs::path& state_dir, const Clock* clock) {
   if (!clock) clock = &kSystemClock;
@@ -324,9 +328,8 @@ Result<IssueResult> LocalRenewer::issue_now(const IssueRequest& request) {
     return make_error("local CA: the CSR's names differ from the request (CSR " + text + ")");
   }
 
-  const auto root_info = crypto::describe(root_.get());
-  if (now >= root_info.not_after) {
-    Error e = make_error("local CA: the development root expired at " + utc(root_info.not_after) +
+  if (now >= root_not_after_) {
+    Error e = make_error("local CA: the development root expired at " + utc(root_not_after_) +
                          "; remove " + root_file_.parent_path().string() + " to create a new one");
     e.configuration = true;
     return e;
@@ -349,10 +352,8 @@ Result<IssueResult> LocalRenewer::issue_now(const IssueRequest& request) {
     if (auto r = set_common_name(leaf.get(), requested.common_name); !r) return fail(r.error());
   }
   if (auto r = set_validity(leaf.get(), not_before, not_after); !r) return fail(r.error());
-  EVP_PKEY* leaf_key = X509_REQ_get0_pubkey(req->get());
-  if (!leaf_key || X509_set_pubkey(leaf.get(), leaf_key) != 1) {
-    return crypto::openssl_error("local CA: setting the public key");
-  }
+  EVP_PKEY* leaf_key = X509_REQ_get0_pubkey(req->get());  // decoded (and verified) above
+  if (auto r = crypto::copy_public_key(req->get(), leaf.get()); !r) return fail(r.error());
   X509V3_CTX ctx;
   X509V3_set_ctx_nodb(&ctx);
   X509V3_set_ctx(&ctx, root_.get(), leaf.get(), nullptr, nullptr, 0);

@@ -60,6 +60,7 @@ class LocalRenewer final : public Renewer {
 
   crypto::EvpPkeyPtr key_;
   crypto::X509Ptr root_;
+  SystemTime root_not_after_;
   std::filesystem::path root_file_;
   const Clock* clock_;
 };

@@ -4,6 +4,7 @@
 #include "agent/crypto/keys.h"
 
 #include <arpa/inet.h>
+#include <openssl/core_names.h>
 #include <openssl/pem.h>
 
 #include <algorithm>
@@ -24,6 +25,7 @@ struct ExtensionStackFree {
 using ExtensionStackPtr = std::unique_ptr<STACK_OF(X509_EXTENSION), ExtensionStackFree>;
 using GeneralNamePtr = std::unique_ptr<GENERAL_NAME, CDeleter<GENERAL_NAME_free>>;
 using Asn1StringPtr = std::unique_ptr<ASN1_STRING, CDeleter<ASN1_STRING_free>>;
+using Asn1ObjectPtr = std::unique_ptr<ASN1_OBJECT, CDeleter<ASN1_OBJECT_free>>;
 
 bool printable_ascii(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
@@ -110,7 +112,79 @@ void set_difference_sentences(const std::vector<std::string>& requested,
   }
 }
 
+// Sets an SPKI from the algorithm and raw key bits, taking ownership of the copies.
+bool set_spki(X509_PUBKEY* pub, ASN1_OBJECT* alg, int ptype, void* pval, const unsigned char* bits,
+              int len) {
+  auto* copy = static_cast<unsigned char*>(OPENSSL_memdup(bits, static_cast<std::size_t>(len)));
+  if (!copy) return false;
+  if (X509_PUBKEY_set0_param(pub, alg, ptype, pval, copy, len) != 1) {
+    OPENSSL_free(copy);
+    return false;
+  }
+  return true;
+}
+
+// EC and EdDSA public keys straight from the key's parameters, without OpenSSL 3.0's encoder +
+// decoder round trip (X509_REQ_set_pubkey). False: unsupported here, use the generic path.
+bool set_public_key_direct(X509_PUBKEY* pub, EVP_PKEY* key) {
+  unsigned char point[160];
+  std::size_t len = 0;
+  if (EVP_PKEY_is_a(key, "ED25519")) {
+    // The raw 32-byte key is the SPKI's BIT STRING (RFC 8410); no algorithm parameters.
+    if (EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point, &len) != 1) {
+      return false;
+    }
+    return set_spki(pub, OBJ_nid2obj(NID_ED25519), V_ASN1_UNDEF, nullptr, point, static_cast<int>(len));
+  }
+  if (EVP_PKEY_is_a(key, "EC")) {
+    // The uncompressed point, with the named curve as parameter (RFC 5480).
+    char group[64];
+    std::size_t group_len = 0;
+    if (EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof point,
+                                        &len) != 1 ||
+        EVP_PKEY_get_group_name(key, group, sizeof group, &group_len) != 1) {
+      return false;
+    }
+    const int curve = OBJ_txt2nid(group);
+    if (curve == NID_undef) return false;
+    return set_spki(pub, OBJ_nid2obj(NID_X9_62_id_ecPublicKey), V_ASN1_OBJECT, OBJ_nid2obj(curve), point,
+                    static_cast<int>(len));
+  }
+  return false;
+}
+
 }  // namespace
+
+Result<> copy_public_key(X509_REQ* from, X509* to) {
+  ASN1_OBJECT* alg_obj = nullptr;
+  const unsigned char* bits = nullptr;
+  int len = 0;
+  X509_ALGOR* alg = nullptr;
+  if (X509_PUBKEY_get0_param(&alg_obj, &bits, &len, &alg, X509_REQ_get_X509_PUBKEY(from)) != 1 || !alg) {
+    return openssl_error("reading the CSR public key");
+  }
+  const ASN1_OBJECT* obj = nullptr;
+  int ptype = V_ASN1_UNDEF;
+  const void* pval = nullptr;
+  X509_ALGOR_get0(&obj, &ptype, &pval, alg);
+  if (ptype != V_ASN1_OBJECT && ptype != V_ASN1_SEQUENCE && ptype != V_ASN1_NULL && ptype != V_ASN1_UNDEF) {
+    return make_error("CSR public key has unsupported algorithm parameters");
+  }
+  Asn1ObjectPtr alg_copy(OBJ_dup(obj));
+  Asn1ObjectPtr param_obj(ptype == V_ASN1_OBJECT ? OBJ_dup(static_cast<const ASN1_OBJECT*>(pval)) : nullptr);
+  Asn1StringPtr param_seq(ptype == V_ASN1_SEQUENCE ? ASN1_STRING_dup(static_cast<const ASN1_STRING*>(pval))
+                                                   : nullptr);
+  void* param = ptype == V_ASN1_OBJECT ? static_cast<void*>(param_obj.get()) : param_seq.get();
+  if (!alg_copy || (ptype == V_ASN1_OBJECT && !param_obj) || (ptype == V_ASN1_SEQUENCE && !param_seq) ||
+      !set_spki(X509_get_X509_PUBKEY(to), alg_copy.get(), ptype, param, bits, len)) {
+    return openssl_error("copying the CSR public key");
+  }
+  // Owned by the certificate now.
+  (void)alg_copy.release();
+  (void)param_obj.release();
+  (void)param_seq.release();
+  return {};
+}
 
 std::optional<std::string> canonical_ip(std::string_view text) {
   const std::string bytes = ip_bytes(text);
@@ -233,7 +307,10 @@ Result<std::string> build_csr(EVP_PKEY* key, const SubjectNames& names) {
       return openssl_error("adding the CSR extension request");
     }
   }
-  if (X509_REQ_set_pubkey(req.get(), key) != 1) return openssl_error("setting the CSR public key");
+  if (!set_public_key_direct(X509_REQ_get_X509_PUBKEY(req.get()), key)) {
+    clear_openssl_errors();
+    if (X509_REQ_set_pubkey(req.get(), key) != 1) return openssl_error("setting the CSR public key");
+  }
   const EVP_MD* md = signs_without_digest(key) ? nullptr : EVP_sha256();
   if (X509_REQ_sign(req.get(), key, md) <= 0) return openssl_error("signing the CSR");
 

@@ -34,6 +34,11 @@ struct SubjectNames {
 // Checks the CSR's self-signature with the public key it carries.
 [[nodiscard]] Result<> verify_csr_signature(X509_REQ* req);
 
+// Puts the CSR's SubjectPublicKeyInfo into `cert` bit for bit. Unlike X509_set_pubkey this
+// does not re-encode and re-decode the key (two OpenSSL 3.0 provider round trips that cost more
+// than the signature itself); the CSR's signature must have been verified first.
+[[nodiscard]] Result<> copy_public_key(X509_REQ* from, X509* to);
+
 // The names a CSR asks for. Fails on a subjectAltName kind other than DNS/IP/URI, on several
 // CNs, or on a malformed extension.
 [[nodiscard]] Result<SubjectNames> csr_names(X509_REQ* req);

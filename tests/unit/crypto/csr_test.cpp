@@ -26,6 +26,22 @@ X509ReqPtr built(EVP_PKEY* key, const SubjectNames& names) {
   return req ? std::move(*req) : nullptr;
 }
 
+std::string der_of_key(EVP_PKEY* key) {
+  unsigned char* der = nullptr;
+  const int len = i2d_PUBKEY(key, &der);
+  std::string out(reinterpret_cast<char*>(der), len > 0 ? static_cast<std::size_t>(len) : 0);
+  OPENSSL_free(der);
+  return out;
+}
+
+std::string der_of_spki(X509_PUBKEY* spki) {
+  unsigned char* der = nullptr;
+  const int len = i2d_X509_PUBKEY(spki, &der);
+  std::string out(reinterpret_cast<char*>(der), len > 0 ? static_cast<std::size_t>(len) : 0);
+  OPENSSL_free(der);
+  return out;
+}
+
 struct SigCase {
   KeyType type;
   int signature_nid;
@@ -41,6 +57,11 @@ TEST_P(CsrKeyTypeTest, CarriesNamesKeyAndSignature) {
   EXPECT_TRUE(verify_csr_signature(req.get()));
   EXPECT_EQ(X509_REQ_get_signature_nid(req.get()), GetParam().signature_nid);
   EXPECT_TRUE(same_public_key(X509_REQ_get0_pubkey(req.get()), key->get()));
+  // The SPKI written without the encoder round trip is byte-identical to OpenSSL's own.
+  EXPECT_EQ(der_of_key(key->get()), der_of_spki(X509_REQ_get_X509_PUBKEY(req.get())));
+  X509Ptr cert(X509_new());
+  ASSERT_TRUE(copy_public_key(req.get(), cert.get()));
+  EXPECT_EQ(der_of_key(key->get()), der_of_spki(X509_get_X509_PUBKEY(cert.get())));
   auto names = csr_names(req.get());
   ASSERT_TRUE(names) << names.error().message;
   EXPECT_EQ(names->common_name, "web.internal");

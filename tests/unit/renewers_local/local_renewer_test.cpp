@@ -11,6 +11,7 @@
 #include <openssl/x509v3.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <thread>
 
 namespace certagent::renewers {
@@ -397,12 +398,16 @@ TEST_F(LocalRenewerTest, IssueCoroutineAndRegistry) {
   ASSERT_TRUE(*out) << out->error().message;
   EXPECT_TRUE(validate(rot, **out));
 
-  broker.type = "acme";
-  auto acme = make_renewer(broker, context);
-  ASSERT_FALSE(acme);
-  EXPECT_TRUE(contains(acme.error().message, "renewer type acme not built yet")) << acme.error().message;
+  // Config loading rejects unknown types first; the registry still refuses them cleanly.
+  broker.type = "nosuch";
+  auto unknown = make_renewer(broker, context);
+  ASSERT_FALSE(unknown);
+  EXPECT_TRUE(contains(unknown.error().message, "renewer type nosuch not built yet")) << unknown.error().message;
 
-  EXPECT_EQ(known_renewer_types(), (std::vector<std::string>{"local", "acme", "cfssl", "lemur"}));
+  const auto types = known_renewer_types();
+  for (const char* t : {"local", "acme", "cfssl", "lemur"}) {
+    EXPECT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
+  }
 }
 
 }  // namespace
