@@ -29,9 +29,9 @@ using local = boost::asio::local::stream_protocol;
 
 namespace {
 
-std::shared_ptr<spdlog::logger> logger() {
-  static auto l = log::get("socket");
-  return l;
+spdlog::logger* logger() {
+  static const auto l = log::get("socket");
+  return l.get();
 }
 
 // Access denials logged per second at most; the rest are counted (and in the metrics).
@@ -131,17 +131,6 @@ std::string error_json(std::string_view code, bool newline) {
   std::string out = json::serialize(json::object{{"error", code}});
   if (newline) out.push_back('\n');
   return out;
-}
-
-// The line a watcher gets for the current state of `entry`.
-http::Chunk current_line(const CertEntry& entry, SystemTime now, std::string* key) {
-  if (auto m = entry.valid_material(now)) {
-    *key = "serial:" + m->serial_hex;
-    return std::make_shared<const Secret>(bundle_json(entry, *m, true));
-  }
-  const auto reason = unavailable_reason(entry, now);
-  *key = "error:" + std::string(reason);
-  return std::make_shared<const Secret>(error_json(reason, true));
 }
 
 bool may_read_key(const config::SocketAccess& access, const http::Peer& peer) {
@@ -364,7 +353,34 @@ SocketServer::SocketServer(boost::asio::io_context& io, const config::SocketConf
                   },
                   [&metrics](std::string_view reason) {
                     metrics.add(metric::kSocketRejected, {{"reason", std::string(reason)}});
-                  }}) {}
+                  }}) {
+  // A new commit (or expiry) drops the old bundle, and the key in it, at once.
+  cache_subscription_ = store_.subscribe("", [this](const CertEntry& entry, CertEvent) {
+    bundles_.erase(entry.config.name);
+  });
+}
+
+http::Chunk SocketServer::bundle_line(const CertEntry& entry, const MaterialPtr& material) {
+  auto& cached = bundles_[entry.config.name];
+  if (cached.material != material || !cached.line ||
+      cached.trust_bundle_pem != entry.trust_bundle_pem) {
+    cached.material = material;
+    cached.trust_bundle_pem = entry.trust_bundle_pem;
+    cached.line = std::make_shared<const Secret>(bundle_json(entry, *material, true));
+  }
+  return cached.line;
+}
+
+http::Chunk SocketServer::current_line(const CertEntry& entry, std::string* key) {
+  const auto now = clock_.now();
+  if (auto m = entry.valid_material(now)) {
+    *key = "serial:" + m->serial_hex;
+    return bundle_line(entry, m);
+  }
+  const auto reason = unavailable_reason(entry, now);
+  *key = "error:" + std::string(reason);
+  return std::make_shared<const Secret>(error_json(reason, true));
+}
 
 SocketServer::~SocketServer() { stop(); }
 
@@ -440,6 +456,7 @@ Result<> SocketServer::start() {
 void SocketServer::stop() {
   server_.stop();  // watchers' on_close callbacks run now and empty the groups
   groups_.clear();
+  bundles_.clear();
   watcher_count_ = 0;
   if (socket_file_) {
     struct stat st {};
@@ -457,9 +474,11 @@ void SocketServer::stop() {
 http::Reply SocketServer::handle(const http::Request& request, const http::Peer& peer) {
   const std::string_view target = request.target();
   const std::string_view path = path_of(target);
-  logger()->debug("request method={} path={} pid={} uid={}",
-                  std::string_view(request.method_string()), log::quote(path), peer.pid,
-                  peer.uid);
+  if (logger()->should_log(spdlog::level::debug)) {
+    logger()->debug("request method={} path={} pid={} uid={}",
+                    std::string_view(request.method_string()), log::quote(path), peer.pid,
+                    peer.uid);
+  }
   if (auto reply = common_route(path, request, store_, metrics_, clock_, healthy_)) {
     return std::move(*reply);
   }
@@ -530,7 +549,11 @@ http::Reply SocketServer::fetch(const std::string& name, const http::Peer& peer)
   if (!material) {
     return http::error_reply(bhttp::status::service_unavailable, unavailable_reason(*entry, now));
   }
-  http::Reply reply = http::json_reply(bhttp::status::ok, bundle_json(*entry, *material, false));
+  const auto line = bundle_line(*entry, material);
+  std::string body;
+  body.reserve(line->size());
+  body.append(line->data(), line->size() - 1);  // without the newline
+  http::Reply reply = http::json_reply(bhttp::status::ok, std::move(body));
   reply.sensitive = true;
   reply.response.set(bhttp::field::cache_control, "no-store");
   return reply;
@@ -604,7 +627,7 @@ void SocketServer::add_watcher(const std::string& name,
                   stream->peer().pid, stream->peer().uid, watcher_count_);
 
   std::string key;
-  stream->write(current_line(*entry, clock_.now(), &key));
+  stream->write(current_line(*entry, &key));
   if (group->watchers.size() == 1) {
     group->last_key = key;
     arm_expiry(group, *entry);
@@ -633,7 +656,7 @@ void SocketServer::on_event(const std::shared_ptr<WatchGroup>& group, const Cert
 // (a new serial, or the error that replaces the bundle).
 void SocketServer::push(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry) {
   std::string key;
-  const auto line = current_line(entry, clock_.now(), &key);
+  const auto line = current_line(entry, &key);
   if (key == group->last_key) return;
   group->last_key = key;
   arm_expiry(group, entry);

@@ -74,12 +74,20 @@ class SocketServer {
 
  private:
   struct WatchGroup;
+  // A certificate's bundle serialized once for every fetch and watcher until it changes.
+  struct CachedBundle {
+    MaterialPtr material;
+    std::string trust_bundle_pem;
+    http::Chunk line;  // the JSON and a newline; wiped when the last holder lets go
+  };
 
   http::Reply handle(const http::Request& request, const http::Peer& peer);
   http::Reply list() const;
   http::Reply fetch(const std::string& name, const http::Peer& peer);
   http::Reply watch(const std::string& name, const http::Peer& peer);
   http::Reply renew(const std::string& name, const http::Peer& peer);
+  http::Chunk bundle_line(const CertEntry& entry, const MaterialPtr& material);
+  http::Chunk current_line(const CertEntry& entry, std::string* key);
   void add_watcher(const std::string& name, std::shared_ptr<http::ResponseStream> stream);
   void on_event(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry);
   void on_expiry_timer(const std::shared_ptr<WatchGroup>& group);
@@ -97,6 +105,8 @@ class SocketServer {
   std::function<bool()> healthy_;
   http::Server server_;
   std::map<std::string, std::shared_ptr<WatchGroup>> groups_;
+  std::map<std::string, CachedBundle> bundles_;
+  CertificateStore::Subscription cache_subscription_;
   std::size_t watcher_count_{0};
   std::size_t next_watcher_id_{0};
   bool started_{false};

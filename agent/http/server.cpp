@@ -13,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
@@ -48,9 +49,9 @@ constexpr auto kLingerTime = 1s;
 // Pause after accept() fails for lack of descriptors or memory, instead of spinning.
 constexpr auto kAcceptBackoff = 100ms;
 
-std::shared_ptr<spdlog::logger> logger() {
-  static auto l = log::get("http.server");
-  return l;
+spdlog::logger* logger() {
+  static const auto l = log::get("http.server");
+  return l.get();
 }
 
 // Wipes a response body holding key material when it goes out of scope, whatever path the
@@ -162,6 +163,7 @@ class ServerCore {
   Hooks hooks;
   bool stopped{false};
   SessionList sessions;
+  std::size_t streams{0};  // sessions that have turned into streams
   std::vector<std::unique_ptr<local::acceptor>> local_acceptors;
   std::vector<std::unique_ptr<tcp::acceptor>> tcp_acceptors;
 };
@@ -174,7 +176,7 @@ using detail::ServerCore;
 using detail::SessionBase;
 
 // One connection: reads requests in a loop, answers each, or turns into a chunked stream.
-// A watchdog coroutine enforces the deadline of whatever the connection is doing.
+// A watchdog timer enforces the deadline of whatever the connection is doing.
 template <class Protocol>
 class Session final : public SessionBase, public std::enable_shared_from_this<Session<Protocol>> {
  public:
@@ -189,9 +191,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
   void start() {
     it_ = core_->add(this);
-    auto self = this->shared_from_this();
-    asio::co_spawn(socket_.get_executor(), watchdog(self), asio::detached);
-    asio::co_spawn(socket_.get_executor(), run(self), asio::detached);
+    arm(Phase::reading, core_->limits.request_timeout);
+    watch_deadline();
+    asio::co_spawn(socket_.get_executor(), run(this->shared_from_this()), asio::detached);
   }
 
   // ResponseStream
@@ -205,7 +207,8 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       return false;
     }
     queue_.push_back(std::move(chunk));
-    if (queue_.size() == 1) wake_.cancel();  // the writer is idle: wake it
+    // Otherwise the writer is busy with the queue, or has been woken to finish a partial write.
+    if (!writing_ && queue_.size() == 1) write_now();
     return true;
   }
   void finish() override {
@@ -228,8 +231,9 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
  private:
   enum class Phase { idle, reading, writing };
 
-  // Sets the deadline of the current step. The watchdog sleeps until the deadline it armed;
-  // it is woken only when the new one is earlier, so the common case costs no timer work.
+  // Sets the deadline of the current step. The watchdog timer sleeps until the deadline it
+  // armed and is woken only when the new one is earlier, so the common case (a later deadline)
+  // costs no timer work.
   void arm(Phase phase, SteadyClock::duration d) {
     phase_ = phase;
     deadline_ = SteadyClock::now() + d;
@@ -240,25 +244,29 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     deadline_ = SteadyClock::time_point::max();
   }
 
-  // `self` keeps the session alive while the coroutine runs.
-  asio::awaitable<void> watchdog([[maybe_unused]] std::shared_ptr<Session> self) {
-    while (!closed_) {
-      if (deadline_ <= SteadyClock::now()) {
-        if (phase_ == Phase::reading) {
-          // Stop the read and let run() answer 408 (or close, if nothing came).
-          timed_out_ = true;
-          boost::system::error_code ec;
-          socket_.cancel(ec);
-          disarm();
-          continue;
-        }
+  void watch_deadline() {
+    armed_ = deadline_;
+    timer_.expires_at(armed_);
+    timer_.async_wait([self = this->shared_from_this()](boost::system::error_code) {
+      self->on_deadline();
+    });
+  }
+
+  // The timer fired or was cancelled: act if the current deadline has passed, else sleep again.
+  void on_deadline() {
+    if (closed_) return;
+    if (deadline_ <= SteadyClock::now()) {
+      if (phase_ != Phase::reading) {
         close();
-        break;
+        return;
       }
-      armed_ = deadline_;
-      timer_.expires_at(armed_);
-      co_await timer_.async_wait(kUseTuple);
+      // Stop the read and let run() answer 408 (or close, if nothing came).
+      timed_out_ = true;
+      boost::system::error_code ec;
+      socket_.cancel(ec);
+      disarm();
     }
+    watch_deadline();
   }
 
   bool gone() const { return closed_ || core_->stopped; }
@@ -383,9 +391,14 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       close();
       co_return;
     }
+    streaming_ = true;
+    ++core_->streams;
     // A watcher may stay for days: give back what reading the request took.
     buffer_.clear();
     buffer_.shrink_to_fit();
+    // For write_now(): a send that would block returns at once instead.
+    boost::system::error_code nb;
+    socket_.non_blocking(true, nb);
     asio::co_spawn(socket_.get_executor(), watch_peer(self), asio::detached);
     auto callback = std::move(reply.stream);
     reply = Reply{};
@@ -400,15 +413,48 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     close();
   }
 
-  asio::awaitable<void> write_chunks() {
+  using ChunkBuffers = std::array<asio::const_buffer, 3>;
+
+  // The front chunk in chunked framing: size line, data, CRLF.
+  ChunkBuffers frame_front() {
     static constexpr std::string_view kCrlf = "\r\n";
+    const Chunk& chunk = queue_.front();
+    const int len = std::snprintf(size_line_.data(), size_line_.size(), "%zx\r\n", chunk->size());
+    return {asio::buffer(size_line_.data(), static_cast<std::size_t>(len)),
+            asio::buffer(chunk->data(), chunk->size()), asio::buffer(kCrlf)};
+  }
+
+  // The writer is idle and one chunk is queued: most chunks fit the socket's buffer, so send it
+  // now with one non-blocking send instead of a round trip through the writer coroutine. What
+  // does not fit is left to the writer.
+  void write_now() {
+    const ChunkBuffers buffers = frame_front();
+    boost::system::error_code ec;
+    const std::size_t n = socket_.write_some(buffers, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      ec = {};
+    } else if (ec) {
+      close();
+      return;
+    }
+    if (n == asio::buffer_size(buffers)) {
+      queue_.pop_front();
+      return;
+    }
+    front_sent_ = n;
+    wake_.cancel();
+  }
+
+  asio::awaitable<void> write_chunks() {
     static constexpr std::string_view kLast = "0\r\n\r\n";
     while (!closed_) {
       if (queue_.empty()) {
         if (finishing_) {
+          writing_ = true;
           arm(Phase::writing, core_->limits.request_timeout);
           co_await asio::async_write(socket_, asio::buffer(kLast), kUseTuple);
           disarm();
+          writing_ = false;
           boost::system::error_code ignored;
           socket_.shutdown(asio::socket_base::shutdown_send, ignored);
           break;
@@ -417,16 +463,16 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
         co_await wake_.async_wait(kUseTuple);
         continue;
       }
-      const Chunk chunk = queue_.front();
-      std::array<char, 24> size_line{};
-      const int len = std::snprintf(size_line.data(), size_line.size(), "%zx\r\n", chunk->size());
-      const std::array<asio::const_buffer, 3> buffers{
-          asio::buffer(size_line.data(), static_cast<std::size_t>(len)),
-          asio::buffer(chunk->data(), chunk->size()), asio::buffer(kCrlf)};
+      const Chunk chunk = queue_.front();  // held: close() may clear the queue meanwhile
+      boost::beast::buffers_suffix<ChunkBuffers> rest(frame_front());
+      rest.consume(front_sent_);
+      writing_ = true;
       arm(Phase::writing, core_->limits.request_timeout);
-      auto [ec, n] = co_await asio::async_write(socket_, buffers, kUseTuple);
+      auto [ec, n] = co_await asio::async_write(socket_, rest, kUseTuple);
       disarm();
+      writing_ = false;
       if (ec || closed_) break;
+      front_sent_ = 0;
       queue_.pop_front();
     }
   }
@@ -450,6 +496,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     timer_.cancel();
     wake_.cancel();
     queue_.clear();
+    if (streaming_) --core_->streams;
     core_->remove(it_);
     if (on_close_) {
       auto callback = std::move(on_close_);
@@ -460,7 +507,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
 
   std::shared_ptr<ServerCore> core_;
   Socket socket_;
-  asio::steady_timer timer_;  // the watchdog's
+  asio::steady_timer timer_;  // the watchdog
   asio::steady_timer wake_;   // wakes the stream writer
   Peer peer_;
   boost::beast::flat_buffer buffer_;
@@ -472,6 +519,10 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   bool timed_out_{false};
   bool closed_{false};
   bool finishing_{false};
+  bool streaming_{false};
+  bool writing_{false};          // the writer coroutine has a write in flight
+  std::size_t front_sent_{0};    // bytes of the front chunk's framing already sent
+  std::array<char, 24> size_line_{};
   std::deque<Chunk> queue_;
   std::function<void()> on_close_;
 };
@@ -490,7 +541,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<ServerCore> core,
       if (core->stopped) co_return;
       continue;
     }
-    if (core->sessions.size() >= core->limits.max_connections) {
+    if (core->sessions.size() - core->streams >= core->limits.max_connections) {
       refuse_busy(socket);
       core->reject("max_connections");
       continue;

@@ -7,7 +7,8 @@
 // (a slow or silent client gets 408 if it got some bytes out, else is closed); header larger than
 // `max_header_bytes` -> 431; body larger than `max_body_bytes` -> 413; anything unparsable -> 400;
 // after any of these the connection closes and the server carries on. Keep-alive is honoured.
-// Beyond `max_connections` a new connection gets a canned 503 and is closed at once.
+// Beyond `max_connections` a new connection gets a canned 503 and is closed at once; streams
+// do not count against it (the handler bounds them, e.g. socket.max_watchers).
 //
 // A handler answers with a plain response or with a chunked stream (watch): the stream outlives
 // the handler call; the handler writes chunks later and learns when the client went away.
@@ -88,7 +89,7 @@ struct Reply {
 using Handler = std::function<Reply(const Request&, const Peer&)>;
 
 struct Limits {
-  std::size_t max_connections{256};
+  std::size_t max_connections{256};  // open connections that are not streaming
   std::size_t max_header_bytes{8192};
   std::size_t max_body_bytes{64 * 1024};
   // Whole request (header and body) from its first byte, or from the end of the previous

@@ -81,7 +81,7 @@ class SocketApiTest : public ::testing::Test {
     c.path = dir_ / "run" / "agent.sock";  // "run" does not exist yet
     c.mode = 0666;                        // other users connect; authorization is per request
     c.admin_uids = {4242};
-    c.max_connections = 1200;
+    c.max_connections = 64;  // watchers are bounded by max_watchers, not by this
     c.max_watchers = 1100;
     c.request_timeout = 1s;
     return c;
@@ -460,6 +460,19 @@ TEST_F(SocketApiTest, WatchGetsTheBundleEveryRotationAndTheExpiry) {
   c.close();
   EXPECT_TRUE(wait_until([&] { return metric(metric::kSocketWatchers) == 0; }, 2s));
   EXPECT_EQ(on_io([&] { return server_->watchers(); }), 0u);
+}
+
+TEST_F(SocketApiTest, CurlCanWatch) {
+  start();
+  // The README's sidecar example reads the stream with curl -N.
+  const auto r = test::run({test::require_program("curl").string(), "-sN", "--max-time", "1",
+                            "--unix-socket", path_.string(),
+                            "http://localhost/v1/certificates/web?watch=1"},
+                           10s);
+  EXPECT_EQ(r.exit_code, 28) << r.err;  // cut by --max-time while still watching
+  const auto nl = r.out.find('\n');
+  ASSERT_NE(nl, std::string::npos) << r.out;
+  EXPECT_EQ(s(parse_object(r.out.substr(0, nl)).at("serial")), web_cert().serial);
 }
 
 TEST_F(SocketApiTest, WatchBeforeIssuanceStartsWithAnErrorLineThenTheBundle) {

@@ -296,6 +296,34 @@ TEST_F(ServerTest, ConnectionsBeyondTheLimitGet503AndClose) {
   EXPECT_EQ(ok->status, 200);
 }
 
+TEST_F(ServerTest, StreamsDoNotCountAgainstMaxConnections) {
+  Limits limits = test_limits();
+  limits.max_connections = 2;
+  limits.request_timeout = 10s;
+  start(limits);
+  std::vector<RawClient> streams;
+  for (int i = 0; i < 4; ++i) {
+    streams.push_back(RawClient::unix_socket(socket_path_));
+    ASSERT_TRUE(streams.back().send(RawClient::get("/stream")));
+    ASSERT_TRUE(streams.back().read_head());
+    ASSERT_EQ(streams.back().next_line(), "first");
+  }
+  std::vector<RawClient> plain;
+  for (int i = 0; i < 2; ++i) {
+    plain.push_back(RawClient::unix_socket(socket_path_));
+    ASSERT_TRUE(plain.back().send(RawClient::get("/hello")));
+    auto r = plain.back().read_response();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+  }
+  EXPECT_EQ(open_, 6u);
+  auto extra = RawClient::unix_socket(socket_path_);
+  auto r = extra.read_response();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  on_io([&] { stream_.reset(); });
+}
+
 TEST_F(ServerTest, StreamDeliversLinesAndReportsTheClientLeaving) {
   start(test_limits());
   auto c = RawClient::unix_socket(socket_path_);
