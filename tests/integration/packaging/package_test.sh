@@ -210,6 +210,7 @@ complete_words() {  # complete_words "certagent sta"
 check "completion: certagent che -> check-config" test "$(complete_words 'certagent che')" = check-config
 check "completion: status options" test "$(complete_words 'certagent status --')" = "--config --socket --json --help"
 check "completion: --config completes files" test "$(complete_words 'certagent run --config ')" = FILES
+check "completion: enroll options" test "$(complete_words 'certagent enroll --config x.yaml --')" = "--config --csr-out --csr-subject --help"
 
 # Units as installed (the binary and man page now exist, so verify has nothing to excuse).
 out=$(systemd-analyze verify /usr/lib/systemd/system/certagent.service \
