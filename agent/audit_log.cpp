@@ -1,6 +1,7 @@
 #include "agent/audit_log.h"
 
 #include "agent/logging.h"
+#include "agent/time_format.h"
 
 #include <boost/json/serialize.hpp>
 
@@ -13,18 +14,6 @@
 #include <ctime>
 
 namespace certagent {
-
-std::string format_rfc3339(std::chrono::system_clock::time_point t) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch());
-  const std::time_t secs = static_cast<std::time_t>(std::chrono::floor<std::chrono::seconds>(ms).count());
-  const long frac = static_cast<long>(ms.count() - secs * 1000LL);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
-  return buf;
-}
 
 AuditLog::AuditLog(std::filesystem::path path, std::size_t max_bytes)
     : path_(std::move(path)), max_bytes_(max_bytes) {}
@@ -57,7 +46,7 @@ void AuditLog::roll_if_needed(std::size_t incoming) {
 
 void AuditLog::record(std::string_view event, boost::json::object fields) {
   boost::json::object line;
-  line["time"] = format_rfc3339(std::chrono::system_clock::now());
+  line["time"] = format_rfc3339_ms(std::chrono::system_clock::now());
   line["event"] = event;
   for (auto& kv : fields) line[kv.key()] = std::move(kv.value());
   std::string text = boost::json::serialize(line);

@@ -3,6 +3,8 @@
 // rotation, failure, reload and expiry. Appended with O_APPEND; rolled to audit.log.1 past a
 // size limit so a host that fails for weeks does not fill its disk. Never holds key material.
 
+#include "agent/time_format.h"
+
 #include <boost/json/object.hpp>
 
 #include <cstddef>
@@ -38,7 +40,5 @@ class AuditLog {
   std::size_t size_{0};
 };
 
-// RFC 3339 UTC with milliseconds: 2026-11-22T10:15:30.123Z
-std::string format_rfc3339(std::chrono::system_clock::time_point t);
 
 }  // namespace certagent

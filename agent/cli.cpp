@@ -165,16 +165,17 @@ int cmd_check_config(const Args& a) {
 
 int cmd_status(const Args& a) {
   const bool json = has_flag(a, "--json");
-  if (auto socket = option(a, "--socket")) return cli_status(*socket, json, std::cout, std::cerr);
+  if (auto socket = option(a, "--socket")) return cli::cli_status(*socket, json, std::cout, std::cerr);
   auto config_path = option(a, "--config");
-  if (!config_path) return cli_status(kDefaultSocket, json, std::cout, std::cerr);
+  if (!config_path) return cli::cli_status(kDefaultSocket, json, std::cout, std::cerr);
   auto config = config::load_config(*config_path);
   if (!config) {
     std::cerr << config.error().message << "\n";
     return 2;
   }
-  if (!config->socket.path.empty() && socket_answers(config->socket.path))
-    return cli_status(config->socket.path, json, std::cout, std::cerr);
+  if (!config->socket.path.empty() &&
+      cli::socket_request(config->socket.path, "GET", "/healthz", std::chrono::seconds(2)))
+    return cli::cli_status(config->socket.path, json, std::cout, std::cerr);
   auto state = read_state_file(config->state_dir);
   if (!state) {
     std::cerr << "certagent: " << state.error().message << "\n";
@@ -217,7 +218,7 @@ int cmd_enroll(const Args& a) {
     std::cerr << "certagent: enroll failed: " << report.error().message << "\n";
     return 1;
   }
-  std::cout << tpm::format_enroll_report(*report);
+  std::cout << tpm::format_report(*report);
   return 0;
 }
 
@@ -266,12 +267,12 @@ int run_cli(int argc, char** argv) {
     if (int rc = check_options(*args, {"--socket", "--out"}, 1)) return rc;
     std::optional<std::filesystem::path> out;
     if (auto o = option(*args, "--out")) out = *o;
-    return cli_fetch(option(*args, "--socket").value_or(kDefaultSocket), args->positional[0], out,
+    return cli::cli_fetch(option(*args, "--socket").value_or(kDefaultSocket), args->positional[0], out,
                      std::cout, std::cerr);
   }
   if (cmd == "renew") {
     if (int rc = check_options(*args, {"--socket"}, 1)) return rc;
-    return cli_renew(option(*args, "--socket").value_or(kDefaultSocket), args->positional[0],
+    return cli::cli_renew(option(*args, "--socket").value_or(kDefaultSocket), args->positional[0],
                      std::cout, std::cerr);
   }
   if (cmd == "enroll") {

@@ -15,6 +15,7 @@
 // certificate's socket.allow_uids, and peers whose effective gid or one of whose supplementary
 // groups (SO_PEERGROUPS) is in socket.allow_gids. Others get 403, logged with pid and uid.
 
+#include "agent/time_format.h"
 #include "agent/clock.h"
 #include "agent/config.h"
 #include "agent/http/server.h"
@@ -38,10 +39,6 @@
 
 namespace certagent {
 
-// RFC 3339 in UTC with seconds: "2026-11-22T10:15:30Z".
-std::string format_rfc3339(SystemTime t);
-// Accepts what format_rfc3339 writes, plus fractional seconds and numeric offsets.
-std::optional<SystemTime> parse_rfc3339(std::string_view text);
 
 // Storage for Boost.JSON values that hold key material: every block is wiped when freed.
 boost::json::storage_ptr json_wiping_storage();

@@ -6,6 +6,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -35,6 +36,56 @@ boost::json::array describe_certificates(const CertificateStore& store, SystemTi
     list.push_back(std::move(o));
   }
   return list;
+}
+
+namespace {
+
+std::string field(const boost::json::object& o, const char* key) {
+  const auto* v = o.if_contains(key);
+  if (!v) return "-";
+  if (v->is_string()) return std::string(v->as_string());
+  if (v->is_int64()) return std::to_string(v->as_int64());
+  if (v->is_bool()) return v->as_bool() ? "yes" : "no";
+  return "-";
+}
+
+std::string human_duration(std::int64_t seconds) {
+  if (seconds < 0) return "expired";
+  if (seconds < 120) return std::to_string(seconds) + "s";
+  if (seconds < 7200) return std::to_string(seconds / 60) + "m";
+  if (seconds < 172800) return std::to_string(seconds / 3600) + "h";
+  return std::to_string(seconds / 86400) + "d";
+}
+
+}  // namespace
+
+void print_status_table(const boost::json::array& list, std::ostream& out) {
+  std::vector<std::vector<std::string>> rows{
+      {"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL", "FAILURES"}};
+  for (const auto& item : list) {
+    if (!item.is_object()) continue;
+    const auto& o = item.as_object();
+    std::string serial = field(o, "serial");
+    if (serial.size() > 16) serial = serial.substr(0, 16) + "…";
+    std::string expires = "-";
+    if (const auto* e = o.if_contains("expires_in_seconds"); e && e->is_int64())
+      expires = human_duration(e->as_int64());
+    std::string failures = field(o, "consecutive_failures");
+    if (const auto* err = o.if_contains("last_error"); err && err->is_string() && failures != "0")
+      failures += " (" + std::string(err->as_string()).substr(0, 60) + ")";
+    rows.push_back({field(o, "name"), field(o, "state"), serial, field(o, "not_after"), expires,
+                    field(o, "next_renewal"), failures});
+  }
+  std::vector<std::size_t> width(rows[0].size(), 0);
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  for (const auto& r : rows) {
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      out << r[i];
+      if (i + 1 < r.size()) out << std::string(width[i] - r[i].size() + 2, ' ');
+    }
+    out << "\n";
+  }
 }
 
 Result<> write_state_file(const std::filesystem::path& state_dir, const CertificateStore& store,

@@ -10,6 +10,7 @@
 #include <boost/json/value.hpp>
 
 #include <filesystem>
+#include <ostream>
 
 namespace certagent {
 
@@ -19,6 +20,9 @@ inline constexpr const char* kStateFileName = "state.json";
 // certificate: name, broker, state, serial, not_before, not_after, next_renewal,
 // consecutive_failures, last_error, ... — never keys.
 boost::json::array describe_certificates(const CertificateStore& store, SystemTime now);
+
+// A human table of such a list: NAME STATE SERIAL NOT_AFTER EXPIRES_IN NEXT_RENEWAL FAILURES.
+void print_status_table(const boost::json::array& list, std::ostream& out);
 
 [[nodiscard]] Result<> write_state_file(const std::filesystem::path& state_dir,
                                         const CertificateStore& store, SystemTime now);
