@@ -363,7 +363,8 @@ int main(int argc, char** argv) {
   report(b, rb, 0, b.horizon_s, 16);
   std::printf("  after the first minute (t >= 1h):\n");
   print_ratio_line("all requests", sum(rb), kHour, b.horizon_s);
-  plot(rb, 0, b.horizon_s, out / "fleet-bake.png", 0, 12 * kHour);
+  // From 1 h on: the first minute (1,700/s) would flatten the echo waves to nothing.
+  plot(rb, kHour, b.horizon_s, out / "fleet-bake.png", 0, 12 * kHour);
   // The echo of the bake, per jitter: how far the later waves stay above the steady mean.
   std::printf("  jitter sweep, image bake, window 24h..192h (600 s buckets; steady mean %.3f/s):\n",
               100000.0 / (96 * 3600 * 0.5));
@@ -413,7 +414,8 @@ int main(int argc, char** argv) {
   std::printf("  time to all-valid after recovery: %.0f s\n",
               static_cast<double>(rc2.last_invalid_end_s - down_to));
   print_histogram(rc2, down_to - 600, down_to + 3600, 14);
-  plot(rc2, down_to - 600, down_to + 3600, out / "fleet-outage-slot.png", c2.ceiling, 600);
+  // After the first contact, so that the ceiling is visible.
+  plot(rc2, down_to + 60, down_to + 3600, out / "fleet-outage-slot.png", c2.ceiling, 600);
 
   Scenario c3 = c;
   c3.name = "c-outage-fixed-plus-jitter";
