@@ -1,3 +1,4 @@
+#include "renewers/lemur_renewer.h"
 #include "renewers/local_renewer.h"
 #include "renewers/renewer.h"
 
@@ -8,6 +9,11 @@ Result<std::unique_ptr<Renewer>> make_renewer(const config::BrokerConfig& broker
   if (broker.type == "local") {
     auto r = LocalRenewer::open(context);
     if (!r) return with_context("broker " + broker.name, r.error());
+    return std::unique_ptr<Renewer>(std::move(*r));
+  }
+  if (broker.type == "lemur") {
+    auto r = LemurRenewer::create(broker, context);
+    if (!r) return r.error();  // already names the broker
     return std::unique_ptr<Renewer>(std::move(*r));
   }
   Error e = make_error("broker " + broker.name + ": renewer type " + broker.type + " not built yet");
