@@ -231,10 +231,13 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   auto log = logger();
 
   // 1-3: fresh key and CSR. RSA generation takes long enough to keep it off the loop.
-  auto key = is_rsa(config_.key)
-                 ? co_await run_on(services_.workers->get_executor(),
-                                   [k = config_.key] { return crypto::generate_key(k); })
-                 : crypto::generate_key(config_.key);
+  // No co_await inside ?: — GCC 12 mishandles the temporaries of a conditional in a coroutine.
+  Result<crypto::EvpPkeyPtr> key = make_error("not generated");
+  if (is_rsa(config_.key))
+    key = co_await run_on(services_.workers->get_executor(),
+                          [k = config_.key] { return crypto::generate_key(k); });
+  else
+    key = crypto::generate_key(config_.key);
   if (!key) {
     on_failure(with_context("generating the key", key.error()), false);
     co_return key.error();
@@ -321,8 +324,11 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
 
   // 6: commit. Files first (fsyncs on the pool), then the in-memory bundle and watchers.
   if (sink_) {
+    // Only trivially destructible captures in a lambda passed within a co_await expression:
+    // GCC 12 destroys such temporaries twice (a shared_ptr capture freed the material early).
+    const Material* to_write = material.get();
     auto committed = co_await run_on(services_.workers->get_executor(),
-                                     [this, material] { return sink_->commit(*material); });
+                                     [this, to_write] { return sink_->commit(*to_write); });
     if (!committed) {
       on_failure(with_context("writing " + sink_->config().dir.string(), committed.error()), false);
       co_return committed.error();
@@ -453,14 +459,8 @@ asio::awaitable<void> CertificateLoop::run_reloaders(MaterialPtr material, bool 
                                {"result", result},
                                {"attempt", attempt},
                                {"detail", outcome.detail}});
-      auto log = log::get("reloader." + std::string(reloader->type()));
-      if (outcome.result == reloaders::ReloadResult::success) {
-        log->info("event=reloaded name={} serial={} detail={}", config_.name, material->serial_hex,
-                  log::quote(outcome.detail));
-        break;
-      }
-      log->warn("event=reload_failed name={} serial={} result={} attempt={} detail={}", config_.name,
-                material->serial_hex, result, attempt, log::quote(outcome.detail));
+      // Each reloader logs its own outcome (reloader.<type>); the loop only decides on retries.
+      if (outcome.result == reloaders::ReloadResult::success) break;
       const CertEntry* current = services_.store->find(config_.name);
       if (expiry || !current || current->material != material) break;  // superseded
       co_await delay(std::chrono::seconds(1 << (attempt - 1)));

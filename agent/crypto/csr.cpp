@@ -124,35 +124,6 @@ bool set_spki(X509_PUBKEY* pub, ASN1_OBJECT* alg, int ptype, void* pval, const u
   return true;
 }
 
-// EC and EdDSA public keys straight from the key's parameters, without OpenSSL 3.0's encoder +
-// decoder round trip (X509_REQ_set_pubkey). False: unsupported here, use the generic path.
-bool set_public_key_direct(X509_PUBKEY* pub, EVP_PKEY* key) {
-  unsigned char point[160];
-  std::size_t len = 0;
-  if (EVP_PKEY_is_a(key, "ED25519")) {
-    // The raw 32-byte key is the SPKI's BIT STRING (RFC 8410); no algorithm parameters.
-    if (EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point, &len) != 1) {
-      return false;
-    }
-    return set_spki(pub, OBJ_nid2obj(NID_ED25519), V_ASN1_UNDEF, nullptr, point, static_cast<int>(len));
-  }
-  if (EVP_PKEY_is_a(key, "EC")) {
-    // The uncompressed point, with the named curve as parameter (RFC 5480).
-    char group[64];
-    std::size_t group_len = 0;
-    if (EVP_PKEY_get_octet_string_param(key, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, point, sizeof point,
-                                        &len) != 1 ||
-        EVP_PKEY_get_group_name(key, group, sizeof group, &group_len) != 1) {
-      return false;
-    }
-    const int curve = OBJ_txt2nid(group);
-    if (curve == NID_undef) return false;
-    return set_spki(pub, OBJ_nid2obj(NID_X9_62_id_ecPublicKey), V_ASN1_OBJECT, OBJ_nid2obj(curve), point,
-                    static_cast<int>(len));
-  }
-  return false;
-}
-
 }  // namespace
 
 Result<> copy_public_key(X509_REQ* from, X509* to) {
@@ -307,10 +278,9 @@ Result<std::string> build_csr(EVP_PKEY* key, const SubjectNames& names) {
       return openssl_error("adding the CSR extension request");
     }
   }
-  if (!set_public_key_direct(X509_REQ_get_X509_PUBKEY(req.get()), key)) {
-    clear_openssl_errors();
-    if (X509_REQ_set_pubkey(req.get(), key) != 1) return openssl_error("setting the CSR public key");
-  }
+  // The generic path: the "direct" SPKI shortcut crashed in X509_PUBKEY_set when it failed half
+  // way on a request's embedded X509_PUBKEY; half a millisecond per CSR is not worth that risk.
+  if (X509_REQ_set_pubkey(req.get(), key) != 1) return openssl_error("setting the CSR public key");
   const EVP_MD* md = signs_without_digest(key) ? nullptr : EVP_sha256();
   if (X509_REQ_sign(req.get(), key, md) <= 0) return openssl_error("signing the CSR");
 
