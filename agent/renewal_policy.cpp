@@ -36,9 +36,13 @@ Duration retry_delay(int failures, SystemTime now, std::optional<SystemTime> not
                      double unit_random) {
   const Duration cap = backoff_cap(now, not_after);
   // Nobody fixes a configuration by being asked again sooner: wait the whole cap.
-  Duration delay = configuration_error ? cap : backoff_delay(failures, cap, unit_random);
-  if (retry_after) delay = std::max(delay, std::min(*retry_after, kMaxRetryAfter));
-  return delay;
+  if (configuration_error) return std::max(cap, std::min(retry_after.value_or(Duration(0)), kMaxRetryAfter));
+  const Duration jittered = backoff_delay(failures, cap, unit_random);
+  // Never sooner than the broker asked, and jittered past it: a broker that tells a whole fleet
+  // "Retry-After: 60" must not get the whole fleet back at the same second (bench/fleet: all
+  // valid in 2,090 s instead of 7,142 s after a 6 h outage at 50 requests/s).
+  if (retry_after) return std::min(*retry_after, kMaxRetryAfter) + jittered;
+  return jittered;
 }
 
 }  // namespace certagent::policy

@@ -33,8 +33,9 @@ Duration backoff_cap(SystemTime now, std::optional<SystemTime> not_after);
 // `unit_random` drawn uniformly from [0, 1). `failures` >= 1.
 Duration backoff_delay(int failures, Duration cap, double unit_random);
 
-// The delay before the next attempt after a failure, honouring a broker's Retry-After (never
-// earlier than it asks, up to kMaxRetryAfter) and retrying configuration errors at the cap.
+// The delay before the next attempt after a failure: the jittered backoff, or, when the broker
+// sent Retry-After, that delay (up to kMaxRetryAfter) plus the jittered backoff, so hosts never
+// come back sooner than asked nor all at once. Configuration errors wait the whole cap.
 Duration retry_delay(int failures, SystemTime now, std::optional<SystemTime> not_after,
                      std::optional<Duration> retry_after, bool configuration_error,
                      double unit_random);

@@ -88,13 +88,14 @@ INSTANTIATE_TEST_SUITE_P(Table, BackoffDelayTest,
                                            DelayCase{100, 30s, 0.5, 15s},   // huge exponent
                                            DelayCase{4, 300s, 0.0, 0ms}));  // full jitter floor
 
-TEST(RetryDelay, HonoursRetryAfterWhenLongerThanBackoff) {
-  EXPECT_EQ(retry_delay(1, kT0, kT0 + 96h, 120s, false, 0.5), 120s);
+TEST(RetryDelay, NeverSoonerThanRetryAfterAndJitteredPastIt) {
+  EXPECT_EQ(retry_delay(1, kT0, kT0 + 96h, 120s, false, 0.5), 120s + 500ms);
+  EXPECT_EQ(retry_delay(3, kT0, kT0 + 96h, 120s, false, 0.0), 120s);
   EXPECT_EQ(retry_delay(1, kT0, kT0 + 96h, 0s, false, 0.5), 500ms);
 }
 
 TEST(RetryDelay, CapsAnAbsurdRetryAfter) {
-  EXPECT_EQ(retry_delay(1, kT0, kT0 + 96h, Duration(24h), false, 0.5), kMaxRetryAfter);
+  EXPECT_EQ(retry_delay(1, kT0, kT0 + 96h, Duration(24h), false, 0.0), kMaxRetryAfter);
 }
 
 TEST(RetryDelay, ConfigurationErrorsWaitTheWholeCap) {
