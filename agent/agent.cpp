@@ -52,7 +52,7 @@ class ServerSet {
         metrics_(io, config.metrics.listen, store, metrics, clock, healthy) {}
 
   Result<> start() {
-    if (auto r = socket_.start(); !r) return with_context("socket " + socket_.path().string(), r.error());
+    if (auto r = socket_.start(); !r) return r;  // its message names the path
     if (auto r = metrics_.start(); !r) return with_context("metrics listener", r.error());
     return {};
   }
