@@ -1,0 +1,60 @@
+#include "renewers/broker_keys.h"
+
+#include "agent/logging.h"
+#include "tpm/identity.h"
+
+#include <openssl/crypto.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace certagent::renewers {
+
+Result<std::vector<std::uint8_t>> broker_hmac(tpm::Identity& identity, const std::string& name,
+                                              const std::filesystem::path& key_file, const KeyFileParser& parse,
+                                              std::span<const std::uint8_t> data) {
+  auto mac = identity.hmac(name, data);
+  if (mac) return mac;
+  std::error_code ec;
+  if (key_file.empty() || !std::filesystem::exists(key_file, ec))
+    return with_context("HMAC key " + name + " is not in the identity (run `certagent enroll`)", mac.error());
+  std::string text;
+  {
+    std::ifstream in(key_file, std::ios::binary);
+    if (!in) return make_error("cannot read key file " + key_file.string());
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  auto key = parse(text);
+  OPENSSL_cleanse(text.data(), text.size());
+  if (!key) return with_context("key file " + key_file.string(), Error{key.error().message, {}, true});
+  auto imported = identity.import_hmac_key(name, *key);
+  OPENSSL_cleanse(key->data(), key->size());
+  if (!imported) return with_context("importing HMAC key " + name, imported.error());
+  log::get("renewer")->warn("event=hmac_key_imported name={} file={} hint={}", name, log::quote(key_file.string()),
+                            log::quote("run `certagent enroll` to seal it and delete the file"));
+  return identity.hmac(name, data);
+}
+
+Result<std::vector<std::uint8_t>> parse_hex_key_text(std::string_view text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+  if (text.empty() || text.size() % 2 != 0) return make_error("expected an even number of hex digits");
+  std::vector<std::uint8_t> out;
+  out.reserve(text.size() / 2);
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  for (std::size_t i = 0; i < text.size(); i += 2) {
+    int hi = nibble(text[i]), lo = nibble(text[i + 1]);
+    if (hi < 0 || lo < 0) return make_error("expected hex digits only");
+    out.push_back(static_cast<std::uint8_t>(hi * 16 + lo));
+  }
+  return out;
+}
+
+}  // namespace certagent::renewers

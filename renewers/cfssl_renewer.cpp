@@ -1,0 +1,192 @@
+#include "renewers/cfssl_renewer.h"
+
+#include "agent/crypto/ossl_ptr.h"
+#include "agent/logging.h"
+#include "renewers/broker_keys.h"
+#include "tpm/identity.h"
+
+#include <boost/json.hpp>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+namespace certagent::renewers {
+
+namespace json = boost::json;
+using boost::asio::awaitable;
+
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() { return log::get("renewer.cfssl"); }
+
+std::string base64(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3) + 1, '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()), static_cast<int>(bytes.size()));
+  out.resize(static_cast<std::size_t>(n));
+  return out;
+}
+
+std::string snippet(std::string_view body) {
+  std::string out;
+  for (char c : body.substr(0, 120)) {
+    unsigned char u = static_cast<unsigned char>(c);
+    out += (u >= 0x20 && u < 0x7f) ? c : ' ';
+  }
+  if (body.size() > 120) out += "...";
+  return out;
+}
+
+// cfssl's {"errors":[{"code":N,"message":"..."}]} as one line.
+std::string cfssl_errors(const json::value& v) {
+  std::string out;
+  if (const auto* o = v.if_object())
+    if (const auto* errs = o->if_contains("errors"); errs && errs->is_array())
+      for (const auto& e : errs->get_array()) {
+        std::string m;
+        if (const auto* eo = e.if_object()) {
+          if (const auto* msg = eo->if_contains("message"); msg && msg->is_string()) m = std::string(msg->get_string());
+          if (const auto* code = eo->if_contains("code"); code && code->is_number())
+            m = "code " + json::serialize(*code) + ": " + m;
+        }
+        out += (out.empty() ? "" : "; ") + m;
+      }
+  return out;
+}
+
+int pem_certificate_count(std::string_view pem, std::string& error) {
+  std::size_t begins = 0, pos = 0;
+  while ((pos = pem.find("-----BEGIN CERTIFICATE-----", pos)) != std::string_view::npos) {
+    ++begins;
+    pos += 27;
+  }
+  crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  std::size_t parsed = 0;
+  while (X509* c = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
+    X509_free(c);
+    ++parsed;
+  }
+  ERR_clear_error();
+  if (begins == 0) error = "no PEM certificate in the answer";
+  else if (parsed != begins)
+    error = "malformed PEM (" + std::to_string(parsed) + " of " + std::to_string(begins) + " certificates parse)";
+  return error.empty() ? static_cast<int>(parsed) : 0;
+}
+
+}  // namespace
+
+std::string cfssl_auth_key_name(std::string_view broker) { return std::string(broker) + ".cfssl_auth"; }
+
+CfsslRenewer::CfsslRenewer(const config::BrokerConfig& broker, const RenewerContext& context)
+    : broker_name_(broker.name), config_(std::get<config::CfsslBrokerConfig>(broker.settings)), context_(context) {
+  base_url_ = config_.url;
+  while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
+}
+
+Result<std::unique_ptr<CfsslRenewer>> CfsslRenewer::create(const config::BrokerConfig& broker,
+                                                           const RenewerContext& context) {
+  const auto* settings = std::get_if<config::CfsslBrokerConfig>(&broker.settings);
+  if (!settings) return Error{"broker " + broker.name + ": not a cfssl broker", {}, true};
+  if (!context.identity) return Error{"broker " + broker.name + ": cfssl needs the host identity", {}, true};
+  if (auto url = http::parse_url(settings->url); !url)
+    return Error{"broker " + broker.name + ": url: " + url.error().message, {}, true};
+  std::unique_ptr<CfsslRenewer> renewer(new CfsslRenewer(broker, context));
+  auto client = http::Client::create(context.executor, http::ClientOptions{.ca_bundle = settings->ca_bundle,
+                                                                           .timeout = broker.timeout,
+                                                                           .user_agent = "certagent-cfssl"});
+  if (!client) return Error{"broker " + broker.name + ": " + client.error().message, {}, true};
+  renewer->client_ = std::move(*client);
+  return renewer;
+}
+
+std::string CfsslRenewer::sign_request_json(const IssueRequest& request) const {
+  // `hosts` replaces the CSR's SANs at the CA: list exactly the names we want, CN first.
+  json::array hosts;
+  auto add = [&](const std::string& h) {
+    if (h.empty()) return;
+    for (const auto& existing : hosts)
+      if (existing.get_string() == h) return;
+    hosts.emplace_back(h);
+  };
+  for (const auto& d : request.dns_names) add(d);
+  for (const auto& ip : request.ip_addresses) add(ip);
+  for (const auto& uri : request.uris) add(uri);
+  json::object r;
+  r["certificate_request"] = request.csr_pem;
+  r["hosts"] = std::move(hosts);
+  if (!config_.profile.empty()) r["profile"] = config_.profile;
+  if (!config_.label.empty()) r["label"] = config_.label;
+  return json::serialize(r);
+}
+
+awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
+  auto fail = [&](Error e) { return with_context("cfssl broker " + broker_name_, std::move(e)); };
+  std::string r = sign_request_json(request);
+  auto mac = broker_hmac(*context_.identity, cfssl_auth_key_name(broker_name_), config_.auth_key_file,
+                         parse_hex_key_text,
+                         std::span(reinterpret_cast<const std::uint8_t*>(r.data()), r.size()));
+  if (!mac) co_return fail(Error{"auth token: " + mac.error().message, {}, true});
+  std::string token = base64(std::string_view(reinterpret_cast<const char*>(mac->data()), mac->size()));
+  json::object body{{"token", token}, {"request", base64(r)}};
+
+  http::Request post{.method = "POST",
+                     .url = base_url_ + "/api/v1/cfssl/authsign",
+                     .headers = {{"Content-Type", "application/json"}},
+                     .body = json::serialize(body)};
+  auto res = co_await client_->send(std::move(post));
+  if (!res) co_return fail(with_context("authsign", res.error()));
+
+  Error error;
+  error.retry_after = res->retry_after(context_.clock ? context_.clock->now() : std::chrono::system_clock::now());
+  boost::system::error_code ec;
+  json::value v = json::parse(res->body, ec);
+  if (ec || !v.is_object()) {
+    error.message = "authsign: HTTP " + std::to_string(res->status) + ": the answer is not JSON: " + snippet(res->body);
+    co_return fail(std::move(error));
+  }
+  const auto& o = v.get_object();
+  bool success = false;
+  if (const auto* s = o.if_contains("success"); s && s->is_bool()) success = s->get_bool();
+  if (res->status != 200 || !success) {
+    std::string errors = cfssl_errors(v);
+    error.message = "authsign: HTTP " + std::to_string(res->status) + ": " + (errors.empty() ? "failed" : errors);
+    // Wrong key, unknown profile or label: only the operator can fix those.
+    if (res->status == 400 || res->status == 401 || res->status == 403 || res->status == 404) {
+      std::string lower = errors;
+      for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (lower.find("token") != std::string::npos || lower.find("auth") != std::string::npos ||
+          lower.find("profile") != std::string::npos || lower.find("label") != std::string::npos ||
+          lower.find("signer") != std::string::npos || res->status == 401 || res->status == 403)
+        error.configuration = true;
+    }
+    logger()->warn("event=cfssl_error broker={} status={} error={}", broker_name_, res->status,
+                   log::quote(error.message));
+    co_return fail(std::move(error));
+  }
+  std::string certificate;
+  if (const auto* result = o.if_contains("result"); result && result->is_object())
+    if (const auto* c = result->get_object().if_contains("certificate"); c && c->is_string())
+      certificate = std::string(c->get_string());
+  std::string pem_error;
+  if (certificate.empty() || pem_certificate_count(certificate, pem_error) == 0)
+    co_return fail(make_error("authsign: " + (certificate.empty() ? std::string("no result.certificate in the answer")
+                                                                   : pem_error)));
+  IssueResult out;
+  out.chain_pem = std::move(certificate);
+  if (out.chain_pem.back() != '\n') out.chain_pem += '\n';
+  co_return out;
+}
+
+awaitable<bool> CfsslRenewer::probe() {
+  json::object body;
+  if (!config_.label.empty()) body["label"] = config_.label;
+  http::Request post{.method = "POST",
+                     .url = base_url_ + "/api/v1/cfssl/info",
+                     .headers = {{"Content-Type", "application/json"}},
+                     .body = json::serialize(body)};
+  auto res = co_await client_->send(std::move(post));
+  co_return res && res->status == 200;
+}
+
+}  // namespace certagent::renewers
