@@ -222,6 +222,18 @@ TEST(Daemon, CheckConfigReportsLocatedErrorsWithExitTwo) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+TEST(Daemon, EveryShippedExampleConfigIsValid) {
+  int checked = 0;
+  for (const auto& e : fs::directory_iterator(source_dir() / "examples")) {
+    const auto name = e.path().filename().string();
+    if (e.path().extension() != ".yaml" || name == "prometheus-alerts.yaml") continue;
+    auto r = run({certagent_binary().string(), "check-config", "--config", e.path().string()});
+    EXPECT_EQ(r.exit_code, 0) << name << ": " << r.err;
+    ++checked;
+  }
+  EXPECT_GE(checked, 5);
+}
+
 TEST(Daemon, CliBasics) {
   auto r = run({certagent_binary().string(), "version"});
   EXPECT_EQ(r.exit_code, 0);
