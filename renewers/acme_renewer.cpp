@@ -233,57 +233,6 @@ Result<std::string> ari_cert_id(std::string_view cert_pem) {
   return Result<std::string>(boost::system::in_place_value, std::move(id));
 }
 
-std::optional<SystemTime> parse_rfc3339(std::string_view text) {
-  int y, mo, d, h, mi, s, n = 0;
-  std::string str(text);
-  if (std::sscanf(str.c_str(), "%4d-%2d-%2d%*1[Tt ]%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &n) != 6 || n == 0)
-    return std::nullopt;
-  std::string_view rest = std::string_view(str).substr(static_cast<std::size_t>(n));
-  std::chrono::nanoseconds frac{0};
-  if (!rest.empty() && rest.front() == '.') {
-    rest.remove_prefix(1);
-    std::int64_t scale = 100000000, value = 0;
-    std::size_t digits = 0;
-    while (digits < rest.size() && std::isdigit(static_cast<unsigned char>(rest[digits]))) {
-      if (scale > 0) value += (rest[digits] - '0') * scale;
-      scale /= 10;
-      ++digits;
-    }
-    if (digits == 0) return std::nullopt;
-    rest.remove_prefix(digits);
-    frac = std::chrono::nanoseconds(value);
-  }
-  int offset_minutes = 0;
-  if (rest == "Z" || rest == "z") {
-  } else if (rest.size() == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':') {
-    int oh = std::atoi(std::string(rest.substr(1, 2)).c_str());
-    int om = std::atoi(std::string(rest.substr(4, 2)).c_str());
-    offset_minutes = (rest[0] == '+' ? 1 : -1) * (oh * 60 + om);
-  } else {
-    return std::nullopt;
-  }
-  std::tm tm{};
-  tm.tm_year = y - 1900;
-  tm.tm_mon = mo - 1;
-  tm.tm_mday = d;
-  tm.tm_hour = h;
-  tm.tm_min = mi;
-  tm.tm_sec = s;
-  time_t t = timegm(&tm);
-  if (t == static_cast<time_t>(-1)) return std::nullopt;
-  return std::chrono::system_clock::from_time_t(t) - std::chrono::minutes(offset_minutes) +
-         std::chrono::duration_cast<std::chrono::system_clock::duration>(frac);
-}
-
-std::string format_rfc3339(SystemTime t) {
-  time_t tt = std::chrono::system_clock::to_time_t(std::chrono::floor<std::chrono::seconds>(t));
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // ---- AcmeRenewer ---------------------------------------------------------------------------
 
 struct AcmeRenewer::Posted {

@@ -5,6 +5,7 @@
 // badNonce retried, Retry-After honoured, short polling, alternate chains, ARI (RFC 9773).
 // All requests of a broker share one keep-alive HTTPS connection.
 
+#include "agent/time_format.h"
 #include "agent/http/client.h"
 #include "renewers/renewer.h"
 
@@ -31,9 +32,9 @@ std::string acme_eab_key_name(std::string_view broker);
 // RFC 9773 CertID of a PEM certificate: base64url(AKI keyIdentifier) "." base64url(serial).
 [[nodiscard]] Result<std::string> ari_cert_id(std::string_view cert_pem);
 
-// RFC 3339 (UTC "Z" or an offset, optional fractional seconds).
-std::optional<SystemTime> parse_rfc3339(std::string_view text);
-std::string format_rfc3339(SystemTime t);
+// RFC 3339 (UTC "Z" or an offset, optional fractional seconds): the daemon's one formatter.
+using certagent::format_rfc3339;
+using certagent::parse_rfc3339;
 
 // Tuning knobs; the defaults are what the daemon uses, tests shorten them.
 struct AcmeTuning {
