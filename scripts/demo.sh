@@ -10,7 +10,7 @@ build_dir=${BUILD_DIR:-build}
 cmake -G Ninja -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCERTAGENT_TESTS=OFF \
   -DCERTAGENT_BENCH=OFF >/dev/null
 cmake --build "$build_dir" --target certagent -j "$(nproc)"
-bin="$build_dir/certagent"
+bin="$build_dir/agent/certagent"
 
 mkdir -p /tmp/certagent-demo
 "$bin" check-config --config examples/dev.yaml >/dev/null
