@@ -193,7 +193,7 @@ int cmd_status(const Args& a) {
   } else {
     std::cout << "(from " << (config->state_dir / kStateFileName).string() << ", written "
               << root->at("written_at").as_string().c_str() << "; the daemon's socket did not answer)\n";
-    print_status_table(list->as_array(), std::cout);
+    cli::print_status_table(list->as_array(), std::cout);
   }
   return 0;
 }

@@ -259,10 +259,15 @@ int cli_status(const std::filesystem::path& socket_path, bool as_json, std::ostr
     return 1;
   }
 
+  print_status_table(*certs, out);
+  return 0;
+}
+
+void print_status_table(const json::array& certs, std::ostream& out) {
   const auto now = std::chrono::system_clock::now();
   std::vector<std::vector<std::string>> rows;
   rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL"});
-  for (const auto& v : *certs) {
+  for (const auto& v : certs) {
     if (!v.is_object()) continue;
     const auto& o = v.as_object();
     std::string expires_in = "-";
@@ -286,7 +291,6 @@ int cli_status(const std::filesystem::path& socket_path, bool as_json, std::ostr
     }
     out << line << "\n";
   }
-  return 0;
 }
 
 int cli_fetch(const std::filesystem::path& socket_path, const std::string& name,

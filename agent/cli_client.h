@@ -5,6 +5,7 @@
 // Exit codes (DESIGN.md "CLI"): 0 success; 1 runtime failure (daemon unreachable, 403, 404,
 // 503, write failed); 2 usage (an invalid certificate name).
 
+#include <boost/json/array.hpp>
 #include "agent/result.h"
 
 #include <chrono>
@@ -35,6 +36,10 @@ struct SocketResponse {
 // daemon sends it.
 int cli_status(const std::filesystem::path& socket_path, bool json, std::ostream& out,
                std::ostream& err);
+
+// The status table (NAME STATE SERIAL NOT_AFTER EXPIRES_IN NEXT_RENEWAL) of a certificate
+// list as GET /v1/certificates and state.json hold it.
+void print_status_table(const boost::json::array& certs, std::ostream& out);
 
 // Without `out_dir`: prints the bundle JSON (certificate_pem, chain_pem, private_key_pem, ...)
 // to `out`. With it: writes the files in the file sink's atomic `..data` layout (key 0600) and

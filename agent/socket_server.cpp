@@ -1,5 +1,7 @@
 #include "agent/socket_server.h"
 
+#include "agent/state_file.h"
+
 #include "agent/fs_util.h"
 #include "agent/logging.h"
 
@@ -80,11 +82,6 @@ std::string serialize_wiped(const json::value& value, std::size_t size_hint, boo
   return out;
 }
 
-json::value time_or_null(const std::optional<SystemTime>& t) {
-  if (!t) return nullptr;
-  return json::string(format_rfc3339(*t));
-}
-
 // ---- what a certificate looks like on the socket -------------------------------------------
 
 bool valid_name(std::string_view name) {
@@ -99,13 +96,6 @@ std::string_view unavailable_reason(const CertEntry& entry, SystemTime now) {
   if (entry.material && now >= entry.material->not_after) return "expired";
   if (!entry.material && entry.state == CertState::expired) return "expired";
   return "not_issued";
-}
-
-std::string_view effective_state(const CertEntry& entry, SystemTime now) {
-  if (entry.state == CertState::valid && !entry.valid_material(now)) {
-    return unavailable_reason(entry, now);
-  }
-  return to_string(entry.state);
 }
 
 // The bundle for one certificate. Every byte of it is wiped when freed.
@@ -463,30 +453,9 @@ http::Reply SocketServer::handle(const http::Request& request, const http::Peer&
 }
 
 http::Reply SocketServer::list() const {
-  const auto now = clock_.now();
-  json::array certs;
-  for (const auto& [name, entry] : store_.entries()) {
-    json::object o;
-    o["name"] = name;
-    o["state"] = effective_state(entry, now);
-    if (entry.material) {
-      o["serial"] = entry.material->serial_hex;
-      o["not_before"] = format_rfc3339(entry.material->not_before);
-      o["not_after"] = format_rfc3339(entry.material->not_after);
-    } else {
-      o["serial"] = nullptr;
-      o["not_before"] = nullptr;
-      o["not_after"] = nullptr;
-    }
-    o["next_renewal"] = time_or_null(entry.next_renewal);
-    o["renewing"] = entry.renewing;
-    o["consecutive_failures"] = entry.consecutive_failures;
-    o["last_error"] = entry.last_error.empty() ? json::value(nullptr) : json::value(entry.last_error);
-    o["last_success"] = time_or_null(entry.last_success);
-    certs.emplace_back(std::move(o));
-  }
   return http::json_reply(bhttp::status::ok,
-                          json::serialize(json::object{{"certificates", std::move(certs)}}));
+                          json::serialize(json::object{
+                              {"certificates", describe_certificates(store_, clock_.now())}}));
 }
 
 http::Reply SocketServer::fetch(const std::string& name, const http::Peer& peer) {

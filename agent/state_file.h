@@ -10,19 +10,15 @@
 #include <boost/json/value.hpp>
 
 #include <filesystem>
-#include <ostream>
 
 namespace certagent {
 
 inline constexpr const char* kStateFileName = "state.json";
 
-// The list the socket's GET /v1/certificates and the status command show, one object per
-// certificate: name, broker, state, serial, not_before, not_after, next_renewal,
-// consecutive_failures, last_error, ... — never keys.
+// The list GET /v1/certificates serves and state.json keeps, one object per certificate: name,
+// broker, state, serial, not_before, not_after, next_renewal, renewing, consecutive_failures,
+// last_error, last_success, reload_unverified, dir — never keys.
 boost::json::array describe_certificates(const CertificateStore& store, SystemTime now);
-
-// A human table of such a list: NAME STATE SERIAL NOT_AFTER EXPIRES_IN NEXT_RENEWAL FAILURES.
-void print_status_table(const boost::json::array& list, std::ostream& out);
 
 [[nodiscard]] Result<> write_state_file(const std::filesystem::path& state_dir,
                                         const CertificateStore& store, SystemTime now);
