@@ -24,11 +24,13 @@ Multirootca::Multirootca(const fs::path& dir, Kind kind) : dir_(dir), kind_(kind
     key_hex_ += kHex[b & 15];
   }
   write_file(auth_key_file(), key_hex_ + "\n", fs::perms(0600));
-  // Every profile has an auth_key, so only authsign signs. "short": a 2 minute certificate.
+  // Every profile has an auth_key, so only authsign signs. "short": a 2 minute certificate;
+  // "brief": 20-80 s left at issuance (not_before = round(now, 1 min) - 30 s, + 80 s).
   std::string usages = R"("usages":["digital signature","key encipherment","server auth","client auth"])";
   write_file(dir_ / "config.json",
              R"({"signing":{"default":{"expiry":"6m","backdate":"1m","auth_key":"agent",)" + usages +
                  R"(},"profiles":{"short":{"expiry":"3m","backdate":"1m","auth_key":"agent",)" + usages +
+                 R"(},"brief":{"expiry":"80s","backdate":"30s","auth_key":"agent",)" + usages +
                  R"(}}},"auth_keys":{"agent":{"type":"standard","key":")" + key_hex_ + R"("}}})");
   write_file(dir_ / "roots.conf", "[primary]\nprivate = file://" + (dir_ / "ca-key.pem").string() +
                                       "\ncertificate = " + (dir_ / "ca.pem").string() +
