@@ -18,16 +18,23 @@ DaemonFixture::~DaemonFixture() {
   if (daemon_) daemon_->stop(15, 10s);
 }
 
-void DaemonFixture::write_config(const std::string& body) {
+void DaemonFixture::write_config(const std::string& body, const Header& header) {
   std::ostringstream c;
   c << "state_dir: " << state_dir().string() << "\n"
     << "log: { level: debug, format: text }\n"
-    << "identity: { backend: file }\n"
+    << "identity: " << header.identity << "\n"
     << "socket: { path: " << socket_path().string() << ", mode: \"0660\" }\n"
     << "metrics: { listen: \"127.0.0.1:" << metrics_port_ << "\" }\n"
     << "brokers:\n  dev: { type: local }\n"
-    << body;
+    << header.extra_brokers << body;
   write_file(config_path(), c.str());
+}
+
+RunResult DaemonFixture::cli(std::vector<std::string> args) const {
+  args.insert(args.begin(), certagent_binary().string());
+  args.push_back("--config");
+  args.push_back(config_path().string());
+  return run(args, 60s);
 }
 
 void DaemonFixture::start() {
@@ -102,6 +109,19 @@ int DaemonFixture::count_events(const std::string& event, const std::string& nam
 std::string DaemonFixture::http_get(const std::string& path, int* status) const {
   auto r = run({require_program("curl").string(), "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
                 "http://127.0.0.1:" + std::to_string(metrics_port_) + path},
+               10s);
+  if (r.exit_code != 0) {
+    if (status) *status = 0;
+    return {};
+  }
+  auto nl = r.out.rfind('\n');
+  if (status) *status = std::atoi(r.out.c_str() + nl + 1);
+  return r.out.substr(0, nl);
+}
+
+std::string DaemonFixture::socket_get(const std::string& path, int* status) const {
+  auto r = run({require_program("curl").string(), "-s", "-m", "5", "--unix-socket", socket_path().string(), "-o",
+                "-", "-w", "\n%{http_code}", "http://certagent" + path},
                10s);
   if (r.exit_code != 0) {
     if (status) *status = 0;

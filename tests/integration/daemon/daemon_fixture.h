@@ -25,9 +25,17 @@ class DaemonFixture {
   fs::path socket_path() const { return dir_ / "agent.sock"; }
   int metrics_port() const { return metrics_port_; }
 
+  // What goes into agent.yaml above `body`, besides state_dir, log, socket and metrics.
+  struct Header {
+    std::string identity{"{ backend: file }"};
+    std::string extra_brokers;  // more entries under `brokers:` (indented two spaces)
+  };
   // Writes agent.yaml: the common header (state_dir, socket, metrics, a `dev` local broker)
   // followed by `body` (defaults: and certificates:, indented as top-level YAML).
-  void write_config(const std::string& body);
+  void write_config(const std::string& body, const Header& header);
+  void write_config(const std::string& body) { write_config(body, Header{}); }
+  // Runs `certagent <args> --config agent.yaml` to completion (enroll, status, ...).
+  RunResult cli(std::vector<std::string> args) const;
 
   void start();
   int stop(int signal = 15);  // returns the wait status
@@ -48,6 +56,8 @@ class DaemonFixture {
 
   // GET on the metrics listener; "" when it does not answer. Status in *status.
   std::string http_get(const std::string& path, int* status = nullptr) const;
+  // GET on the daemon's Unix socket (the socket API); status 0 when it does not answer.
+  std::string socket_get(const std::string& path, int* status = nullptr) const;
   // One metric sample's value, e.g. metric("certagent_certificate_expired", "name=\"web\"").
   std::optional<double> metric(const std::string& name, const std::string& labels) const;
 
