@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what certagent needs from Debian's packages: `build` for building it, `test` for the
-# real servers the tests start, `demo` for the demo. Run as root; only installs what is missing.
+# real servers the tests start, `demo` for the demo, `bench` for the peers of the side-by-side
+# ACME benchmark (bench/acme). Run as root; only installs what is missing.
 set -euo pipefail
 
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
@@ -8,6 +9,7 @@ build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-
 test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
   procps util-linux systemd dpkg-dev lintian man-db binutils prometheus)
 demo_pkgs=(openssl)
+bench_pkgs=(lego uacme certbot)
 
 want=("${build_pkgs[@]}")
 for group in "$@"; do
@@ -15,7 +17,8 @@ for group in "$@"; do
     build) ;;
     test) want+=("${test_pkgs[@]}") ;;
     demo) want+=("${demo_pkgs[@]}") ;;
-    *) echo "install-deps.sh: unknown group '$group' (build | test | demo)" >&2; exit 2 ;;
+    bench) want+=("${bench_pkgs[@]}") ;;
+    *) echo "install-deps.sh: unknown group '$group' (build | test | demo | bench)" >&2; exit 2 ;;
   esac
 done
 
