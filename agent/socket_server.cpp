@@ -536,8 +536,8 @@ void SocketServer::add_watcher(const std::string& name,
     slot = std::make_shared<WatchGroup>(io_);
     slot->name = name;
     std::weak_ptr<WatchGroup> weak = slot;
-    slot->subscription = store_.subscribe(name, [this, weak](const CertEntry& e, CertEvent) {
-      if (auto group = weak.lock()) on_event(group, e);
+    slot->subscription = store_.subscribe(name, [this, weak](const CertEntry& e, CertEvent event) {
+      if (auto group = weak.lock()) on_event(group, e, event);
     });
   }
   auto group = slot;
@@ -570,8 +570,24 @@ void SocketServer::remove_watcher(const std::shared_ptr<WatchGroup>& group, std:
   }
 }
 
-void SocketServer::on_event(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry) {
-  push(group, entry);
+void SocketServer::on_event(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry,
+                            CertEvent event) {
+  if (event != CertEvent::removed) {
+    push(group, entry);
+    return;
+  }
+  // The certificate left the config: say so and end the streams, rather than leave watchers
+  // waiting for a rotation that will never come.
+  group->expiry.cancel();
+  std::vector<std::shared_ptr<http::ResponseStream>> streams;
+  for (const auto& [id, s] : group->watchers) streams.push_back(s);
+  for (const auto& stream : streams) {
+    stream->write(std::make_shared<const Secret>(error_json("removed", true)));
+    stream->finish();
+  }
+  logger()->info("watch ended certificate={} reason=removed_from_config watchers={}", group->name,
+                 streams.size());
+  // Each finished stream leaves through its on_close (remove_watcher), which drops the group.
 }
 
 // Sends watchers what they should hold now, when that differs from what they were last sent

@@ -86,7 +86,7 @@ class SocketServer {
   http::Chunk bundle_line(const CertEntry& entry, const MaterialPtr& material);
   http::Chunk current_line(const CertEntry& entry, std::string* key);
   void add_watcher(const std::string& name, std::shared_ptr<http::ResponseStream> stream);
-  void on_event(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry);
+  void on_event(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry, CertEvent event);
   void on_expiry_timer(const std::shared_ptr<WatchGroup>& group);
   void push(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry);
   void arm_expiry(const std::shared_ptr<WatchGroup>& group, const CertEntry& entry);

@@ -1,5 +1,7 @@
 #include "agent/store.h"
 
+#include <algorithm>
+
 namespace certagent {
 
 std::string_view to_string(CertState s) {
@@ -17,6 +19,12 @@ void CertificateStore::Subscription::reset() {
 }
 
 void CertificateStore::configure(const std::vector<config::CertificateConfig>& certs) {
+  // Tell listeners (socket watchers) before the entry goes, so they can end their streams.
+  for (const auto& [name, entry] : entries_) {
+    const bool kept = std::any_of(certs.begin(), certs.end(),
+                                  [&](const config::CertificateConfig& c) { return c.name == name; });
+    if (!kept) notify(entry, CertEvent::removed);
+  }
   std::map<std::string, CertEntry> next;
   for (const auto& c : certs) {
     CertEntry entry;

@@ -43,7 +43,8 @@ struct CertEntry {
   }
 };
 
-enum class CertEvent { committed, expired, state_changed };
+// removed: a config reload dropped the certificate; sent while the entry still exists.
+enum class CertEvent { committed, expired, state_changed, removed };
 
 class CertificateStore {
  public:

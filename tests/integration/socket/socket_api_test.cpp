@@ -462,6 +462,27 @@ TEST_F(SocketApiTest, WatchGetsTheBundleEveryRotationAndTheExpiry) {
   EXPECT_EQ(on_io([&] { return server_->watchers(); }), 0u);
 }
 
+TEST_F(SocketApiTest, WatchersOfACertificateRemovedByAReloadAreToldAndClosed) {
+  start();
+  auto gone = RawClient::unix_socket(path_);
+  auto kept = RawClient::unix_socket(path_);
+  ASSERT_TRUE(gone.send(RawClient::get("/v1/certificates/api?watch=1")));
+  ASSERT_TRUE(kept.send(RawClient::get("/v1/certificates/web?watch=1")));
+  ASSERT_TRUE(gone.read_head() && gone.next_line());
+  ASSERT_TRUE(kept.read_head() && kept.next_line());
+  ASSERT_TRUE(wait_until([&] { return metric(metric::kSocketWatchers) == 2; }, 2s));
+
+  // A config reload without "api".
+  on_io([&] { store_.configure({cert_config("web", {4242}, {}), cert_config("db", {}, {})}); });
+  EXPECT_EQ(gone.next_line(), R"({"error":"removed"})");
+  EXPECT_TRUE(gone.wait_closed(2s));
+  EXPECT_TRUE(wait_until([&] { return metric(metric::kSocketWatchers) == 1; }, 2s));
+  EXPECT_EQ(get("/v1/certificates/api")->status, 404);
+  // The other watcher carries on.
+  commit("web", material("0f"));
+  EXPECT_EQ(s(parse_object(*kept.next_line()).at("serial")), "0f");
+}
+
 TEST_F(SocketApiTest, CurlCanWatch) {
   start();
   // The README's sidecar example reads the stream with curl -N.

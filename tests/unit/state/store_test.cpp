@@ -78,6 +78,23 @@ TEST(Store, ListenersSeeCommitsAndExpiryAndCanUnsubscribe) {
   EXPECT_EQ(seen.size(), 2u);
 }
 
+TEST(Store, AReconfigureThatDropsACertificateTellsItsListenersFirst) {
+  CertificateStore s;
+  s.configure({cert("a"), cert("b")});
+  s.commit("a", material(kNow, kNow + 1h), kNow);
+  std::vector<std::pair<std::string, CertEvent>> seen;
+  bool had_material = false;
+  auto sub = s.subscribe("", [&](const CertEntry& e, CertEvent ev) {
+    seen.emplace_back(e.config.name, ev);
+    had_material = e.material != nullptr;
+  });
+  s.configure({cert("b"), cert("c")});
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], std::make_pair(std::string("a"), CertEvent::removed));
+  EXPECT_TRUE(had_material);  // told while the entry still existed
+  EXPECT_EQ(s.find("a"), nullptr);
+}
+
 TEST(Store, ListenerMayUnsubscribeItselfWhileNotified) {
   CertificateStore s;
   s.configure({cert("a")});
