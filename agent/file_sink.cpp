@@ -424,10 +424,11 @@ Result<> write_generation_file(int genfd, const fs::path& gen_path, const FileSp
   UniqueFd fd(::openat(genfd, spec.name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW,
                        spec.mode));
   if (!fd) return errno_error("creating " + path, errno);
+  // Mode first: once the file belongs to someone else, chmod would need CAP_FOWNER.
+  if (::fchmod(fd.get(), spec.mode) != 0) return errno_error("chmod " + path, errno);
   if (owner.any() && ::fchown(fd.get(), owner.uid, owner.gid) != 0) {
     return errno_error("chown " + path, errno);
   }
-  if (::fchmod(fd.get(), spec.mode) != 0) return errno_error("chmod " + path, errno);
   if (auto r = fs_util::write_all(fd.get(), parts, path); !r) return r;
   if (auto r = fs_util::fsync_fd(fd.get(), path); !r) return r;
   return fd.close(path);
@@ -612,9 +613,8 @@ Result<fs::path> FileSink::commit(const Material& m) {
       return abandon(r.error());
     }
   }
-  if (owner->any() && ::fchown(genfd.get(), owner->uid, owner->gid) != 0) {
-    return abandon(errno_error("chown " + gen_path.string(), errno));
-  }
+  // The generation directory stays the daemon's (0755): the files in it carry the owner, and
+  // pruning old generations needs write access to the directory, which a chown would take away.
   if (::fchmod(genfd.get(), kDirMode) != 0) {
     return abandon(errno_error("chmod " + gen_path.string(), errno));
   }

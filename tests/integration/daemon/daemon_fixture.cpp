@@ -37,13 +37,13 @@ RunResult DaemonFixture::cli(std::vector<std::string> args) const {
   return run(args, 60s);
 }
 
-void DaemonFixture::start() {
+void DaemonFixture::start(const std::vector<std::string>& prefix) {
   Process::Options options;
   options.stdout_file = log_path();
   options.stderr_file = log_path();
-  daemon_.emplace(std::vector<std::string>{certagent_binary().string(), "run", "--config",
-                                           config_path().string()},
-                  options);
+  std::vector<std::string> argv = prefix;
+  argv.insert(argv.end(), {certagent_binary().string(), "run", "--config", config_path().string()});
+  daemon_.emplace(argv, options);
 }
 
 int DaemonFixture::stop(int signal) {

@@ -37,7 +37,9 @@ class DaemonFixture {
   // Runs `certagent <args> --config agent.yaml` to completion (enroll, status, ...).
   RunResult cli(std::vector<std::string> args) const;
 
-  void start();
+  void start() { start({}); }
+  // With `prefix` in front of the command line (e.g. setpriv to run it as another user).
+  void start(const std::vector<std::string>& prefix);
   int stop(int signal = 15);  // returns the wait status
   void kill9();
   bool running() { return daemon_ && daemon_->running(); }

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <random>
@@ -262,6 +264,44 @@ TEST(Daemon, StatusFromStateFileWhenTheDaemonIsDown) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find(*serial), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"state\":\"valid\""), std::string::npos) << r.out;
+}
+
+// The packaged drop-in for files.owner grants only CAP_CHOWN: as an unprivileged user with just
+// that capability, the daemon hands its files to another owner and still prunes old generations.
+TEST(Daemon, FilesForAnotherOwnerArePrunedWithOnlyCapChown) {
+  ASSERT_EQ(::geteuid(), 0u) << "this test gives files away and needs root to set up";
+  DaemonFixture d;
+  constexpr uid_t kDaemonUid = 61000;  // no passwd entry needed
+  d.write_config("defaults: { lifetime: 3s, max_lifetime: 1h, renew_at: 0.3, jitter: 0.1 }\n"
+                 "certificates:\n"
+                 "  - name: web\n"
+                 "    broker: dev\n"
+                 "    common_name: web.internal\n"
+                 "    files: { dir: " + d.live_dir("web").string() + ", owner: nobody, group: nogroup, keep: 2 }\n");
+  for (const auto& p : fs::recursive_directory_iterator(d.dir().path()))
+    ASSERT_EQ(::lchown(p.path().c_str(), kDaemonUid, kDaemonUid), 0) << p.path();
+  ASSERT_EQ(::chown(d.dir().path().c_str(), kDaemonUid, kDaemonUid), 0);
+  const std::string id = std::to_string(kDaemonUid);
+  d.start({require_program("setpriv").string(), "--reuid=" + id, "--regid=" + id, "--clear-groups",
+           "--inh-caps=-all,+chown", "--ambient-caps=-all,+chown", "--bounding-set=-all,+chown"});
+  std::vector<std::string> serials;
+  for (int i = 0; i < 5; ++i) {
+    auto serial = d.wait_new_serial("web", serials, 20s);
+    ASSERT_TRUE(serial) << d.log();
+    serials.push_back(*serial);
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat((d.live_dir("web") / "key.pem").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  int generations = 0;
+  for (const auto& e : fs::directory_iterator(d.live_dir("web"))) {
+    const auto name = e.path().filename().string();
+    if (name.rfind("..", 0) == 0 && name != "..data" && e.is_directory() && !e.is_symlink()) ++generations;
+  }
+  EXPECT_LE(generations, 3) << "old generations were not pruned";
+  EXPECT_EQ(d.log().find("prune_failed"), std::string::npos) << d.log();
+  EXPECT_EQ(check_consistent(d.live_dir("web")), "");
 }
 
 }  // namespace
