@@ -106,10 +106,14 @@ int DaemonFixture::count_events(const std::string& event, const std::string& nam
   return n;
 }
 
-std::string DaemonFixture::http_get(const std::string& path, int* status) const {
-  auto r = run({require_program("curl").string(), "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}",
-                "http://127.0.0.1:" + std::to_string(metrics_port_) + path},
-               10s);
+namespace {
+
+// curl GET of `url` (with `extra` options before it); body out, status in *status (0: no answer).
+std::string curl_get(std::vector<std::string> extra, const std::string& url, int* status) {
+  std::vector<std::string> argv{require_program("curl").string(), "-s", "-m", "5", "-o", "-", "-w", "\n%{http_code}"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  argv.push_back(url);
+  auto r = run(argv, 10s);
   if (r.exit_code != 0) {
     if (status) *status = 0;
     return {};
@@ -119,17 +123,14 @@ std::string DaemonFixture::http_get(const std::string& path, int* status) const 
   return r.out.substr(0, nl);
 }
 
+}  // namespace
+
+std::string DaemonFixture::http_get(const std::string& path, int* status) const {
+  return curl_get({}, "http://127.0.0.1:" + std::to_string(metrics_port_) + path, status);
+}
+
 std::string DaemonFixture::socket_get(const std::string& path, int* status) const {
-  auto r = run({require_program("curl").string(), "-s", "-m", "5", "--unix-socket", socket_path().string(), "-o",
-                "-", "-w", "\n%{http_code}", "http://certagent" + path},
-               10s);
-  if (r.exit_code != 0) {
-    if (status) *status = 0;
-    return {};
-  }
-  auto nl = r.out.rfind('\n');
-  if (status) *status = std::atoi(r.out.c_str() + nl + 1);
-  return r.out.substr(0, nl);
+  return curl_get({"--unix-socket", socket_path().string()}, "http://certagent" + path, status);
 }
 
 std::optional<double> DaemonFixture::metric(const std::string& name, const std::string& labels) const {
