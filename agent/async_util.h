@@ -18,6 +18,7 @@ namespace certagent {
 namespace asio = boost::asio;
 
 // Bounds concurrent work (e.g. requests in flight to one broker). FIFO, so no starvation.
+// Counts the slots held and their high-water mark, so the bound can be observed (metrics, tests).
 class AsyncSemaphore {
  public:
   AsyncSemaphore(asio::any_io_executor executor, std::size_t slots)
@@ -26,15 +27,18 @@ class AsyncSemaphore {
   asio::awaitable<void> acquire() {
     if (available_ > 0 && waiters_.empty()) {
       --available_;
+      taken();
       co_return;
     }
     auto waiter = std::make_shared<asio::steady_timer>(executor_, asio::steady_timer::time_point::max());
     waiters_.push_back(waiter);
     // release() hands the slot over by cancelling the timer.
     co_await waiter->async_wait(asio::as_tuple(asio::use_awaitable));
+    taken();
   }
 
   void release() {
+    if (in_use_ > 0) --in_use_;
     while (!waiters_.empty()) {
       auto next = std::move(waiters_.front());
       waiters_.pop_front();
@@ -47,10 +51,19 @@ class AsyncSemaphore {
   }
 
   std::size_t waiting() const { return waiters_.size(); }
+  std::size_t in_use() const { return in_use_; }
+  std::size_t high_water() const { return high_water_; }  // most slots held at once
 
  private:
+  void taken() {
+    ++in_use_;
+    if (in_use_ > high_water_) high_water_ = in_use_;
+  }
+
   asio::any_io_executor executor_;
   std::size_t available_;
+  std::size_t in_use_{0};
+  std::size_t high_water_{0};
   std::deque<std::shared_ptr<asio::steady_timer>> waiters_;
 };
 

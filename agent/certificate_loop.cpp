@@ -119,6 +119,13 @@ CertEntry& CertificateLoop::entry() {
 
 Metrics::Labels CertificateLoop::labels() const { return {{"name", config_.name}}; }
 
+void CertificateLoop::publish_in_flight() {
+  const Metrics::Labels broker{{"broker", broker_->config.name}};
+  services_.metrics->set(metric::kBrokerInFlight, broker, static_cast<double>(broker_->in_flight.in_use()));
+  services_.metrics->set(metric::kBrokerInFlightMax, broker,
+                         static_cast<double>(broker_->in_flight.high_water()));
+}
+
 void CertificateLoop::request_renewal() {
   force_renewal_ = true;
   timer_.cancel();
@@ -265,6 +272,7 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   {
     co_await broker_->in_flight.acquire();
     SemaphoreSlot slot(broker_->in_flight);
+    publish_in_flight();
     std::optional<SemaphoreSlot> probe_slot;
     if (broker_->circuit_open()) {
       co_await broker_->probe.acquire();
@@ -280,6 +288,7 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
       issued = make_error("the broker did not answer within " +
                           config::format_duration(broker_->config.timeout * 4));
   }
+  publish_in_flight();
   if (!issued) {
     if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
       logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",

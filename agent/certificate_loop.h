@@ -112,6 +112,7 @@ class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
   void publish_schedule(std::optional<SystemTime> due);
   CertEntry& entry();
   Metrics::Labels labels() const;
+  void publish_in_flight();  // the broker's in-flight gauge and its high-water mark
 
   LoopServices services_;
   config::CertificateConfig config_;
