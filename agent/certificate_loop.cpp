@@ -92,6 +92,14 @@ Result<X509_STORE*> TrustBundle::current() {
   return store_.get();
 }
 
+std::shared_ptr<TrustBundle> TrustBundles::get(const std::filesystem::path& path) {
+  auto& slot = bundles_[path];
+  if (auto shared = slot.lock()) return shared;
+  auto fresh = std::make_shared<TrustBundle>(path);
+  slot = fresh;
+  return fresh;
+}
+
 // ---- CertificateLoop -----------------------------------------------------------------------
 
 CertificateLoop::CertificateLoop(LoopServices services, config::CertificateConfig config,
@@ -103,7 +111,8 @@ CertificateLoop::CertificateLoop(LoopServices services, config::CertificateConfi
       broker_(std::move(broker)),
       reloaders_(std::move(reloaders)),
       expiry_hooks_(std::move(expiry_hooks)),
-      trust_(config_.trust_bundle.empty() ? broker_->default_trust_bundle : config_.trust_bundle),
+      trust_(services_.trust_bundles->get(config_.trust_bundle.empty() ? broker_->default_trust_bundle
+                                                                        : config_.trust_bundle)),
       timer_(services_.executor),
       reload_serial_(services_.executor, 1),
       rng_(std::random_device{}()) {
@@ -160,7 +169,7 @@ void CertificateLoop::schedule_from(const Material& m, std::optional<SystemTime>
 
 asio::awaitable<void> CertificateLoop::load_initial() {
   auto& e = entry();
-  if (auto pem = trust_.current(); pem) e.trust_bundle_pem = trust_.pem();
+  if (auto pem = trust_->current(); pem) e.trust_bundle_pem = trust_->pem();
   if (e.material) {  // kept across a configuration reload
     schedule_from(*e.material, std::nullopt);
     co_return;
@@ -303,12 +312,12 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 1);
 
   // 5: validation, before anything is written.
-  auto trust = trust_.current();
+  auto trust = trust_->current();
   if (!trust) {
     on_failure(trust.error(), true);
     co_return trust.error();
   }
-  entry().trust_bundle_pem = trust_.pem();
+  entry().trust_bundle_pem = trust_->pem();
   ValidationInput input;
   input.chain_pem = issued->chain_pem;
   input.key = key->get();

@@ -19,6 +19,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -26,6 +27,35 @@
 #include <vector>
 
 namespace certagent {
+
+// The trust bundle of one or more certificates, re-read whenever its file changes (CA rotation
+// without a restart). Used on the daemon's io_context only.
+class TrustBundle {
+ public:
+  explicit TrustBundle(std::filesystem::path path) : path_(std::move(path)) {}
+  // The store for the file as it is now; reloads when mtime, size or inode changed.
+  [[nodiscard]] Result<X509_STORE*> current();
+  const std::string& pem() const { return pem_; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  crypto::X509StorePtr store_;
+  std::string pem_;
+  std::int64_t mtime_ns_{-1};
+  std::uintmax_t size_{0};
+  std::uint64_t inode_{0};
+};
+
+// One TrustBundle per file for the loops of one configuration: parsed anchors cost kilobytes,
+// and a thousand certificates usually share one or two bundles.
+class TrustBundles {
+ public:
+  std::shared_ptr<TrustBundle> get(const std::filesystem::path& path);
+
+ private:
+  std::map<std::filesystem::path, std::weak_ptr<TrustBundle>> bundles_;
+};
 
 // What a loop shares with the rest of the daemon. Everything outlives the loops.
 struct LoopServices {
@@ -37,6 +67,7 @@ struct LoopServices {
   AuditLog* audit{nullptr};
   std::filesystem::path state_dir;
   std::function<void()> state_changed;   // persist state.json (debounced by the agent)
+  std::shared_ptr<TrustBundles> trust_bundles{std::make_shared<TrustBundles>()};
 };
 
 // A broker as the loops see it: its client, its concurrency bound and its circuit state.
@@ -60,25 +91,6 @@ struct BrokerHandle {
   AsyncSemaphore probe;
   int consecutive_failures{0};
   std::filesystem::path default_trust_bundle;  // the local CA's root for `local`
-};
-
-// The trust bundle of one certificate, re-read whenever its file changes (CA rotation without
-// a restart).
-class TrustBundle {
- public:
-  explicit TrustBundle(std::filesystem::path path) : path_(std::move(path)) {}
-  // The store for the file as it is now; reloads when mtime, size or inode changed.
-  [[nodiscard]] Result<X509_STORE*> current();
-  const std::string& pem() const { return pem_; }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-  crypto::X509StorePtr store_;
-  std::string pem_;
-  std::int64_t mtime_ns_{-1};
-  std::uintmax_t size_{0};
-  std::uint64_t inode_{0};
 };
 
 class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
@@ -120,10 +132,10 @@ class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
   std::vector<std::shared_ptr<reloaders::Reloader>> reloaders_;
   std::vector<std::shared_ptr<reloaders::Reloader>> expiry_hooks_;
   std::optional<FileSink> sink_;
-  TrustBundle trust_;
+  std::shared_ptr<TrustBundle> trust_;
   asio::system_timer timer_;
   AsyncSemaphore reload_serial_;        // one reload sequence at a time per certificate
-  std::mt19937_64 rng_;
+  std::minstd_rand rng_;  // jitter only; mt19937_64 would be 2.5 KB per certificate
 
   std::optional<SystemTime> renew_at_;  // for the held material
   std::optional<SystemTime> retry_at_;  // after a failure
