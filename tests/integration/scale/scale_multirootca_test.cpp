@@ -77,7 +77,7 @@ TEST(ScaleMultirootca, ThousandCertificatesAllValidAndRotated) {
       << read_file(d.log_path()).substr(0, 4000);
   const double all_rotated_s = seconds_since(t0);
   std::printf("scale/multirootca: first rotation seen at %.1f s, all %d rotated at %.1f s "
-              "(storm of %d renewals carried in <= %.1f s)\n",
+              "(%d renewals within %.1f s)\n",
               first_rotation_s, kCertificates, all_rotated_s, kCertificates,
               all_rotated_s - first_rotation_s + 0.2);
 
