@@ -653,7 +653,7 @@ int run(int argc, char** argv) {
             << ", validate_issued " << fmt_ms(ca.validate_cpu_ms) << ", " << fmt(ca.signed_per_issuance, 1)
             << " TPM signatures × " << fmt_ms(ca.sign_cpu_ms) << " (TSS client side; each " << fmt_ms(ca.sign_wall_ms)
             << " wall, swtpm " << (ca.sign_swtpm_ms < 0 ? std::string("?") : fmt_ms(ca.sign_swtpm_ms))
-            << "), the rest (TLS records, HTTP, JSON, JWS assembly, coroutines) "
+            << "), the rest (inside the renewer: JWS and JSON, HTTP, TLS records, PEM/DER handling) "
             << fmt_ms(ref_cpu - ca.keygen_csr_cpu_ms - ca.validate_cpu_ms - ca.signed_per_issuance * ca.sign_cpu_ms)
             << "\n";
   std::cout << "- profile (not the daemon's setting): with a 1 ms first poll instead of 10 ms, certagent's wall median is "
