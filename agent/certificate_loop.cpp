@@ -161,10 +161,14 @@ void CertificateLoop::publish_schedule(std::optional<SystemTime> due) {
   if (services_.state_changed) services_.state_changed();
 }
 
-void CertificateLoop::schedule_from(const Material& m, std::optional<SystemTime> hint) {
+void CertificateLoop::schedule_from(const Material& m, std::optional<SystemTime> hint,
+                                    std::optional<SystemTime> arrived) {
   std::uniform_real_distribution<double> u(-config_.jitter, config_.jitter);
-  renew_at_ = policy::apply_hint(policy::renew_point(m.not_before, m.not_after, config_.renew_at, u(rng_)),
-                                 hint);
+  const double jitter_u = u(rng_);
+  const auto own = arrived ? policy::renew_point_on_arrival(*arrived, m.not_before, m.not_after, config_.renew_at,
+                                                            jitter_u)
+                           : policy::renew_point(m.not_before, m.not_after, config_.renew_at, jitter_u);
+  renew_at_ = policy::apply_hint(own, hint);
 }
 
 asio::awaitable<void> CertificateLoop::load_initial() {
@@ -377,7 +381,7 @@ void CertificateLoop::on_success(const MaterialPtr& m, std::optional<SystemTime>
   e.last_error.clear();
   e.last_success = services_.clock->now();
   expiry_handled_ = false;
-  schedule_from(*m, hint);
+  schedule_from(*m, hint, e.last_success);
   services_.metrics->add(metric::kRenewals, {{"name", config_.name}, {"result", "success"}});
   services_.metrics->set(metric::kConsecutiveFailures, labels(), 0);
   services_.metrics->set(metric::kNotAfter, labels(), to_unix_seconds(m->not_after));

@@ -120,7 +120,10 @@ class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
   void on_success(const MaterialPtr& material, std::optional<SystemTime> hint);
   void on_failure(const Error& error, bool rejected);
   void on_expiry(const MaterialPtr& material);
-  void schedule_from(const Material& material, std::optional<SystemTime> hint);
+  // `arrived`: when a freshly issued leaf came in (see policy::renew_point_on_arrival); none for
+  // material loaded from disk or kept across a reload, which follows the rule as it stands.
+  void schedule_from(const Material& material, std::optional<SystemTime> hint,
+                     std::optional<SystemTime> arrived = std::nullopt);
   void publish_schedule(std::optional<SystemTime> due);
   CertEntry& entry();
   Metrics::Labels labels() const;

@@ -12,6 +12,11 @@ SystemTime renew_point(SystemTime not_before, SystemTime not_after, double renew
   return not_before + std::chrono::duration_cast<SystemTime::duration>(offset);
 }
 
+SystemTime renew_point_on_arrival(SystemTime arrived, SystemTime not_before, SystemTime not_after,
+                                  double renew_at, double jitter_u) {
+  return renew_point(std::max(not_before, arrived), not_after, renew_at, jitter_u);
+}
+
 SystemTime apply_hint(SystemTime own_point, std::optional<SystemTime> hint) {
   return hint && *hint < own_point ? *hint : own_point;
 }

@@ -22,6 +22,14 @@ inline constexpr Duration kMaxRetryAfter = std::chrono::hours(1);
 SystemTime renew_point(SystemTime not_before, SystemTime not_after, double renew_at,
                        double jitter_u);
 
+// The renew point of a leaf that has just arrived: the same rule, counted from the later of
+// not_before and the arrival. A broker that backdates not_before by much of a short lifetime
+// (cfssl rounds it to the minute, then subtracts `backdate`) would otherwise hand out leaves
+// that are due on arrival, and the daemon would renew again and again until the minute turns.
+// Unchanged when not_before is the arrival or later.
+SystemTime renew_point_on_arrival(SystemTime arrived, SystemTime not_before, SystemTime not_after,
+                                  double renew_at, double jitter_u);
+
 // The broker's hint (ACME ARI) wins when it is earlier.
 SystemTime apply_hint(SystemTime own_point, std::optional<SystemTime> hint);
 

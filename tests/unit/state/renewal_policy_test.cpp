@@ -35,6 +35,22 @@ TEST(RenewPoint, SubSecondPrecision) {
   EXPECT_EQ(renew_point(kT0, kT0 + 10s, 0.5, 0.5), kT0 + 7500ms);
 }
 
+TEST(RenewPointOnArrival, CountsFromArrivalWhenNotBeforeIsBackdated) {
+  // cfssl "brief": not_before rounded to the minute minus 30 s, 80 s of life; arrives 55 s in.
+  // The plain rule says kT0 + 40 s, already past: it would renew again at once.
+  EXPECT_EQ(renew_point(kT0, kT0 + 80s, 0.5, 0.0), kT0 + 40s);
+  EXPECT_EQ(renew_point_on_arrival(kT0 + 55s, kT0, kT0 + 80s, 0.5, 0.0), kT0 + 55s + 12500ms);
+  EXPECT_EQ(renew_point_on_arrival(kT0 + 55s, kT0, kT0 + 80s, 0.5, 0.1), kT0 + 55s + 13750ms);
+  // A 5-minute backdate on a 4-hour leaf moves the point by 2.5 minutes.
+  EXPECT_EQ(renew_point_on_arrival(kT0 + 5min, kT0, kT0 + 4h, 0.5, 0.0), kT0 + 5min + 1h + 57min + 30s);
+}
+
+TEST(RenewPointOnArrival, SameAsTheRuleWhenNotBeforeIsArrivalOrLater) {
+  EXPECT_EQ(renew_point_on_arrival(kT0, kT0, kT0 + 96h, 0.5, 0.1), renew_point(kT0, kT0 + 96h, 0.5, 0.1));
+  // A broker whose clock runs ahead: not_before after arrival, the rule as it stands.
+  EXPECT_EQ(renew_point_on_arrival(kT0 - 3s, kT0, kT0 + 96h, 0.5, -0.1), renew_point(kT0, kT0 + 96h, 0.5, -0.1));
+}
+
 TEST(ApplyHint, EarlierHintWinsLaterIsIgnored) {
   EXPECT_EQ(apply_hint(kT0 + 10h, kT0 + 5h), kT0 + 5h);
   EXPECT_EQ(apply_hint(kT0 + 10h, kT0 + 20h), kT0 + 10h);
