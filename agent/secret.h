@@ -4,6 +4,7 @@
 
 #include <openssl/crypto.h>
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -42,6 +43,33 @@ class Secret {
 
  private:
   std::string value_;
+};
+
+// An allocator that wipes memory before handing it back, for containers that hold secrets
+// they were not built for (HTTP header fields carrying a bearer token).
+template <class T, class Upstream = std::allocator<T>>
+struct CleansingAllocator {
+  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = CleansingAllocator<U, typename std::allocator_traits<Upstream>::template rebind_alloc<U>>;
+  };
+
+  CleansingAllocator() noexcept = default;
+  template <class U, class V>
+  CleansingAllocator(const CleansingAllocator<U, V>& other) noexcept : upstream(other.upstream) {}
+
+  T* allocate(std::size_t n) { return upstream.allocate(n); }
+  void deallocate(T* p, std::size_t n) noexcept {
+    OPENSSL_cleanse(p, n * sizeof(T));
+    upstream.deallocate(p, n);
+  }
+  template <class U, class V>
+  bool operator==(const CleansingAllocator<U, V>& other) const noexcept {
+    return upstream == other.upstream;
+  }
+
+  Upstream upstream;
 };
 
 }  // namespace certagent

@@ -1,6 +1,7 @@
 #include "agent/http/client.h"
 
 #include "agent/logging.h"
+#include "agent/secret.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/channel.hpp>
@@ -386,7 +387,8 @@ awaitable<Client::Impl::Exchange> Client::Impl::exchange(Stream& stream, const U
                                                          const Request& request) {
   Exchange out;
   bhttp::verb verb = bhttp::string_to_verb(request.method);
-  bhttp::request<bhttp::string_body> req{verb, url.target, 11};
+  // Header fields may carry a bearer token (Lemur): their memory is wiped when released.
+  bhttp::request<bhttp::string_body, bhttp::basic_fields<CleansingAllocator<char>>> req{verb, url.target, 11};
   bool default_port = (url.tls() && url.port == "443") || (!url.tls() && url.port == "80");
   std::string host = url.host.find(':') != std::string::npos ? "[" + url.host + "]" : url.host;
   req.set(bhttp::field::host, default_port ? host : host + ":" + url.port);
@@ -441,6 +443,13 @@ void Client::Impl::remember_session(const Url& url) {
 }
 
 awaitable<Result<Response>> Client::Impl::send(Request request) {
+  // The caller's header values (a bearer token) are wiped however this returns.
+  struct WipeHeaders {
+    Headers& headers;
+    ~WipeHeaders() {
+      for (auto& [name, value] : headers) OPENSSL_cleanse(value.data(), value.size());
+    }
+  } wipe_headers{request.headers};
   auto url = parse_url(request.url);
   if (!url) co_return url.error();
   if (bhttp::string_to_verb(request.method) == bhttp::verb::unknown)
