@@ -253,8 +253,18 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   // certificate — less key material in memory, and no burst of allocations that fragments the
   // heap for good (measured: 3.4 MiB of RSS with 1,000 certificates).
   co_await broker_->in_flight.acquire();
-  std::optional<SemaphoreSlot> slot;
-  slot.emplace(broker_->in_flight);
+  // Released (and the gauge updated) once the broker has answered, or on any early return.
+  struct InFlightSlot {
+    CertificateLoop& loop;
+    std::optional<SemaphoreSlot> slot;
+    void release() {
+      if (!slot) return;
+      slot.reset();
+      loop.publish_in_flight();
+    }
+    ~InFlightSlot() { release(); }
+  } slot{*this, std::nullopt};
+  slot.slot.emplace(broker_->in_flight);
   publish_in_flight();
   const auto started = std::chrono::steady_clock::now();
 
@@ -306,8 +316,7 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
       issued = make_error("the broker did not answer within " +
                           config::format_duration(broker_->config.timeout * 4));
   }
-  slot.reset();
-  publish_in_flight();
+  slot.release();
   if (!issued) {
     if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
       logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",
