@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <thread>
 
 namespace certagent::test {
@@ -72,6 +73,51 @@ TEST(Scale, ThousandCertificatesAllValidAndRotated) {
   // cost creeping back (a trust store or a Mersenne Twister per certificate was ~7 KiB each).
   EXPECT_LE(rss, 32 * 1024) << "RSS above the 32 MiB target with 1,000 certificates";
   EXPECT_TRUE(d.process->running()) << read_file(d.log_path()).substr(0, 4000);
+}
+
+// The storm of the issue: a restart with every certificate's material on disk and expired.
+// All 1,000 are renewed at once within max_in_flight, none is left behind, none is reused.
+TEST(Scale, RestartWithEveryCertificateExpiredIsOneBoundedStorm) {
+  Daemon d;
+  ScaleDaemon& base = d;
+  base.write_config("  ca: { type: local, max_in_flight: " + std::to_string(kMaxInFlight) + " }\n",
+                    "{ lifetime: 8s, max_lifetime: 2h, renew_at: 0.9, jitter: 0.05 }", kCertificates,
+                    kCertificates);
+  d.start();
+  std::map<std::string, double> issued;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
+        return count_at_least(issued, 1) == kCertificates;
+      },
+      60s, 200ms))
+      << count_at_least(issued, 1) << " of " << kCertificates << " issued";
+  ASSERT_EQ(d.process->stop(SIGTERM, 15s), 0);
+  d.process.reset();
+  // Every leaf on disk expires while the daemon is down (the scenario, not an assertion).
+  std::this_thread::sleep_for(9s);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  d.start();
+  ASSERT_TRUE(wait_until(
+      [&] {
+        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
+        return count_at_least(issued, 1) == kCertificates;
+      },
+      60s, 200ms))
+      << count_at_least(issued, 1) << " of " << kCertificates << " renewed after the restart\n"
+      << read_file(d.log_path()).substr(0, 4000);
+  const double storm_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string text = d.metrics();
+  const double high_water = series_value(text, "certagent_broker_requests_in_flight_max{broker=\"ca\"}");
+  std::printf("scale: restart with %d expired certificates on disk: all renewed %.2f s after start, "
+              "in-flight high-water %.0f (max_in_flight %d)\n",
+              kCertificates, storm_s, high_water, kMaxInFlight);
+  EXPECT_LE(high_water, kMaxInFlight);
+  EXPECT_GE(high_water, 2) << "the storm never overlapped: the bound was not exercised";
+  EXPECT_EQ(count_in_file(d.log_path(), "event=stored_certificate_reused"), 0) << "expired material reused";
+  for (const auto& [name, v] : by_name(text, "certagent_certificate_expired")) EXPECT_EQ(v, 0) << name;
+  EXPECT_TRUE(d.process->running());
 }
 
 TEST(Scale, ThousandCertificatesIdle) {
