@@ -119,11 +119,17 @@ CertificateLoop::CertificateLoop(LoopServices services, config::CertificateConfi
   if (config_.files) sink_.emplace(*config_.files);
 }
 
-CertEntry& CertificateLoop::entry() {
+CertEntry* CertificateLoop::own_entry() {
   CertEntry* e = services_.store->find(config_.name);
-  // The agent removes a loop before its store entry; anything else is a bug.
-  if (!e) std::abort();
-  return *e;
+  return e && e->config == config_ ? e : nullptr;
+}
+
+CertEntry& CertificateLoop::entry() {
+  if (CertEntry* e = own_entry()) return *e;
+  // A configuration reload removed or changed this certificate while the loop was suspended
+  // (it has been told to stop): its remaining bookkeeping goes to a private entry.
+  if (orphan_.config.name.empty()) orphan_.config = config_;
+  return orphan_;
 }
 
 Metrics::Labels CertificateLoop::labels() const { return {{"name", config_.name}}; }
@@ -174,8 +180,8 @@ void CertificateLoop::schedule_from(const Material& m, std::optional<SystemTime>
 asio::awaitable<void> CertificateLoop::load_initial() {
   auto& e = entry();
   if (auto pem = trust_->current(); pem) e.trust_bundle_pem = trust_->pem();
-  if (e.material) {  // kept across a configuration reload
-    schedule_from(*e.material, std::nullopt);
+  if (e.material) {  // kept across a configuration reload; arrived at its last success
+    schedule_from(*e.material, std::nullopt, e.last_success);
     co_return;
   }
   if (!sink_) co_return;
@@ -253,7 +259,8 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   // certificate — less key material in memory, and no burst of allocations that fragments the
   // heap for good (measured: 3.4 MiB of RSS with 1,000 certificates).
   co_await broker_->in_flight.acquire();
-  // Released (and the gauge updated) once the broker has answered, or on any early return.
+  // release() frees the slot and updates the gauge on every path that goes on running; the
+  // destructor only frees it: a frame destroyed at shutdown must not touch the metrics.
   struct InFlightSlot {
     CertificateLoop& loop;
     std::optional<SemaphoreSlot> slot;
@@ -262,9 +269,9 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
       slot.reset();
       loop.publish_in_flight();
     }
-    ~InFlightSlot() { release(); }
   } slot{*this, std::nullopt};
   slot.slot.emplace(broker_->in_flight);
+  if (stopping_) co_return make_error("stopping");  // stopped while queued: no key for nothing
   publish_in_flight();
   const auto started = std::chrono::steady_clock::now();
 
@@ -277,11 +284,13 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
   else
     key = crypto::generate_key(config_.key);
   if (!key) {
+    slot.release();
     on_failure(with_context("generating the key", key.error()), false);
     co_return key.error();
   }
   auto csr = crypto::build_csr(key->get(), requested_names(config_));
   if (!csr) {
+    slot.release();
     on_failure(with_context("building the CSR", csr.error()), false);
     co_return csr.error();
   }
@@ -306,7 +315,10 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
       co_await broker_->probe.acquire();
       probe_slot.emplace(broker_->probe);
     }
-    if (stopping_) co_return make_error("stopping");
+    if (stopping_) {
+      slot.release();
+      co_return make_error("stopping");
+    }
     asio::steady_timer deadline(services_.executor, broker_->config.timeout * 4);
     auto outcome = co_await (broker_->renewer->issue(std::move(request)) ||
                              deadline.async_wait(use_awaitable));
@@ -317,6 +329,12 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
                           config::format_duration(broker_->config.timeout * 4));
   }
   slot.release();
+  if (!own_entry()) {
+    // Removed or changed by a configuration reload meanwhile: its replacement loop issues
+    // under the new configuration; nothing of this attempt is written or reported.
+    logger()->info("event=renewal_superseded name={} reason=configuration_reload", config_.name);
+    co_return make_error("superseded by a configuration reload");
+  }
   if (!issued) {
     if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
       logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",
@@ -409,6 +427,7 @@ void CertificateLoop::on_success(const MaterialPtr& m, std::optional<SystemTime>
 }
 
 void CertificateLoop::on_failure(const Error& error, bool rejected) {
+  if (!own_entry()) return;  // superseded by a configuration reload: its metrics are not ours
   auto& e = entry();
   const auto now = services_.clock->now();
   e.consecutive_failures += 1;

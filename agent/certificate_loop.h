@@ -126,6 +126,8 @@ class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
                      std::optional<SystemTime> arrived = std::nullopt);
   void publish_schedule(std::optional<SystemTime> due);
   CertEntry& entry();
+  // The store's entry while it still belongs to this loop's configuration, else null.
+  CertEntry* own_entry();
   Metrics::Labels labels() const;
   void publish_in_flight();  // the broker's in-flight gauge and its high-water mark
 
@@ -143,6 +145,7 @@ class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
   std::optional<SystemTime> renew_at_;  // for the held material
   std::optional<SystemTime> retry_at_;  // after a failure
   bool force_renewal_{false};
+  CertEntry orphan_;  // see entry()
   bool stopping_{false};
   bool finished_{false};
   bool expiry_handled_{false};

@@ -208,6 +208,43 @@ TEST(Daemon, SighupAppliesANewConfigAndKeepsRunningOnABadOne) {
   EXPECT_EQ(d.count_events("issued", "web"), 1);
 }
 
+// A reload that removes certificates whose loops are suspended mid-rotation (queued for the
+// broker's only slot): the daemon carries on, and the removed ones write nothing more.
+TEST(Daemon, SighupRemovingCertificatesMidStormKeepsRunning) {
+  DaemonFixture d;
+  DaemonFixture::Header header;
+  header.extra_brokers = "  one: { type: local, max_in_flight: 1 }\n";
+  auto config = [&](int n) {
+    std::string body = "defaults: { lifetime: 1h, max_lifetime: 2h }\ncertificates:\n";
+    for (int i = 0; i < n; ++i) {
+      const std::string name = "c" + std::to_string(i);
+      body += "  - { name: " + name + ", broker: one, common_name: " + name + ".internal";
+      if (i < 2) body += ", files: { dir: " + d.live_dir(name).string() + " }";
+      body += " }\n";
+    }
+    return body;
+  };
+  d.write_config(config(300), header);
+  d.start();
+  ASSERT_TRUE(wait_until([&] { return d.log().find("event=certificate_issued") != std::string::npos; }, 20s))
+      << d.log();
+  d.write_config(config(2), header);
+  ::kill(d.pid(), SIGHUP);
+  ASSERT_TRUE(wait_until([&] { return d.log().find("event=config_reloaded") != std::string::npos; }, 10s))
+      << d.log();
+  // Everything queued drains; the two kept certificates are valid; the daemon is alive.
+  int status = 0;
+  EXPECT_TRUE(wait_until([&] { d.http_get("/readyz", &status); return status == 200; }, 20s)) << d.log();
+  EXPECT_TRUE(wait_until(
+      [&] { return d.metric("certagent_broker_requests_in_flight", "broker=\"one\"").value_or(-1) == 0; }, 10s));
+  EXPECT_TRUE(d.running()) << d.log();
+  auto st = run({certagent_binary().string(), "status", "--socket", d.socket_path().string(), "--json"});
+  EXPECT_EQ(st.exit_code, 0) << st.err;
+  EXPECT_EQ(st.out.find("\"c2\""), std::string::npos) << "a removed certificate is still listed";
+  EXPECT_EQ(d.metric("certagent_certificate_expired", "name=\"c299\""), std::nullopt);
+  EXPECT_EQ(d.stop(), 0);
+}
+
 TEST(Daemon, CheckConfigReportsLocatedErrorsWithExitTwo) {
   DaemonFixture d;
   d.write_config("certificates:\n  - name: web\n    broker: nope\n    common_name: x\n");
@@ -267,13 +304,14 @@ TEST(Daemon, StatusFromStateFileWhenTheDaemonIsDown) {
   EXPECT_NE(r.out.find("\"state\":\"valid\""), std::string::npos) << r.out;
 }
 
-// The packaged drop-in for files.owner grants only CAP_CHOWN: as an unprivileged user with just
-// that capability, the daemon hands its files to another owner and still prunes old generations.
-TEST(Daemon, FilesForAnotherOwnerArePrunedWithOnlyCapChown) {
+// The packaged drop-in for files.owner grants CAP_CHOWN and CAP_DAC_READ_SEARCH: as an
+// unprivileged user with just those, the daemon hands its files to another owner, still prunes
+// old generations, and after a restart reads back (and reuses) the key it gave away.
+TEST(Daemon, FilesForAnotherOwnerWithTheDropInCapabilities) {
   ASSERT_EQ(::geteuid(), 0u) << "this test gives files away and needs root to set up";
   DaemonFixture d;
   constexpr uid_t kDaemonUid = 61000;  // no passwd entry needed
-  d.write_config("defaults: { lifetime: 3s, max_lifetime: 1h, renew_at: 0.3, jitter: 0.1 }\n"
+  d.write_config("defaults: { lifetime: 10s, max_lifetime: 1h, renew_at: 0.15, jitter: 0.1 }\n"
                  "certificates:\n"
                  "  - name: web\n"
                  "    broker: dev\n"
@@ -283,10 +321,13 @@ TEST(Daemon, FilesForAnotherOwnerArePrunedWithOnlyCapChown) {
     ASSERT_EQ(::lchown(p.path().c_str(), kDaemonUid, kDaemonUid), 0) << p.path();
   ASSERT_EQ(::chown(d.dir().path().c_str(), kDaemonUid, kDaemonUid), 0);
   const std::string id = std::to_string(kDaemonUid);
-  d.start({require_program("setpriv").string(), "--reuid=" + id, "--regid=" + id, "--clear-groups",
-           "--inh-caps=-all,+chown", "--ambient-caps=-all,+chown", "--bounding-set=-all,+chown"});
+  const std::string caps = "-all,+chown,+dac_read_search";
+  const std::vector<std::string> as_daemon_user{
+      require_program("setpriv").string(), "--reuid=" + id,          "--regid=" + id, "--clear-groups",
+      "--inh-caps=" + caps,                "--ambient-caps=" + caps, "--bounding-set=" + caps};
+  d.start(as_daemon_user);
   std::vector<std::string> serials;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 4; ++i) {
     auto serial = d.wait_new_serial("web", serials, 20s);
     ASSERT_TRUE(serial) << d.log();
     serials.push_back(*serial);
@@ -303,6 +344,13 @@ TEST(Daemon, FilesForAnotherOwnerArePrunedWithOnlyCapChown) {
   EXPECT_LE(generations, 3) << "old generations were not pruned";
   EXPECT_EQ(d.log().find("prune_failed"), std::string::npos) << d.log();
   EXPECT_EQ(check_consistent(d.live_dir("web")), "");
+
+  // A restart reuses what is on disk (no renewal on every restart), key included.
+  ASSERT_EQ(d.stop(), 0);
+  d.start(as_daemon_user);
+  EXPECT_TRUE(wait_until([&] { return d.log().find("event=stored_certificate_reused") != std::string::npos; }, 10s))
+      << d.log();
+  EXPECT_EQ(d.log().find("event=stored_certificate_unusable"), std::string::npos) << d.log();
 }
 
 }  // namespace
