@@ -117,7 +117,8 @@ void run_broker_outage(DaemonFixture& d, const BrokerOutage& outage) {
     EXPECT_LE(f.retry_in, std::min<std::chrono::milliseconds>(exponential, 30s));
     if (i + 1 < failures.size()) {
       const auto gap = failures[i + 1].at - f.at;
-      EXPECT_GE(gap, f.retry_in - 20ms) << "retried sooner than announced";
+      // The audit line is written a moment after the wait is computed: allow for a busy machine.
+      EXPECT_GE(gap, f.retry_in - 250ms) << "retried sooner than announced";
       EXPECT_LE(gap, f.retry_in + 10s) << "a retry stalled";
     }
   }

@@ -49,7 +49,10 @@ TEST(ChaosAcme, PebbleDownPastExpiryThenBackWithNewStateAndRoot) {
                            .revive =
                                [&] {
                                  pebble.start();
-                                 write_file(bundle, read_file(bundle) + pebble.root_pem());
+                                 // As an operator would: the new file renamed into place.
+                                 const auto next = d.dir() / "issuer-roots.pem.new";
+                                 write_file(next, read_file(bundle) + pebble.root_pem());
+                                 fs::rename(next, bundle);
                                },
                        });
   // Pebble forgot the account: the daemon made a new one by itself (same TPM key).

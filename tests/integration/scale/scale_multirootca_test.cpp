@@ -3,17 +3,18 @@
 // every certificate valid, every one rotated, none ever expired, and the broker's in-flight
 // high-water mark within max_in_flight and above 1 (the bound was exercised, not idle).
 //
-// Why renew_at 0.8 and jitter 0.05: cfssl's not_before is round(now, 1 min) - 30 s, so all
-// certificates issued in the same minute share one not_before and 80 s of validity. A renew
-// point inside that window (e.g. 0.5 × 80 s = 40 s) would get back a certificate with the same
-// not_before, whose renew point has passed too, and renew again until the minute turns. From
-// 0.8 × 0.95 × 80 s = 60.8 s on, every renewal lands in the next window: 1,000 renewals fall
-// inside 6.4 s with 12.8 s left, the storm the bound has to carry without an expiry.
+// Timing: cfssl's not_before is round(now, 1 min) - 30 s and its leaves live 80 s, so what is
+// left at issuance depends on the second of the minute: 80 s just after :30, 20 s just before.
+// The daemon starts between :30 and :33, so the start-up storm gets 50-80 s leaves; renew_at
+// 0.5 (the renew point of a fresh leaf counts from its arrival) then renews each with >= 22 s
+// left, time enough for the 1,000-renewal storm the bound has to carry without an expiry.
 
 #include "tests/integration/cfssl/multirootca.h"
 #include "tests/integration/scale/scale_support.h"
 
 #include <gtest/gtest.h>
+
+#include <thread>
 
 namespace certagent::test {
 namespace {
@@ -39,13 +40,18 @@ TEST(ScaleMultirootca, ThousandCertificatesAllValidAndRotated) {
          << "    label: primary\n"
          << "    max_in_flight: " << kMaxInFlight << "\n";
   d.write_config(broker.str(),
-                 "{ lifetime: 80s, max_lifetime: 5m, renew_at: 0.8, jitter: 0.05, trust_bundle: " +
+                 "{ lifetime: 80s, max_lifetime: 5m, renew_at: 0.5, jitter: 0.1, trust_bundle: " +
                      ca.ca_file().string() + " }",
                  kCertificates, kWithFiles);
   // What first boot does: create the identity and import the cfssl auth key into it.
   const auto enrolled = run({certagent_binary().string(), "enroll", "--config", (d.dir / "agent.yaml").string()},
                             30s);
   ASSERT_EQ(enrolled.exit_code, 0) << enrolled.out << enrolled.err;
+  // Start at :30-:33 of a minute (see the top): a scenario setting, not an assertion.
+  const auto now = std::chrono::system_clock::now();
+  const auto into_minute = now - std::chrono::floor<std::chrono::minutes>(now);
+  if (into_minute < 30s || into_minute >= 33s)
+    std::this_thread::sleep_for((90s - into_minute) % 60s);
   const auto t0 = std::chrono::steady_clock::now();
   d.start();
 
@@ -63,7 +69,7 @@ TEST(ScaleMultirootca, ThousandCertificatesAllValidAndRotated) {
   std::printf("scale/multirootca: %d certificates, start to all-valid %.2f s (nproc %ld)\n",
               kCertificates, all_valid_s, sysconf(_SC_NPROCESSORS_ONLN));
 
-  // Every one renews at 60.8-67.2 s after its not_before: within ~70 s of all-valid.
+  // Every one renews 22-44 s after it arrived.
   double first_rotation_s = -1;
   ASSERT_TRUE(wait_until(
       [&] {
@@ -92,7 +98,7 @@ TEST(ScaleMultirootca, ThousandCertificatesAllValidAndRotated) {
   double total = 0;
   for (const auto& [name, v] : successes) {
     total += v;
-    EXPECT_LE(v, 3) << name << " renewed again and again";
+    EXPECT_LE(v, 4) << name << " renewed again and again";
   }
   std::printf("scale/multirootca: %.0f certificates issued in all\n", total);
   const auto failures = by_name(text, "certagent_renewals_total", "result=\"failure\"");

@@ -81,7 +81,7 @@ TEST(Scale, RestartWithEveryCertificateExpiredIsOneBoundedStorm) {
   Daemon d;
   ScaleDaemon& base = d;
   base.write_config("  ca: { type: local, max_in_flight: " + std::to_string(kMaxInFlight) + " }\n",
-                    "{ lifetime: 8s, max_lifetime: 2h, renew_at: 0.9, jitter: 0.05 }", kCertificates,
+                    "{ lifetime: 20s, max_lifetime: 2h, renew_at: 0.5, jitter: 0.1 }", kCertificates,
                     kCertificates);
   d.start();
   std::map<std::string, double> issued;
@@ -95,7 +95,8 @@ TEST(Scale, RestartWithEveryCertificateExpiredIsOneBoundedStorm) {
   ASSERT_EQ(d.process->stop(SIGTERM, 15s), 0);
   d.process.reset();
   // Every leaf on disk expires while the daemon is down (the scenario, not an assertion).
-  std::this_thread::sleep_for(9s);
+  std::this_thread::sleep_for(21s);
+  const int expired_before = count_in_file(d.log_path(), "event=certificate_expired");
 
   const auto t0 = std::chrono::steady_clock::now();
   d.start();
@@ -115,7 +116,10 @@ TEST(Scale, RestartWithEveryCertificateExpiredIsOneBoundedStorm) {
               kCertificates, storm_s, high_water, kMaxInFlight);
   EXPECT_LE(high_water, kMaxInFlight);
   EXPECT_GE(high_water, 2) << "the storm never overlapped: the bound was not exercised";
+  // Each one was loaded from disk, found expired (failed closed) and renewed; none reused.
+  EXPECT_EQ(count_in_file(d.log_path(), "event=certificate_expired") - expired_before, kCertificates);
   EXPECT_EQ(count_in_file(d.log_path(), "event=stored_certificate_reused"), 0) << "expired material reused";
+  EXPECT_EQ(count_in_file(d.log_path(), "event=stored_certificate_unusable"), 0);
   for (const auto& [name, v] : by_name(text, "certagent_certificate_expired")) EXPECT_EQ(v, 0) << name;
   EXPECT_TRUE(d.process->running());
 }
