@@ -187,7 +187,7 @@ class Daemon {
 
     store_.configure(next.certificates);
     LoopServices services{io_.get_executor(), &workers_, &clock_, &store_, &metrics_, audit_.get(),
-                          next.state_dir, [this] { schedule_state_write(); }};
+                          next.state_dir, [this] { schedule_state_write(); }, trust_bundles_};
     for (auto& [c, reload, expiry] : prepared) {
       auto loop = std::make_shared<CertificateLoop>(services, *c, brokers.at(c->broker),
                                                     std::move(reload), std::move(expiry));
@@ -368,6 +368,8 @@ class Daemon {
   std::unique_ptr<AuditLog> audit_;
   std::unique_ptr<tpm::Identity> identity_;
   std::map<std::string, std::shared_ptr<BrokerHandle>> brokers_;
+  // One parsed store per trust bundle file, shared by loops across configuration reloads.
+  std::shared_ptr<TrustBundles> trust_bundles_{std::make_shared<TrustBundles>()};
   std::map<std::string, std::shared_ptr<CertificateLoop>> loops_;
   std::unique_ptr<ServerSet> servers_;
   ClockWatch clock_watch_;

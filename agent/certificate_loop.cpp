@@ -93,6 +93,7 @@ Result<X509_STORE*> TrustBundle::current() {
 }
 
 std::shared_ptr<TrustBundle> TrustBundles::get(const std::filesystem::path& path) {
+  std::erase_if(bundles_, [](const auto& entry) { return entry.second.expired(); });  // files no longer used
   auto& slot = bundles_[path];
   if (auto shared = slot.lock()) return shared;
   auto fresh = std::make_shared<TrustBundle>(path);
