@@ -197,6 +197,14 @@ class Daemon {
     // Series of certificates that are gone must not linger in /metrics.
     for (const auto& [name, loop] : loops_)
       if (!loops.count(name)) forget_metrics(name);
+    for (const auto& [name, handle] : brokers_) {
+      const auto kept = brokers.find(name);
+      if (kept != brokers.end() && kept->second == handle) continue;
+      handle->retired = true;
+      if (kept == brokers.end())
+        for (const char* m : {metric::kBrokerUp, metric::kBrokerInFlight, metric::kBrokerInFlightMax})
+          metrics_.remove(m, {{"broker", name}});
+    }
     loops_ = std::move(loops);
     brokers_ = std::move(brokers);
     first_apply_ = false;

@@ -136,6 +136,7 @@ CertEntry& CertificateLoop::entry() {
 Metrics::Labels CertificateLoop::labels() const { return {{"name", config_.name}}; }
 
 void CertificateLoop::publish_in_flight() {
+  if (broker_->retired) return;
   const Metrics::Labels broker{{"broker", broker_->config.name}};
   services_.metrics->set(metric::kBrokerInFlight, broker, static_cast<double>(broker_->in_flight.in_use()));
   services_.metrics->set(metric::kBrokerInFlightMax, broker,
@@ -330,7 +331,7 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
                           config::format_duration(broker_->config.timeout * 4));
   }
   slot.release();
-  if (!own_entry()) {
+  if (!own_entry() || broker_->retired) {
     // Removed or changed by a configuration reload meanwhile: its replacement loop issues
     // under the new configuration; nothing of this attempt is written or reported.
     logger()->info("event=renewal_superseded name={} reason=configuration_reload", config_.name);

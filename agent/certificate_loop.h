@@ -91,6 +91,9 @@ struct BrokerHandle {
   AsyncSemaphore probe;
   int consecutive_failures{0};
   std::filesystem::path default_trust_bundle;  // the local CA's root for `local`
+  // Replaced or removed by a configuration reload: loops still finishing with it no longer
+  // report on the broker's metric series (its successor, if any, owns them).
+  bool retired{false};
 };
 
 class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
