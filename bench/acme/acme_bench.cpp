@@ -317,16 +317,7 @@ CertagentResult run_certagent(const test::Pebble& pebble, const path& dir, test:
   out.row.mode = "in-process renewer, warm account + connection, TPM (swtpm) JWS, + validate_issued (trust store parsed once, as the daemon does)";
 
   boost::asio::io_context ioc;
-  config::BrokerConfig broker;
-  broker.name = "pebble";
-  broker.type = "acme";
-  broker.timeout = 20s;
-  config::AcmeBrokerConfig acme;
-  acme.directory = pebble.directory_url();
-  acme.ca_bundle = pebble.tls_ca_file();
-  acme.challenge.type = "http-01";
-  acme.challenge.listen = "127.0.0.1:" + std::to_string(test::free_tcp_port());
-  broker.settings = acme;
+  const config::BrokerConfig broker = pebble.broker_config("127.0.0.1:" + std::to_string(test::free_tcp_port()));
   renewers::RenewerContext context{ioc.get_executor(), identity.get(), dir / "certagent-state", nullptr};
   fs::create_directories(dir / "certagent-state");
   auto created = renewers::AcmeRenewer::create(broker, context, tuning);

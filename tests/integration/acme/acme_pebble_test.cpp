@@ -23,20 +23,6 @@ namespace {
 using namespace std::chrono_literals;
 using renewers::AcmeRenewer;
 
-config::BrokerConfig acme_broker(const Pebble& pebble, const std::string& listen) {
-  config::BrokerConfig b;
-  b.name = "pebble";
-  b.type = "acme";
-  b.timeout = 20s;
-  config::AcmeBrokerConfig a;
-  a.directory = pebble.directory_url();
-  a.ca_bundle = pebble.tls_ca_file();
-  a.challenge.type = "http-01";
-  a.challenge.listen = listen;
-  b.settings = a;
-  return b;
-}
-
 std::unique_ptr<AcmeRenewer> make_renewer(boost::asio::io_context& ioc, const config::BrokerConfig& broker,
                                           tpm::Identity* identity, const fs::path& state_dir) {
   renewers::RenewerContext context{ioc.get_executor(), identity, state_dir, nullptr};
@@ -80,7 +66,7 @@ Pebble* AcmePebble::pebble_ = nullptr;
 TestIdentity* AcmePebble::identity_ = nullptr;
 
 TEST_F(AcmePebble, IssuesWithRealHttp01Validation) {
-  auto renewer = make_renewer(ioc, acme_broker(*pebble_, listen()), identity_->get(), dir_->path());
+  auto renewer = make_renewer(ioc, pebble_->broker_config(listen()), identity_->get(), dir_->path());
   crypto::SubjectNames names{.common_name = "web.certagent.test",
                              .dns_names = {"web.certagent.test", "localhost"},
                              .ip_addresses = {"127.0.0.1"}};
@@ -101,7 +87,7 @@ TEST_F(AcmePebble, IssuesWithRealHttp01Validation) {
 }
 
 TEST_F(AcmePebble, RepeatedIssuancesShareOneConnectionAndAccount) {
-  auto renewer = make_renewer(ioc, acme_broker(*pebble_, listen()), identity_->get(), dir_->path());
+  auto renewer = make_renewer(ioc, pebble_->broker_config(listen()), identity_->get(), dir_->path());
   crypto::SubjectNames names{.dns_names = {"api.certagent.test"}};
   std::string previous;
   for (int i = 0; i < 4; ++i) {
@@ -129,7 +115,7 @@ TEST_F(AcmePebble, Dns01ThroughTheHook) {
              "  cleanup) exec curl -sf -d \"{\\\"host\\\":\\\"$2.\\\"}\" " + dns_->management_url() + "/clear-txt ;;\n"
              "esac\nexit 2\n",
              fs::perms(0755));
-  auto broker = acme_broker(*pebble_, listen());
+  auto broker = pebble_->broker_config(listen());
   auto& acme = std::get<config::AcmeBrokerConfig>(broker.settings);
   acme.challenge.type = "dns-01";
   acme.challenge.hook = {"/bin/sh", script.string()};
@@ -153,7 +139,7 @@ TEST_F(AcmePebble, Dns01ThroughTheHook) {
 TEST_F(AcmePebble, FailedValidationSurfacesTheProblem) {
   // Our responder listens where pebble's VA does not look: validation fails with pebble's
   // problem document in the message.
-  auto renewer = make_renewer(ioc, acme_broker(*pebble_, "127.0.0.1:0"), identity_->get(), dir_->path());
+  auto renewer = make_renewer(ioc, pebble_->broker_config("127.0.0.1:0"), identity_->get(), dir_->path());
   // A fresh name each run, so no valid authorization can be reused.
   std::string name = "unreachable-" + std::to_string(::getpid()) + ".certagent.test";
   auto issued = issue_once(ioc, *renewer, crypto::SubjectNames{.dns_names = {name}}, 5min);
@@ -165,7 +151,7 @@ TEST_F(AcmePebble, FailedValidationSurfacesTheProblem) {
 }
 
 TEST_F(AcmePebble, RefusesUriNames) {
-  auto renewer = make_renewer(ioc, acme_broker(*pebble_, listen()), identity_->get(), dir_->path());
+  auto renewer = make_renewer(ioc, pebble_->broker_config(listen()), identity_->get(), dir_->path());
   auto issued = issue_once(ioc, *renewer,
                            crypto::SubjectNames{.dns_names = {"a.certagent.test"}, .uris = {"spiffe://x/y"}}, 5min);
   ASSERT_FALSE(issued.result);
@@ -177,7 +163,7 @@ TEST(AcmePebbleFaults, SurvivesHeavyNonceRejection) {
   Pebble pebble(dir.path(), PebbleOptions{.always_valid = true, .env = {{"PEBBLE_WFE_NONCEREJECT", "30"}}});
   TestIdentity identity(IdentityKind::file, dir / "file-identity");
   boost::asio::io_context ioc;
-  auto renewer = make_renewer(ioc, acme_broker(pebble, "127.0.0.1:0"), identity.get(), dir.path());
+  auto renewer = make_renewer(ioc, pebble.broker_config("127.0.0.1:0"), identity.get(), dir.path());
   for (int i = 0; i < 3; ++i) {
     auto issued = issue_once(ioc, *renewer, crypto::SubjectNames{.dns_names = {"nonce.certagent.test"}}, 5min);
     ASSERT_TRUE(issued.result) << issued.result.error().message;
@@ -197,7 +183,7 @@ TEST(AcmePebbleEab, ExternalAccountBinding) {
   crypto::SubjectNames names{.dns_names = {"localhost"}, .ip_addresses = {"127.0.0.1"}};
 
   {  // EAB required but not configured: a configuration error, without a request to newAccount.
-    auto renewer = make_renewer(ioc, acme_broker(pebble, listen), identity.get(), dir.path());
+    auto renewer = make_renewer(ioc, pebble.broker_config(listen), identity.get(), dir.path());
     auto issued = issue_once(ioc, *renewer, names, 5min);
     ASSERT_FALSE(issued.result);
     EXPECT_TRUE(issued.result.error().configuration);
@@ -205,7 +191,7 @@ TEST(AcmePebbleEab, ExternalAccountBinding) {
   }
   {  // A wrong MAC key: pebble refuses the account; retrying cannot help.
     write_file(dir / "wrong.key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n", fs::perms(0600));
-    auto broker = acme_broker(pebble, listen);
+    auto broker = pebble.broker_config(listen);
     broker.name = "wrong";
     auto& acme = std::get<config::AcmeBrokerConfig>(broker.settings);
     acme.eab_kid = "kid-1";
@@ -220,7 +206,7 @@ TEST(AcmePebbleEab, ExternalAccountBinding) {
     auto key = renewers::parse_eab_key_file_text(key_b64);
     ASSERT_TRUE(key);
     ASSERT_TRUE(identity->import_hmac_key(renewers::acme_eab_key_name("pebble"), *key));
-    auto broker = acme_broker(pebble, listen);
+    auto broker = pebble.broker_config(listen);
     auto& acme = std::get<config::AcmeBrokerConfig>(broker.settings);
     acme.eab_kid = "kid-1";
     acme.eab_hmac_key_file = dir / "deleted-after-enroll.key";  // not there: the TPM has it
@@ -237,7 +223,7 @@ TEST(AcmePebbleRestart, RecreatesTheAccountAndTrustsTheNewRoot) {
   Pebble pebble(dir.path(), PebbleOptions{.always_valid = true});
   TestIdentity identity(IdentityKind::tpm, dir / "tpm-identity");
   boost::asio::io_context ioc;
-  auto renewer = make_renewer(ioc, acme_broker(pebble, "127.0.0.1:0"), identity.get(), dir.path());
+  auto renewer = make_renewer(ioc, pebble.broker_config("127.0.0.1:0"), identity.get(), dir.path());
   crypto::SubjectNames names{.dns_names = {"restart.certagent.test"}};
   auto first = issue_once(ioc, *renewer, names, 5min);
   ASSERT_TRUE(first.result) << first.result.error().message;
@@ -268,7 +254,7 @@ TEST(AcmePebbleChains, PreferredChainPicksTheAlternate) {
   std::string root0 = pebble.root_pem(0), root1 = pebble.root_pem(1);
   crypto::SubjectNames names{.dns_names = {"chain.certagent.test"}};
   for (const auto& [root, other] : {std::pair{root0, root1}, std::pair{root1, root0}}) {
-    auto broker = acme_broker(pebble, "127.0.0.1:0");
+    auto broker = pebble.broker_config("127.0.0.1:0");
     std::get<config::AcmeBrokerConfig>(broker.settings).preferred_chain = subject_cn(root);
     auto renewer = make_renewer(ioc, broker, identity.get(), dir.path());
     auto issued = issue_once(ioc, *renewer, names, 5min);

@@ -87,6 +87,20 @@ void Pebble::stop() {
   }
 }
 
+config::BrokerConfig Pebble::broker_config(const std::string& http01_listen) const {
+  config::BrokerConfig b;
+  b.name = "pebble";
+  b.type = "acme";
+  b.timeout = std::chrono::seconds(20);
+  config::AcmeBrokerConfig a;
+  a.directory = directory_url();
+  a.ca_bundle = tls_ca_file();
+  a.challenge.type = "http-01";
+  a.challenge.listen = http01_listen;
+  b.settings = a;
+  return b;
+}
+
 std::string Pebble::directory_url() const { return "https://127.0.0.1:" + std::to_string(port_) + "/dir"; }
 std::string Pebble::management_url() const { return "https://127.0.0.1:" + std::to_string(management_port_); }
 

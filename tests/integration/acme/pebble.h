@@ -3,6 +3,7 @@
 // pebble-challtestsrv as its DNS (every name resolves to 127.0.0.1, TXT records settable), on
 // free loopback ports, with their own TLS certificate, stopped by PID.
 
+#include "agent/config.h"
 #include "tests/fakes/test_pki.h"
 #include "tests/support/test_support.h"
 
@@ -40,6 +41,8 @@ class Pebble {
   std::string root_pem(int index = 0) const;
   std::string intermediate_pem(int index = 0) const;
   fs::path log_file() const { return dir_ / "pebble.log"; }
+  // An `acme` broker named "pebble" for this server, http-01 answered on `http01_listen`.
+  config::BrokerConfig broker_config(const std::string& http01_listen) const;
 
  private:
   fs::path dir_;

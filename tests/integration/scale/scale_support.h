@@ -94,6 +94,19 @@ inline int count_at_least(const std::map<std::string, double>& m, double v) {
   return n;
 }
 
+// Waits until `want` certificates show at least `times` successful renewals; the counts by name
+// are left in `issued` (for the failure message).
+inline bool wait_for_renewals(const ScaleDaemon& d, int want, double times, std::chrono::milliseconds deadline,
+                              std::map<std::string, double>& issued,
+                              std::chrono::milliseconds poll = std::chrono::milliseconds(200)) {
+  return wait_until(
+      [&] {
+        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
+        return count_at_least(issued, times) == want;
+      },
+      deadline, poll);
+}
+
 // kB fields of /proc/PID/status.
 inline long status_kb(pid_t pid, const std::string& field) {
   std::ifstream f("/proc/" + std::to_string(pid) + "/status");

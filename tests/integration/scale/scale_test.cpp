@@ -31,12 +31,7 @@ TEST(Scale, ThousandCertificatesAllValidAndRotated) {
   const auto t0 = std::chrono::steady_clock::now();
   d.start();
   std::map<std::string, double> issued;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
-        return count_at_least(issued, 1) == kCertificates;
-      },
-      40s, 200ms))
+  ASSERT_TRUE(wait_for_renewals(d, kCertificates, 1, 40s, issued, 200ms))
       << count_at_least(issued, 1) << " of " << kCertificates << " issued\n"
       << read_file(d.log_path()).substr(0, 4000);
   const double all_valid_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -45,12 +40,7 @@ TEST(Scale, ThousandCertificatesAllValidAndRotated) {
   // A figure, not an assertion (targets are checked in benchmarks, not timed tests): <= 10 s.
 
   // Lifetime 20 s, renew_at 0.5 ± 10 %: every certificate rotates within ~11 s of issuance.
-  ASSERT_TRUE(wait_until(
-      [&] {
-        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
-        return count_at_least(issued, 2) == kCertificates;
-      },
-      40s, 500ms))
+  ASSERT_TRUE(wait_for_renewals(d, kCertificates, 2, 40s, issued, 500ms))
       << count_at_least(issued, 2) << " of " << kCertificates << " rotated";
   const std::string text = d.metrics();
   const auto expired = by_name(text, "certagent_certificate_expired");
@@ -85,12 +75,7 @@ TEST(Scale, RestartWithEveryCertificateExpiredIsOneBoundedStorm) {
                     kCertificates);
   d.start();
   std::map<std::string, double> issued;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
-        return count_at_least(issued, 1) == kCertificates;
-      },
-      60s, 200ms))
+  ASSERT_TRUE(wait_for_renewals(d, kCertificates, 1, 60s, issued, 200ms))
       << count_at_least(issued, 1) << " of " << kCertificates << " issued";
   ASSERT_EQ(d.process->stop(SIGTERM, 15s), 0);
   d.process.reset();
@@ -100,12 +85,7 @@ TEST(Scale, RestartWithEveryCertificateExpiredIsOneBoundedStorm) {
 
   const auto t0 = std::chrono::steady_clock::now();
   d.start();
-  ASSERT_TRUE(wait_until(
-      [&] {
-        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
-        return count_at_least(issued, 1) == kCertificates;
-      },
-      60s, 200ms))
+  ASSERT_TRUE(wait_for_renewals(d, kCertificates, 1, 60s, issued, 200ms))
       << count_at_least(issued, 1) << " of " << kCertificates << " renewed after the restart\n"
       << read_file(d.log_path()).substr(0, 4000);
   const double storm_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -129,12 +109,7 @@ TEST(Scale, ThousandCertificatesIdle) {
   d.write_config("1h");
   d.start();
   std::map<std::string, double> issued;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        issued = by_name(d.metrics(), "certagent_renewals_total", "result=\"success\"");
-        return count_at_least(issued, 1) == kCertificates;
-      },
-      40s, 200ms))
+  ASSERT_TRUE(wait_for_renewals(d, kCertificates, 1, 40s, issued, 200ms))
       << count_at_least(issued, 1) << " of " << kCertificates << " issued";
   // Let the start-up work (state.json, keygen pool) settle, then measure without touching it.
   std::this_thread::sleep_for(2s);
