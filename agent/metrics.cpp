@@ -60,9 +60,10 @@ Metrics::Metrics()
   declare(kConsecutiveFailures, Type::gauge, "Failed renewal attempts since the last success.");
   declare(kReloads, Type::counter, "Reloader runs by result (success, failure, unverified, timeout).");
   declare(kBrokerUp, Type::gauge, "1 when the last request to the broker succeeded, else 0.");
-  declare(kBrokerInFlight, Type::gauge, "Requests to the broker in flight now (at most max_in_flight).");
+  declare(kBrokerInFlight, Type::gauge,
+          "Issuances holding one of the broker's max_in_flight slots now (fresh key to the broker's answer).");
   declare(kBrokerInFlightMax, Type::gauge,
-          "Most requests to the broker in flight at once since it was configured.");
+          "Most issuances holding a slot of the broker at once since it was configured.");
   declare(kSocketWatchers, Type::gauge, "Open watch streams on the Unix socket.");
   declare(kSocketConnections, Type::gauge, "Open connections on the Unix socket.");
   declare(kSocketRejected, Type::counter, "Socket requests rejected by reason.");
