@@ -1,6 +1,7 @@
 #include "renewers/acme_jws.h"
 
 #include "agent/crypto/ossl_ptr.h"
+#include "agent/encoding.h"
 #include "tpm/identity.h"
 
 #include <boost/json.hpp>
@@ -70,28 +71,9 @@ std::string base64url(std::string_view bytes) {
 }
 
 std::optional<Bytes> base64url_decode(std::string_view text) {
-  while (!text.empty() && text.back() == '=') text.remove_suffix(1);
-  Bytes out;
-  out.reserve(text.size() * 3 / 4);
-  std::uint32_t acc = 0;
-  int bits = 0;
-  for (char c : text) {
-    int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '-' || c == '+') v = 62;
-    else if (c == '_' || c == '/') v = 63;
-    else return std::nullopt;
-    acc = (acc << 6) | static_cast<std::uint32_t>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<std::uint8_t>((acc >> bits) & 0xff));
-    }
-  }
-  if (bits >= 6) return std::nullopt;  // a lone trailing character encodes no byte
-  return out;
+  auto decoded = certagent::base64url_decode(text);
+  if (!decoded) return std::nullopt;
+  return Bytes(decoded->view().begin(), decoded->view().end());
 }
 
 Result<Jwk> jwk_from_public_key_pem(std::string_view pem) {

@@ -2,6 +2,7 @@
 
 #include "agent/config.h"
 #include "agent/crypto/ossl_ptr.h"
+#include "agent/encoding.h"
 #include "agent/logging.h"
 #include "tpm/backends.h"
 
@@ -57,39 +58,6 @@ std::string_view trim(std::string_view s) {
   auto b = s.find_first_not_of(ws);
   if (b == std::string_view::npos) return {};
   return s.substr(b, s.find_last_not_of(ws) - b + 1);
-}
-
-// base64url (RFC 4648 §5) as ACME CAs hand out EAB keys; the standard alphabet and '=' padding
-// are accepted too.
-std::optional<Secret> decode_base64url(std::string_view in) {
-  while (!in.empty() && in.back() == '=') in.remove_suffix(1);
-  std::string out;
-  out.reserve(in.size() * 3 / 4);
-  unsigned buffer = 0;
-  int bits = 0;
-  for (char c : in) {
-    int v;
-    if (c >= 'A' && c <= 'Z') v = c - 'A';
-    else if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') v = c - '0' + 52;
-    else if (c == '-' || c == '+') v = 62;
-    else if (c == '_' || c == '/') v = 63;
-    else {
-      OPENSSL_cleanse(out.data(), out.size());
-      return std::nullopt;
-    }
-    buffer = (buffer << 6) | static_cast<unsigned>(v);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((buffer >> bits) & 0xff));
-    }
-  }
-  if (in.size() % 4 == 1) {  // impossible length
-    OPENSSL_cleanse(out.data(), out.size());
-    return std::nullopt;
-  }
-  return Secret(std::move(out));
 }
 
 std::optional<Secret> decode_hex(std::string_view in) {
@@ -167,7 +135,7 @@ Result<bool> seal_secret(Identity& identity, const SecretSource& source) {
   std::optional<Secret> value;
   switch (source.kind) {
     case SecretKind::hmac_base64url:
-      value = decode_base64url(text);
+      value = base64url_decode(text);
       if (!value || value->empty()) return make_error(where + " is not a base64url key");
       break;
     case SecretKind::hmac_hex:

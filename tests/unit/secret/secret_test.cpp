@@ -1,6 +1,7 @@
 // Secret and CleansingAllocator: secret bytes are wiped before memory is released. The upstream
 // allocator below looks at each block as it is handed back.
 
+#include "agent/encoding.h"
 #include "agent/secret.h"
 
 #include <boost/beast/http/fields.hpp>
@@ -91,6 +92,16 @@ TEST(Secret, MovedFromAndReassignedAreEmpty) {
   EXPECT_EQ(b.view(), "other");
   b.wipe();
   EXPECT_TRUE(b.empty());
+}
+
+TEST(Base64url, DecodesBothAlphabetsWithOrWithoutPaddingAndRejectsGarbage) {
+  EXPECT_EQ(base64url_decode("Zm9vYmFy")->view(), "foobar");
+  EXPECT_EQ(base64url_decode("Zm8=")->view(), "fo");
+  EXPECT_EQ(base64url_decode("Zm8")->view(), "fo");
+  EXPECT_EQ(base64url_decode("-_-_")->view(), base64url_decode("+/+/")->view());
+  EXPECT_EQ(base64url_decode("")->view(), "");
+  EXPECT_FALSE(base64url_decode("Zm9v!"));   // not in either alphabet
+  EXPECT_FALSE(base64url_decode("Zm9vY"));   // a lone trailing character encodes no byte
 }
 
 }  // namespace
