@@ -7,25 +7,6 @@
 
 namespace certagent::test {
 
-Swtpm::Swtpm(const fs::path& dir) : dir_(dir) {
-  fs::create_directories(dir_);
-  Process::Options po;
-  po.stdout_file = dir_ / "swtpm.log";
-  po.stderr_file = dir_ / "swtpm.err.log";
-  process_.emplace(std::vector<std::string>{require_program("swtpm").string(), "socket", "--tpm2", "--tpmstate",
-                                            "dir=" + dir_.string(), "--server",
-                                            "type=unixio,path=" + (dir_ / "tpm.sock").string(), "--ctrl",
-                                            "type=unixio,path=" + (dir_ / "tpm.sock.ctrl").string(), "--flags",
-                                            "not-need-init,startup-clear"},
-                   po);
-  if (!wait_until([&] { return fs::exists(dir_ / "tpm.sock"); }, std::chrono::seconds(10)))
-    throw std::runtime_error("swtpm did not start");
-}
-
-Swtpm::~Swtpm() {
-  if (process_) process_->stop();
-}
-
 TestIdentity::TestIdentity(IdentityKind kind, const fs::path& dir) {
   fs::create_directories(dir / "identity");
   if (kind == IdentityKind::tpm) {

@@ -3,6 +3,7 @@
 // uses), or the file backend. Both are the real implementations.
 
 #include "tests/support/test_support.h"
+#include "tests/unit/tpm/swtpm.h"
 #include "tpm/identity.h"
 
 #include <memory>
@@ -13,17 +14,8 @@ namespace certagent::test {
 
 enum class IdentityKind { tpm, file };
 
-// swtpm on a Unix socket in `dir`, stopped on destruction; tcti() is "swtpm:path=...".
-class Swtpm {
- public:
-  explicit Swtpm(const fs::path& dir);
-  ~Swtpm();
-  std::string tcti() const { return "swtpm:path=" + (dir_ / "tpm.sock").string(); }
-
- private:
-  fs::path dir_;
-  std::optional<Process> process_;
-};
+// swtpm on Unix sockets in a directory, stopped on destruction; tcti() is "swtpm:path=...".
+using Swtpm = tpm::test::Swtpm;
 
 class TestIdentity {
  public:

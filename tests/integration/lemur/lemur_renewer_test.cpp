@@ -16,6 +16,7 @@
 #include "tests/fakes/software_identity.h"
 #include "tests/integration/lemur/lemur_test_server.h"
 #include "tests/support/test_support.h"
+#include "tests/unit/tpm/swtpm.h"
 #include "tpm/enroll.h"
 #include "tpm/identity.h"
 
@@ -23,8 +24,6 @@
 #include <boost/json.hpp>
 
 #include <spdlog/sinks/ostream_sink.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -43,42 +42,6 @@ using renewers::LemurRenewer;
 using renewers::LemurTuning;
 
 constexpr LemurTuning kFast{.first_poll = 20ms, .max_poll = 100ms, .pending_retry_after = 30s};
-
-bool can_connect(const fs::path& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
-}
-
-// A private swtpm on Unix sockets in `dir`, stopped by PID (as tests/unit/tpm does it).
-class SwtpmProcess {
- public:
-  explicit SwtpmProcess(const fs::path& dir) : dir_(dir) {
-    fs::create_directories(dir_);
-    Process::Options options;
-    options.stdout_file = dir_ / "swtpm.log";
-    options.stderr_file = dir_ / "swtpm.log";
-    process_ = Process({require_program("swtpm").string(), "socket", "--tpm2", "--tpmstate", "dir=" + dir_.string(),
-                        "--server", "type=unixio,path=" + (dir_ / "tpm.sock").string(), "--ctrl",
-                        "type=unixio,path=" + (dir_ / "tpm.sock.ctrl").string(), "--flags",
-                        "not-need-init,startup-clear"},
-                       options);
-    ready_ = wait_until([&] { return can_connect(dir_ / "tpm.sock.ctrl") && can_connect(dir_ / "tpm.sock"); }, 10s);
-  }
-  ~SwtpmProcess() { process_.stop(); }
-  bool ready() const { return ready_; }
-  std::string tcti() const { return "swtpm:path=" + (dir_ / "tpm.sock").string(); }
-
- private:
-  fs::path dir_;
-  Process process_;
-  bool ready_{false};
-};
 
 struct BrokerSetup {
   std::string backend{"file"};
@@ -328,8 +291,7 @@ TEST_F(LemurRenewerTest, AVanishedOrForeignPredecessorIsNotNamed) {
 }
 
 TEST_F(LemurRenewerTest, TpmIdentityOnSwtpm) {
-  SwtpmProcess swtpm(dir / "swtpm");
-  ASSERT_TRUE(swtpm.ready());
+  tpm::test::Swtpm swtpm(dir / "swtpm");
   start(BrokerSetup{.backend = "tpm", .tcti = swtpm.tcti()});
   EXPECT_EQ(identity->backend(), "tpm");
   const auto first = issue_ok();
