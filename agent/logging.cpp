@@ -124,4 +124,14 @@ std::string quote(std::string_view value) {
   return out;
 }
 
+std::string excerpt(std::string_view text, std::size_t max) {
+  std::string out;
+  for (char c : text.substr(0, max)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u >= 0x20 && u < 0x7f) ? c : ' ';
+  }
+  if (text.size() > max) out += "...";
+  return out;
+}
+
 }  // namespace certagent::log

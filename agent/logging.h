@@ -25,4 +25,8 @@ std::shared_ptr<spdlog::logger> get(const std::string& name);
 // Quotes a value for key=value output when it holds spaces, quotes or '=' (error messages).
 std::string quote(std::string_view value);
 
+// Text from a peer (a broker's answer body) made safe for one line: printable ASCII, at most
+// `max` characters, "..." when cut.
+std::string excerpt(std::string_view text, std::size_t max = 120);
+
 }  // namespace certagent::log

@@ -90,17 +90,6 @@ std::optional<Problem> problem_from_json(const json::value& v) {
   return p;
 }
 
-// A body safe to quote in a message: printable ASCII, short.
-std::string snippet(std::string_view body) {
-  std::string out;
-  for (char c : body.substr(0, 120)) {
-    unsigned char u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7f) ? c : ' ';
-  }
-  if (body.size() > 120) out += "...";
-  return out;
-}
-
 bool icontains(std::string_view haystack, std::string_view needle) {
   auto it = std::search(haystack.begin(), haystack.end(), needle.begin(), needle.end(), [](char a, char b) {
     return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
@@ -290,13 +279,13 @@ awaitable<Result<>> AcmeRenewer::ensure_directory() {
   auto res = co_await client_->get(config_.directory);
   if (!res) co_return with_context("directory", res.error());
   if (res->status != 200) {
-    Error e = make_error("directory: HTTP " + std::to_string(res->status) + ": " + snippet(res->body));
+    Error e = make_error("directory: HTTP " + std::to_string(res->status) + ": " + log::excerpt(res->body));
     e.retry_after = res->retry_after(clock_->now());
     co_return e;
   }
   boost::system::error_code ec;
   json::value v = json::parse(res->body, ec);
-  if (ec || !v.is_object()) co_return make_error("directory: not JSON: " + snippet(res->body));
+  if (ec || !v.is_object()) co_return make_error("directory: not JSON: " + log::excerpt(res->body));
   Directory d;
   d.new_nonce = json_string(v, "newNonce");
   d.new_account = json_string(v, "newAccount");
@@ -342,7 +331,7 @@ Error AcmeRenewer::step_error(const char* what, const Posted& posted) {
   } else {
     std::string ct = posted.response.header("Content-Type");
     e.message = std::string(what) + ": unexpected " + status + (ct.empty() ? "" : " (" + ct + ")") +
-                (posted.response.body.empty() ? "" : ": " + snippet(posted.response.body));
+                (posted.response.body.empty() ? "" : ": " + log::excerpt(posted.response.body));
   }
   logger()->warn("event=acme_problem broker={} step={} status={} error={}", broker_name_, what,
                  posted.response.status, log::quote(e.message));

@@ -28,16 +28,6 @@ std::string base64(std::string_view bytes) {
   return out;
 }
 
-std::string snippet(std::string_view body) {
-  std::string out;
-  for (char c : body.substr(0, 120)) {
-    unsigned char u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7f) ? c : ' ';
-  }
-  if (body.size() > 120) out += "...";
-  return out;
-}
-
 // cfssl's {"errors":[{"code":N,"message":"..."}]} as one line.
 std::string cfssl_errors(const json::value& v) {
   std::string out;
@@ -142,7 +132,7 @@ awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
   boost::system::error_code ec;
   json::value v = json::parse(res->body, ec);
   if (ec || !v.is_object()) {
-    error.message = "authsign: HTTP " + std::to_string(res->status) + ": the answer is not JSON: " + snippet(res->body);
+    error.message = "authsign: HTTP " + std::to_string(res->status) + ": the answer is not JSON: " + log::excerpt(res->body);
     co_return fail(std::move(error));
   }
   const auto& o = v.get_object();

@@ -34,17 +34,6 @@ constexpr std::string_view kPending = "/api/1/pending_certificates/";
 
 std::shared_ptr<spdlog::logger> logger() { return log::get("renewer.lemur"); }
 
-// Text from the broker, made safe for one log line: printable ASCII, bounded.
-std::string clean(std::string_view s, std::size_t max = 300) {
-  std::string out;
-  for (char c : s.substr(0, max)) {
-    unsigned char u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7f) ? c : ' ';
-  }
-  if (s.size() > max) out += "...";
-  return out;
-}
-
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
@@ -127,10 +116,10 @@ std::string lemur_message(const http::Response& r) {
     std::string reasons;
     if (const auto* rs = o.if_contains("reasons")) flatten_reasons(*rs, "", reasons);
     if (!reasons.empty()) msg += (msg.empty() ? "" : " ") + ("(" + reasons + ")");
-    if (!msg.empty()) return clean(msg, 600);
+    if (!msg.empty()) return log::excerpt(msg, 600);
   }
   std::string_view body = trim(r.body);
-  return body.empty() ? "empty answer" : clean(body, 200);
+  return body.empty() ? "empty answer" : log::excerpt(body, 200);
 }
 
 bool contains(std::string_view haystack, std::string_view needle) {
@@ -175,7 +164,7 @@ Result<IssueResult> certificate_from(const json::object& o, std::optional<std::i
   const std::string body_text = json_string(o, "body");
   std::string_view body = trim(body_text);
   if (!contains(body, "-----BEGIN CERTIFICATE-----"))
-    return make_error(std::string(what) + ": the certificate body is not PEM: " + clean(body, 80));
+    return make_error(std::string(what) + ": the certificate body is not PEM: " + log::excerpt(body, 80));
   const std::string chain_text = json_string(o, "chain");
   std::string_view chain = trim(chain_text);
   IssueResult out;
@@ -364,7 +353,7 @@ awaitable<Result<std::vector<std::int64_t>>> LemurRenewer::resolve_labels(std::s
         for (const auto& item : items->get_array())
           if (const auto* o = item.if_object(); o && json_string(*o, "label") == label)
             found = json_id(o->if_contains("id"));
-    if (ec || !v.is_object()) co_return make_error(what + ": the answer is not JSON: " + clean(res->body, 120));
+    if (ec || !v.is_object()) co_return make_error(what + ": the answer is not JSON: " + log::excerpt(res->body, 120));
     if (!found)
       co_return Error{"Lemur has no " + std::string(kind).substr(0, kind.size() - 1) + " labelled " +
                           log::quote(label) + " (check " + std::string(kind) + " of broker " + broker_name_ + ")",
@@ -447,7 +436,7 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
 
   boost::system::error_code ec;
   json::value v = json::parse(res->body, ec);
-  if (ec || !v.is_object()) co_return fail(make_error(what + ": the answer is not a JSON object: " + clean(res->body, 120)));
+  if (ec || !v.is_object()) co_return fail(make_error(what + ": the answer is not a JSON object: " + log::excerpt(res->body, 120)));
   const auto& o = v.as_object();
   auto id = json_id(o.if_contains("id"));
   Result<IssueResult> out = make_error("");
@@ -490,7 +479,7 @@ awaitable<Result<IssueResult>> LemurRenewer::wait_pending(std::int64_t pending_i
     } else if (res->status == 200) {
       boost::system::error_code ec;
       json::value v = json::parse(res->body, ec);
-      if (ec || !v.is_object()) co_return make_error(what + ": the answer is not a JSON object: " + clean(res->body, 120));
+      if (ec || !v.is_object()) co_return make_error(what + ": the answer is not a JSON object: " + log::excerpt(res->body, 120));
       const auto& p = v.as_object();
       bool resolved = false;
       if (const auto* r = p.if_contains("resolved"); r && r->is_bool()) resolved = r->get_bool();
@@ -503,14 +492,14 @@ awaitable<Result<IssueResult>> LemurRenewer::wait_pending(std::int64_t pending_i
         if (cert->status != 200) co_return answer_error(get_what, *cert);
         json::value cv = json::parse(cert->body, ec);
         if (ec || !cv.is_object())
-          co_return make_error(get_what + ": the answer is not a JSON object: " + clean(cert->body, 120));
+          co_return make_error(get_what + ": the answer is not a JSON object: " + log::excerpt(cert->body, 120));
         logger()->info("event=lemur_pending_resolved broker={} pending_id={} lemur_id={}", broker_name_, pending_id,
                        *cert_id);
         co_return certificate_from(cv.as_object(), cert_id, get_what, broker_name_);
       }
       if (status == "Cancelled")
         co_return make_error("pending certificate " + std::to_string(pending_id) + " was cancelled in Lemur");
-      last = "status " + (status.empty() ? std::string("pending") : clean(status, 200));
+      last = "status " + (status.empty() ? std::string("pending") : log::excerpt(status, 200));
       if (const auto* n = p.if_contains("numberAttempts"); n && n->is_number())
         last += ", " + json::serialize(*n) + " attempts";
     } else if (res->status == 404) {
