@@ -3,7 +3,7 @@
 // server, the metrics listener, signals (SIGTERM/SIGINT stop, SIGHUP reloads the config) and
 // systemd notifications.
 
-#include "agent/config.h"
+#include "core/config/config.h"
 
 #include <filesystem>
 

@@ -1,7 +1,7 @@
 #include "agent/audit_log.h"
 
-#include "agent/logging.h"
-#include "agent/time_format.h"
+#include "core/logging.h"
+#include "core/time_format.h"
 
 #include <boost/json/serialize.hpp>
 

@@ -3,7 +3,7 @@
 // rotation, failure, reload and expiry. Appended with O_APPEND; rolled to audit.log.1 past a
 // size limit so a host that fails for weeks does not fill its disk. Never holds key material.
 
-#include "agent/time_format.h"
+#include "core/time_format.h"
 
 #include <boost/json/object.hpp>
 

@@ -1,11 +1,11 @@
 #include "agent/certificate_loop.h"
 
-#include "agent/crypto/csr.h"
-#include "agent/crypto/keys.h"
-#include "agent/crypto/x509.h"
-#include "agent/logging.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/keys.h"
+#include "core/crypto/x509.h"
+#include "core/logging.h"
 #include "agent/renewal_policy.h"
-#include "agent/validation.h"
+#include "core/crypto/validation.h"
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>

@@ -3,11 +3,11 @@
 // rotate (fresh key, CSR, broker, validation, commit, reloaders), back off on failure, and fail
 // closed at expiry. All of it runs on the daemon's io_context; blocking work goes to a pool.
 
-#include "agent/async_util.h"
+#include "core/async/semaphore.h"
 #include "agent/audit_log.h"
-#include "agent/clock.h"
-#include "agent/config.h"
-#include "agent/crypto/ossl_ptr.h"
+#include "core/clock.h"
+#include "core/config/config.h"
+#include "core/crypto/ossl_ptr.h"
 #include "agent/file_sink.h"
 #include "agent/metrics.h"
 #include "agent/store.h"

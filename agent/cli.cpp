@@ -2,10 +2,10 @@
 
 #include "agent/agent.h"
 #include "agent/cli_client.h"
-#include "agent/config.h"
-#include "agent/logging.h"
+#include "core/config/config.h"
+#include "core/logging.h"
 #include "agent/state_file.h"
-#include "tpm/enroll.h"
+#include "agent/enroll.h"
 
 #include <boost/json/serialize.hpp>
 

@@ -1,7 +1,7 @@
 #include "agent/cli_client.h"
 
 #include "agent/file_sink.h"
-#include "agent/material.h"
+#include "core/material.h"
 #include "agent/socket_server.h"
 
 #include <openssl/crypto.h>

@@ -6,7 +6,7 @@
 // 503, write failed); 2 usage (an invalid certificate name).
 
 #include <boost/json/array.hpp>
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <chrono>
 #include <filesystem>

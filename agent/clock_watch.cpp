@@ -1,6 +1,6 @@
 #include "agent/clock_watch.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 
 #include <sys/timerfd.h>
 #include <unistd.h>

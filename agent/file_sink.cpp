@@ -1,7 +1,7 @@
 #include "agent/file_sink.h"
 
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/logging.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/logging.h"
 
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>

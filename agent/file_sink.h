@@ -18,10 +18,10 @@
 // swapped in (newer than the current one, or any when ..data is missing) are leftovers of a
 // crashed commit and are removed, as are our stale temp symlinks.
 
-#include "agent/config.h"
-#include "agent/fs_util.h"
-#include "agent/material.h"
-#include "agent/result.h"
+#include "core/config/config.h"
+#include "core/fs_util.h"
+#include "core/material.h"
+#include "core/result.h"
 
 #include <sys/types.h>
 

@@ -1,5 +1,6 @@
 #include "agent/metrics.h"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -14,9 +15,11 @@ std::string format_value(double v) {
     std::snprintf(buf, sizeof buf, "%.0f", v);
     return buf;
   }
+  // Shortest text that reads back as the same double: epoch seconds keep every digit
+  // ("%g" made 1796520000.25 into 1.79652e+09, 480 s off).
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return ec == std::errc{} ? std::string(buf, end) : std::string("NaN");
 }
 
 std::string escape_label(std::string_view v) {

@@ -2,7 +2,7 @@
 // Renewal timing as pure functions (DESIGN.md "Renewal timing — contract"). The scheduler and
 // the fleet simulation both call these; randomness comes in as arguments so tests are exact.
 
-#include "agent/clock.h"
+#include "core/clock.h"
 
 #include <chrono>
 #include <optional>

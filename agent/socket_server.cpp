@@ -2,8 +2,8 @@
 
 #include "agent/state_file.h"
 
-#include "agent/fs_util.h"
-#include "agent/logging.h"
+#include "core/fs_util.h"
+#include "core/logging.h"
 
 #include <grp.h>
 #include <openssl/crypto.h>

@@ -15,12 +15,12 @@
 // certificate's socket.allow_uids, and peers whose effective gid or one of whose supplementary
 // groups (SO_PEERGROUPS) is in socket.allow_gids. Others get 403, logged with pid and uid.
 
-#include "agent/time_format.h"
-#include "agent/clock.h"
-#include "agent/config.h"
-#include "agent/http/server.h"
+#include "core/time_format.h"
+#include "core/clock.h"
+#include "core/config/config.h"
+#include "core/http/server.h"
 #include "agent/metrics.h"
-#include "agent/result.h"
+#include "core/result.h"
 #include "agent/store.h"
 
 #include <sys/types.h>

@@ -1,7 +1,7 @@
 #include "agent/state_file.h"
 
 #include "agent/audit_log.h"
-#include "agent/fs_util.h"
+#include "core/fs_util.h"
 
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>

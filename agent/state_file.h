@@ -3,8 +3,8 @@
 // configured or the daemon is down. Written atomically by the daemon (debounced), never with
 // key material.
 
-#include "agent/clock.h"
-#include "agent/result.h"
+#include "core/clock.h"
+#include "core/result.h"
 #include "agent/store.h"
 
 #include <boost/json/value.hpp>

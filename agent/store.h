@@ -3,9 +3,9 @@
 // Written by the certificate loops, read by the socket server, metrics and status. Lives on
 // the io_context thread: no locking, callbacks run inline.
 
-#include "agent/clock.h"
-#include "agent/config.h"
-#include "agent/material.h"
+#include "core/clock.h"
+#include "core/config/config.h"
+#include "core/material.h"
 
 #include <functional>
 #include <list>

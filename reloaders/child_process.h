@@ -3,7 +3,7 @@
 // from /dev/null, its own process group, exit awaited through a pidfd, the tail of stdout and
 // stderr kept (bounded). On timeout the whole group gets SIGTERM, then SIGKILL after a grace.
 
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <boost/asio/awaitable.hpp>
 

@@ -9,7 +9,7 @@
 //                                       watched_directory: { path: <sds_dir> } } }
 // Generations older than the previous one are removed.
 
-#include "agent/secret.h"
+#include "core/secret.h"
 #include "reloaders/reloader_base.h"
 
 #include <filesystem>

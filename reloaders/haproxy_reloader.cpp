@@ -1,7 +1,7 @@
 #include "reloaders/haproxy_reloader.h"
 
-#include "agent/logging.h"
-#include "reloaders/watchdog.h"
+#include "core/logging.h"
+#include "core/async/watchdog.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/buffer.hpp>

@@ -7,8 +7,8 @@
 // one at a time). The update lives in memory only: the file sink must have written the bundle
 // on disk first so that a later haproxy reload keeps the new certificate.
 
-#include "agent/secret.h"
-#include "reloaders/async_mutex.h"
+#include "core/secret.h"
+#include "core/async/async_mutex.h"
 #include "reloaders/reloader_base.h"
 
 #include <filesystem>

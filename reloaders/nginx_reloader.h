@@ -6,7 +6,7 @@
 // then verification by fresh handshakes (old workers keep serving the old certificate for
 // ~100 ms, hence the settle time).
 
-#include "reloaders/async_mutex.h"
+#include "core/async/async_mutex.h"
 #include "reloaders/reloader_base.h"
 
 #include <cstdint>

@@ -2,9 +2,9 @@
 // Tells a local TLS terminator (or any consumer) that a new generation is committed, and where
 // it can, verifies that the new certificate is actually being served.
 
-#include "agent/config.h"
-#include "agent/material.h"
-#include "agent/result.h"
+#include "core/config/config.h"
+#include "core/material.h"
+#include "core/result.h"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>

@@ -1,6 +1,6 @@
 #include "reloaders/reloader_base.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 
 namespace certagent::reloaders {
 namespace asio = boost::asio;

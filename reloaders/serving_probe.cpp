@@ -1,7 +1,7 @@
 #include "reloaders/serving_probe.h"
 
-#include "agent/crypto/ossl_ptr.h"
-#include "reloaders/watchdog.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/async/watchdog.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>

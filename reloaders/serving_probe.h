@@ -5,7 +5,7 @@
 // chain is not verified: the serial comparison is the point. nginx's old workers keep answering
 // for ~100 ms after a reload, so a check that stopped at the first new handshake would lie.
 
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <boost/asio/awaitable.hpp>
 

@@ -1,6 +1,6 @@
 #include "renewers/acme_http01_responder.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>

@@ -5,7 +5,7 @@
 // running (the listen address is the operator's choice, e.g. port 80 or a port a front proxy
 // forwards to). Small limits on connections, header size and time, since anyone may connect.
 
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <boost/asio/any_io_executor.hpp>
 

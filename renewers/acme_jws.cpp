@@ -1,7 +1,7 @@
 #include "renewers/acme_jws.h"
 
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/encoding.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/encoding.h"
 #include "tpm/identity.h"
 
 #include <boost/json.hpp>

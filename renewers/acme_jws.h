@@ -3,7 +3,7 @@
 // the host identity: ES256 signatures come from Identity::sign_digest (inside the TPM), and the
 // External Account Binding MAC (HS256) from Identity::hmac.
 
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <cstdint>
 #include <optional>

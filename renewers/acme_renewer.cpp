@@ -1,7 +1,7 @@
 #include "renewers/acme_renewer.h"
 
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/logging.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/logging.h"
 #include "renewers/acme_http01_responder.h"
 #include "renewers/acme_jws.h"
 #include "renewers/broker_keys.h"

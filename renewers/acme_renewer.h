@@ -5,8 +5,8 @@
 // badNonce retried, Retry-After honoured, short polling, alternate chains, ARI (RFC 9773).
 // All requests of a broker share one keep-alive HTTPS connection.
 
-#include "agent/time_format.h"
-#include "agent/http/client.h"
+#include "core/time_format.h"
+#include "core/http/client.h"
 #include "renewers/renewer.h"
 
 #include <chrono>

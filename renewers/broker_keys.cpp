@@ -1,6 +1,6 @@
 #include "renewers/broker_keys.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 #include "tpm/identity.h"
 
 #include <openssl/crypto.h>

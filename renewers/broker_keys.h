@@ -4,7 +4,7 @@
 // When the identity does not hold the key yet but the file is still there, the renewer imports
 // it on first use, so a development setup works without an enroll step.
 
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <cstdint>
 #include <filesystem>

@@ -1,7 +1,7 @@
 #include "renewers/cfssl_renewer.h"
 
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/logging.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/logging.h"
 #include "renewers/broker_keys.h"
 #include "tpm/identity.h"
 

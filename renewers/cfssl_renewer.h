@@ -3,7 +3,7 @@
 // {"token": b64(HMAC-SHA256(key, R)), "request": b64(R)}, where R is the exact JSON of the sign
 // request and the HMAC key is held by the host identity. Sends exactly the wanted names.
 
-#include "agent/http/client.h"
+#include "core/http/client.h"
 #include "renewers/renewer.h"
 
 #include <memory>

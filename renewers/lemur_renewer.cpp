@@ -1,7 +1,7 @@
 #include "renewers/lemur_renewer.h"
 
-#include "agent/crypto/csr.h"
-#include "agent/logging.h"
+#include "core/crypto/csr.h"
+#include "core/logging.h"
 #include "tpm/identity.h"
 
 #include <boost/asio/as_tuple.hpp>

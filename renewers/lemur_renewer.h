@@ -27,8 +27,8 @@
 // errors whose message says what to fix; 5xx, network failures and timeouts are plain broker
 // failures; Retry-After (429/503) becomes Error::retry_after.
 
-#include "agent/http/client.h"
-#include "agent/secret.h"
+#include "core/http/client.h"
+#include "core/secret.h"
 #include "renewers/renewer.h"
 
 #include <chrono>

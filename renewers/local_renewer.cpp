@@ -1,10 +1,10 @@
 #include "renewers/local_renewer.h"
 
-#include "agent/crypto/csr.h"
-#include "agent/crypto/errors.h"
-#include "agent/crypto/keys.h"
-#include "agent/crypto/x509.h"
-#include "agent/logging.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/errors.h"
+#include "core/crypto/keys.h"
+#include "core/crypto/x509.h"
+#include "core/logging.h"
 
 #include <fcntl.h>
 #include <openssl/pem.h>

@@ -5,9 +5,9 @@
 // Signing is in-process and takes well under a millisecond, so issue() runs on the caller's
 // thread.
 
-#include "agent/clock.h"
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/result.h"
+#include "core/clock.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/result.h"
 #include "renewers/renewer.h"
 
 #include <filesystem>

@@ -3,9 +3,9 @@
 // broker, authenticating with the host identity. It does not validate the chain: the core
 // does that for every renewer before anything is committed (agent/validation.h).
 
-#include "agent/clock.h"
-#include "agent/config.h"
-#include "agent/result.h"
+#include "core/clock.h"
+#include "core/config/config.h"
+#include "core/result.h"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>

@@ -2,7 +2,7 @@
 // Dispatch from identity.backend to the implementation (used by open_identity, enroll_identity
 // and enroll()).
 
-#include "agent/result.h"
+#include "core/result.h"
 #include "tpm/identity.h"
 #include "tpm/identity_store.h"
 

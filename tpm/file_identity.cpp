@@ -1,6 +1,6 @@
 #include "tpm/file_identity.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 
 #include <openssl/err.h>
 #include <openssl/hmac.h>

@@ -1,6 +1,6 @@
 #include "tpm/identity.h"
 
-#include "agent/config.h"
+#include "core/config/config.h"
 #include "tpm/backends.h"
 #include "tpm/file_identity.h"
 #include "tpm/tpm_identity.h"

@@ -3,9 +3,9 @@
 // backend keeps the key inside the TPM, the file backend (development only) in state_dir.
 // All methods are thread-safe: the TPM backend runs every ESAPI call on its own thread.
 
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/result.h"
-#include "agent/secret.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/result.h"
+#include "core/secret.h"
 
 #include <cstdint>
 #include <memory>

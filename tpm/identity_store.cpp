@@ -1,6 +1,6 @@
 #include "tpm/identity_store.h"
 
-#include "agent/config.h"
+#include "core/config/config.h"
 
 #include <fcntl.h>
 #include <openssl/err.h>

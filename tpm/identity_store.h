@@ -3,8 +3,8 @@
 // names, atomic 0600 writes, bounded reads, removal. Every write is temp (O_EXCL) + fsync +
 // rename + directory fsync, so a crash leaves either the old or the new file, never a torn one.
 
-#include "agent/result.h"
-#include "agent/secret.h"
+#include "core/result.h"
+#include "core/secret.h"
 
 #include <sys/types.h>
 

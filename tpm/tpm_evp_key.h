@@ -6,8 +6,8 @@
 // never by a general "EC" fetch elsewhere in the daemon. Each signature is exactly one
 // DigestSigner call; hashing, TLS and verification stay in the default provider.
 
-#include "agent/crypto/ossl_ptr.h"
-#include "agent/result.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/result.h"
 
 #include <cstdint>
 #include <memory>

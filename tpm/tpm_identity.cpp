@@ -1,6 +1,6 @@
 #include "tpm/tpm_identity.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 #include "tpm/esys_handles.h"
 #include "tpm/tpm_evp_key.h"
 #include "tpm/tss_error.h"

@@ -2,7 +2,7 @@
 // TSS2 return codes turned into readable errors, and the few classes of failure the TPM
 // identity reacts to differently (reload after a TPM reset, refused blobs, TCTI problems).
 
-#include "agent/result.h"
+#include "core/result.h"
 
 #include <tss2/tss2_common.h>
 

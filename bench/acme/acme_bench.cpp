@@ -10,9 +10,9 @@
 // badNonce, 50 % authz reuse); by default both are off so every client does the same work.
 
 #include "renewers/acme_renewer.h"
-#include "tests/integration/acme/broker_test_util.h"
-#include "tests/integration/acme/pebble.h"
-#include "tests/integration/acme/test_identity.h"
+#include "tests/support/broker_test_util.h"
+#include "tests/support/pebble.h"
+#include "tests/support/test_identity.h"
 #include "tests/support/test_support.h"
 
 #include <fcntl.h>

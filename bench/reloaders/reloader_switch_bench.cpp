@@ -7,7 +7,7 @@
 //
 //   reloader_switch_bench [--rotations N] [--settle MS]
 
-#include "agent/logging.h"
+#include "core/logging.h"
 #include "reloaders/reloader_base.h"
 #include "tests/integration/reloaders/reloader_fixtures.h"
 

@@ -8,13 +8,13 @@
 // DIR (default: a fresh directory under the current one) should be on the disk the daemon
 // writes to: fsync on tmpfs costs nothing and would flatter the commit figures.
 
-#include "agent/config.h"
-#include "agent/crypto/csr.h"
-#include "agent/crypto/keys.h"
-#include "agent/crypto/x509.h"
+#include "core/config/config.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/keys.h"
+#include "core/crypto/x509.h"
 #include "agent/file_sink.h"
-#include "agent/logging.h"
-#include "agent/validation.h"
+#include "core/logging.h"
+#include "core/crypto/validation.h"
 #include "renewers/local_renewer.h"
 
 #include <sys/resource.h>

@@ -11,9 +11,9 @@
 //
 // Usage: socket_bench [--seconds N] [--watchers N] [--rotations N]
 
-#include "agent/logging.h"
+#include "core/logging.h"
 #include "agent/socket_server.h"
-#include "tests/unit/http/test_clients.h"
+#include "tests/unit/core/http/test_clients.h"
 
 #include <fcntl.h>
 #include <signal.h>

@@ -8,8 +8,8 @@
 #include "tpm/tpm_identity.h"
 
 #include "tests/support/test_support.h"
-#include "tests/unit/tpm/swtpm.h"
-#include "tests/unit/tpm/tls_test_util.h"
+#include "tests/support/swtpm.h"
+#include "tests/support/tls_test_util.h"
 
 #include <openssl/pem.h>
 #include <sys/resource.h>

@@ -1,7 +1,7 @@
 #include "tests/chaos/broker/broker_outage.h"
 
-#include "agent/crypto/x509.h"
-#include "agent/time_format.h"
+#include "core/crypto/x509.h"
+#include "core/time_format.h"
 
 #include <gtest/gtest.h>
 

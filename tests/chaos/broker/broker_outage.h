@@ -2,7 +2,7 @@
 // The fail-closed scenario of the contract, run against a real broker: the daemon holds a
 // certificate, the broker is killed for longer than the certificate lives, then comes back.
 
-#include "tests/integration/daemon/daemon_fixture.h"
+#include "tests/support/daemon_fixture.h"
 
 #include <functional>
 #include <string>

@@ -5,8 +5,8 @@
 // an operator would. The daemon must re-create its account and re-read the bundle on its own.
 
 #include "tests/chaos/broker/broker_outage.h"
-#include "tests/integration/acme/pebble.h"
-#include "tests/integration/acme/test_identity.h"
+#include "tests/support/pebble.h"
+#include "tests/support/test_identity.h"
 
 #include <gtest/gtest.h>
 

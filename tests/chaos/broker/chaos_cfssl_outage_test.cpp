@@ -3,8 +3,8 @@
 // for longer than the certificate lives and restarted with the same CA.
 
 #include "tests/chaos/broker/broker_outage.h"
-#include "tests/integration/acme/test_identity.h"
-#include "tests/integration/cfssl/multirootca.h"
+#include "tests/support/test_identity.h"
+#include "tests/support/multirootca.h"
 
 #include <gtest/gtest.h>
 

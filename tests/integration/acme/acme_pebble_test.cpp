@@ -11,9 +11,9 @@
 // identifiers (RFC 8738) are fetched from the address itself.
 
 #include "renewers/acme_renewer.h"
-#include "tests/integration/acme/broker_test_util.h"
-#include "tests/integration/acme/pebble.h"
-#include "tests/integration/acme/test_identity.h"
+#include "tests/support/broker_test_util.h"
+#include "tests/support/pebble.h"
+#include "tests/support/test_identity.h"
 
 #include <gtest/gtest.h>
 

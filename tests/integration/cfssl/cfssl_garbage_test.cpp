@@ -5,10 +5,10 @@
 #include "renewers/acme_jws.h"
 #include "renewers/broker_keys.h"
 #include "renewers/cfssl_renewer.h"
-#include "tests/fakes/software_identity.h"
-#include "tests/fakes/test_https_server.h"
-#include "tests/fakes/test_pki.h"
-#include "tests/integration/acme/broker_test_util.h"
+#include "tests/support/software_identity.h"
+#include "tests/support/test_https_server.h"
+#include "tests/support/test_pki.h"
+#include "tests/support/broker_test_util.h"
 #include "tests/support/test_support.h"
 
 #include <boost/json.hpp>

@@ -4,10 +4,10 @@
 
 #include "renewers/broker_keys.h"
 #include "renewers/cfssl_renewer.h"
-#include "tests/integration/acme/broker_test_util.h"
-#include "tests/integration/acme/pebble.h"
-#include "tests/integration/acme/test_identity.h"
-#include "tests/integration/cfssl/multirootca.h"
+#include "tests/support/broker_test_util.h"
+#include "tests/support/pebble.h"
+#include "tests/support/test_identity.h"
+#include "tests/support/multirootca.h"
 
 #include <gtest/gtest.h>
 

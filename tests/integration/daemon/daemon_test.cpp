@@ -1,6 +1,6 @@
 // The real binary against the embedded local CA, with lifetimes of seconds.
 
-#include "tests/integration/daemon/daemon_fixture.h"
+#include "tests/support/daemon_fixture.h"
 
 #include <gtest/gtest.h>
 

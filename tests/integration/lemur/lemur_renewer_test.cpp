@@ -6,18 +6,18 @@
 
 #include "renewers/lemur_renewer.h"
 
-#include "agent/config.h"
-#include "agent/crypto/csr.h"
-#include "agent/crypto/keys.h"
-#include "agent/crypto/x509.h"
-#include "agent/logging.h"
-#include "agent/validation.h"
-#include "tests/fakes/run_sync.h"
-#include "tests/fakes/software_identity.h"
+#include "core/config/config.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/keys.h"
+#include "core/crypto/x509.h"
+#include "core/logging.h"
+#include "core/crypto/validation.h"
+#include "tests/support/run_sync.h"
+#include "tests/support/software_identity.h"
 #include "tests/integration/lemur/lemur_test_server.h"
 #include "tests/support/test_support.h"
-#include "tests/unit/tpm/swtpm.h"
-#include "tpm/enroll.h"
+#include "tests/support/swtpm.h"
+#include "agent/enroll.h"
 #include "tpm/identity.h"
 
 #include <boost/asio/io_context.hpp>

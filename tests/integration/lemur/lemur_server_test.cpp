@@ -1,11 +1,11 @@
 // The Lemur test server itself, spoken to with plain HTTPS requests: it must reject what real
 // Lemur rejects (so the renewer tests prove something) and answer what real Lemur answers.
 
-#include "agent/crypto/csr.h"
-#include "agent/crypto/keys.h"
-#include "agent/crypto/x509.h"
-#include "agent/http/client.h"
-#include "tests/fakes/run_sync.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/keys.h"
+#include "core/crypto/x509.h"
+#include "core/http/client.h"
+#include "tests/support/run_sync.h"
 #include "tests/integration/lemur/lemur_test_server.h"
 #include "tests/support/test_support.h"
 

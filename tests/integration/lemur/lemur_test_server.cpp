@@ -1,7 +1,7 @@
 #include "tests/integration/lemur/lemur_test_server.h"
 
-#include "agent/crypto/csr.h"
-#include "agent/crypto/x509.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/x509.h"
 
 #include <openssl/bn.h>
 #include <openssl/crypto.h>

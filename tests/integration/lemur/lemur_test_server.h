@@ -30,8 +30,8 @@
 // Deliberate limits: only issuance from a CSR (a request without csr is refused with 400,
 // where real Lemur would generate the key itself); no pagination beyond `count`.
 
-#include "tests/fakes/test_https_server.h"
-#include "tests/fakes/test_pki.h"
+#include "tests/support/test_https_server.h"
+#include "tests/support/test_pki.h"
 
 #include <boost/json.hpp>
 

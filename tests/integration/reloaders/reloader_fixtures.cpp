@@ -1,6 +1,6 @@
 #include "tests/integration/reloaders/reloader_fixtures.h"
 
-#include "agent/crypto/ossl_ptr.h"
+#include "core/crypto/ossl_ptr.h"
 #include "agent/file_sink.h"
 #include "reloaders/reloader_base.h"
 #include "reloaders/serving_probe.h"

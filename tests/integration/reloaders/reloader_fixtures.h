@@ -3,7 +3,7 @@
 // with distinct serials, private nginx and haproxy instances on loopback (TLS resumption off,
 // trivial backends), wrk as load, and a helper that runs a coroutine to completion.
 
-#include "agent/material.h"
+#include "core/material.h"
 #include "reloaders/reloader.h"
 #include "tests/support/test_support.h"
 

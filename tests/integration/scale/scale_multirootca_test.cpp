@@ -9,7 +9,7 @@
 // 0.5 (the renew point of a fresh leaf counts from its arrival) then renews each with >= 22 s
 // left, time enough for the 1,000-renewal storm the bound has to carry without an expiry.
 
-#include "tests/integration/cfssl/multirootca.h"
+#include "tests/support/multirootca.h"
 #include "tests/integration/scale/scale_support.h"
 
 #include <gtest/gtest.h>

@@ -6,7 +6,7 @@
 #include "agent/socket_server.h"
 
 #include "tests/support/test_support.h"
-#include "tests/unit/http/test_clients.h"
+#include "tests/unit/core/http/test_clients.h"
 
 #include <grp.h>
 #include <sys/resource.h>

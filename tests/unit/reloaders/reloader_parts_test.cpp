@@ -1,7 +1,7 @@
 // The registry, the envoy SDS directory swap (layout on disk and the inotify events Envoy
 // reacts to), the async mutex, the nginx error-log watch and the probe's small parsers.
 
-#include "reloaders/async_mutex.h"
+#include "core/async/async_mutex.h"
 #include "reloaders/envoy_reloader.h"
 #include "reloaders/nginx_reloader.h"
 #include "reloaders/serving_probe.h"

@@ -2,9 +2,9 @@
 
 #include "tpm/file_identity.h"
 
-#include "agent/logging.h"
+#include "core/logging.h"
 #include "tests/support/test_support.h"
-#include "tests/unit/tpm/tls_test_util.h"
+#include "tests/support/tls_test_util.h"
 
 #include <openssl/hmac.h>
 #include <openssl/pem.h>

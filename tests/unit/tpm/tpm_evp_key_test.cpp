@@ -3,7 +3,7 @@
 
 #include "tpm/tpm_evp_key.h"
 
-#include "tests/unit/tpm/tls_test_util.h"
+#include "tests/support/tls_test_util.h"
 
 #include <gtest/gtest.h>
 #include <openssl/err.h>

@@ -1,0 +1,124 @@
+#include "core/crypto/keys.h"
+
+#include "core/crypto/errors.h"
+
+#include <openssl/buffer.h>
+#include <openssl/pem.h>
+
+
+namespace certagent::crypto {
+namespace {
+
+// Far larger than any PEM key we generate (RSA-4096 PKCS#8 is ~3.3 KB).
+constexpr std::size_t kMaxKeyPemBytes = 64 * 1024;
+
+std::string_view key_type_name(config::KeyType type) {
+  switch (type) {
+    case config::KeyType::ecdsa_p256: return "ecdsa-p256";
+    case config::KeyType::ecdsa_p384: return "ecdsa-p384";
+    case config::KeyType::rsa_2048: return "rsa-2048";
+    case config::KeyType::rsa_3072: return "rsa-3072";
+    case config::KeyType::rsa_4096: return "rsa-4096";
+    case config::KeyType::ed25519: return "ed25519";
+  }
+  return "unknown";
+}
+
+// Never prompt for a passphrase: an encrypted key is an error, not a question on a terminal.
+int refuse_passphrase(char*, int, int, void*) { return -1; }
+
+}  // namespace
+
+Result<EvpPkeyPtr> generate_key(config::KeyType type) {
+  EVP_PKEY* raw = nullptr;
+  switch (type) {
+    case config::KeyType::ecdsa_p256:
+      raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
+      break;
+    case config::KeyType::ecdsa_p384:
+      raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-384");
+      break;
+    case config::KeyType::rsa_2048:
+      raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<std::size_t>(2048));
+      break;
+    case config::KeyType::rsa_3072:
+      raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<std::size_t>(3072));
+      break;
+    case config::KeyType::rsa_4096:
+      raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<std::size_t>(4096));
+      break;
+    case config::KeyType::ed25519:
+      raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+      break;
+  }
+  EvpPkeyPtr key(raw);
+  if (!key) return openssl_error("generating " + std::string(key_type_name(type)) + " key");
+  return key;
+}
+
+Result<Secret> private_key_pem(EVP_PKEY* key) {
+  if (!key) return make_error("private_key_pem: no key");
+  // Secure-heap BIO when a secure heap is configured; either way BUF_MEM is cleansed below.
+  BioPtr bio(BIO_new(BIO_s_secmem()));
+  if (!bio) return openssl_error("allocating a memory BIO");
+  auto cleanse = [&] {
+    BUF_MEM* mem = nullptr;
+    BIO_get_mem_ptr(bio.get(), &mem);
+    if (mem && mem->data) OPENSSL_cleanse(mem->data, mem->max);
+  };
+  if (PEM_write_bio_PKCS8PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    cleanse();
+    return openssl_error("encoding the private key as PKCS#8 PEM");
+  }
+  BUF_MEM* mem = nullptr;
+  BIO_get_mem_ptr(bio.get(), &mem);
+  if (!mem || !mem->data || mem->length == 0) return make_error("encoding the private key: empty output");
+  Secret out(mem->data, mem->length);
+  cleanse();
+  return out;
+}
+
+Result<EvpPkeyPtr> parse_private_key(std::string_view pem) {
+  if (pem.empty()) return make_error("private key PEM is empty");
+  if (pem.size() > kMaxKeyPemBytes) {
+    return make_error("private key PEM is " + std::to_string(pem.size()) + " bytes, more than " +
+                      std::to_string(kMaxKeyPemBytes));
+  }
+  // The read-only memory BIO points at the caller's buffer: nothing to cleanse here, and the
+  // decoder frees its own base64 scratch with OPENSSL_clear_free.
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return openssl_error("allocating a memory BIO");
+  EvpPkeyPtr key(PEM_read_bio_PrivateKey_ex(bio.get(), nullptr, refuse_passphrase, nullptr,
+                                            nullptr, nullptr));
+  if (!key) return openssl_error("not a readable unencrypted private key PEM");
+  return key;
+}
+
+std::string bio_to_string(BIO* bio) {
+  BUF_MEM* mem = nullptr;
+  BIO_get_mem_ptr(bio, &mem);
+  if (!mem || !mem->data) return {};
+  return std::string(mem->data, mem->length);
+}
+
+std::string public_key_pem(EVP_PKEY* key) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio || !key || PEM_write_bio_PUBKEY(bio.get(), key) != 1) {
+    clear_openssl_errors();
+    return {};
+  }
+  return bio_to_string(bio.get());
+}
+
+bool same_public_key(EVP_PKEY* a, EVP_PKEY* b) {
+  if (!a || !b) return false;
+  const bool equal = EVP_PKEY_eq(a, b) == 1;
+  clear_openssl_errors();  // a type mismatch queues an error we do not want to report later
+  return equal;
+}
+
+bool signs_without_digest(EVP_PKEY* key) {
+  return EVP_PKEY_is_a(key, "ED25519") || EVP_PKEY_is_a(key, "ED448");
+}
+
+}  // namespace certagent::crypto
