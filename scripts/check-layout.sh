@@ -9,30 +9,31 @@
 set -euo pipefail
 cd "${1:-$(dirname "$0")/..}"
 
-interfaces='^(tpm/identity\.h|renewers/renewer\.h|reloaders/reloader\.h)$'
-violations=0
+folders=()
+for f in core tpm renewers reloaders agent; do [ -d "$f" ] && folders+=("$f"); done
+[ ${#folders[@]} -gt 0 ] || { echo "check-layout: no source folders here" >&2; exit 2; }
 
-check_folder() {  # folder, extended regex of allowed include paths, description[, interfaces ok]
-  local folder=$1 allowed=$2 interfaces_ok=${4:-yes} file line inc
-  while IFS= read -r hit; do
-    file=${hit%%:*}; rest=${hit#*:}; line=${rest%%:*}
-    inc=$(sed -E 's/.*#[[:space:]]*include[[:space:]]*"([^"]+)".*/\1/' <<<"$rest")
-    grep -qE "$allowed" <<<"$inc" && continue
-    [ "$interfaces_ok" = yes ] && grep -qE "$interfaces" <<<"$inc" && continue
-    echo "$file:$line: includes \"$inc\" ($folder/ may include: $3)"
-    violations=$((violations + 1))
-  done < <(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$folder" --include='*.h' --include='*.cpp' --include='*.cc' || true)
-}
-
-check_folder core '^core/' 'core/ only' no
-for plugin in tpm renewers reloaders; do
-  check_folder "$plugin" "^(core|$plugin)/" "core/, $plugin/ and the plug-in interface headers"
-done
-# Generated headers (protobuf) live in the build tree and are included by bare name from agent/.
-check_folder agent '^(core|agent|tpm|renewers|reloaders)/|\.pb\.h$' 'anything below it'
-
-if [ "$violations" -gt 0 ]; then
-  echo "check-layout: $violations include(s) point up or sideways" >&2
-  exit 1
-fi
-echo "check-layout: every include points down"
+grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "${folders[@]}" \
+    --include='*.h' --include='*.cpp' --include='*.cc' |
+awk '
+  {
+    split($0, parts, ":"); file = parts[1]; line = parts[2]
+    folder = file; sub(/\/.*/, "", folder)
+    inc = $0; sub(/^[^"]*"/, "", inc); sub(/".*$/, "", inc)
+    interface = (inc ~ /^(tpm\/identity\.h|renewers\/renewer\.h|reloaders\/reloader\.h)$/)
+    if (folder == "core") {
+      ok = (inc ~ /^core\//); allowed = "core/ only"
+    } else if (folder == "agent") {
+      # Generated headers (protobuf) live in the build tree and are included by bare name.
+      ok = (inc ~ /^(core|agent|tpm|renewers|reloaders)\// || inc ~ /\.pb\.h$/)
+      allowed = "anything below it"
+    } else {
+      ok = (inc ~ ("^(core|" folder ")/") || interface)
+      allowed = "core/, " folder "/ and the plug-in interface headers"
+    }
+    if (!ok) { printf "%s:%s: includes \"%s\" (%s/ may include: %s)\n", file, line, inc, folder, allowed; bad++ }
+  }
+  END {
+    if (bad) { printf "check-layout: %d include(s) point up or sideways\n", bad > "/dev/stderr"; exit 1 }
+    print "check-layout: every include points down"
+  }'
