@@ -28,15 +28,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::array<std::pair<KeyType, std::string_view>, 6> kKeyTypes{{
-    {KeyType::ecdsa_p256, "ecdsa-p256"},
-    {KeyType::ecdsa_p384, "ecdsa-p384"},
-    {KeyType::rsa_2048, "rsa-2048"},
-    {KeyType::rsa_3072, "rsa-3072"},
-    {KeyType::rsa_4096, "rsa-4096"},
-    {KeyType::ed25519, "ed25519"},
-}};
-
 struct DurationUnit {
   std::string_view suffix;
   std::int64_t ms;
@@ -45,20 +36,6 @@ struct DurationUnit {
 constexpr std::array<DurationUnit, 4> kUnits{{{"h", 3'600'000}, {"m", 60'000}, {"s", 1'000}, {"ms", 1}}};
 
 }  // namespace
-
-std::string_view to_string(KeyType k) {
-  for (const auto& [type, name] : kKeyTypes) {
-    if (type == k) return name;
-  }
-  return "unknown";
-}
-
-std::optional<KeyType> parse_key_type(std::string_view s) {
-  for (const auto& [type, name] : kKeyTypes) {
-    if (name == s) return type;
-  }
-  return std::nullopt;
-}
 
 std::optional<Duration> parse_duration(std::string_view s) {
   if (s.empty()) return std::nullopt;
@@ -250,7 +227,7 @@ constexpr std::string_view kArgvExpected = "a non-empty argv list like [\"/usr/b
 // The certificate keys that `defaults:` provides and each certificate may override, as read
 // at one level, with where each was written.
 struct Knobs {
-  std::optional<KeyType> key;
+  std::optional<crypto::KeyType> key;
   std::optional<Duration> lifetime;
   std::optional<Duration> max_lifetime;
   std::optional<double> renew_at;
@@ -592,7 +569,7 @@ void Schema::knobs(MapView& m, Knobs& out) {
   auto note = [&](const Field& f) { out.where[f.key.Scalar()] = f.mark(); };
   if (auto f = m.get("key")) {
     if (auto s = r_.string(*f, kKeyTypeExpected)) {
-      if (auto k = parse_key_type(*s)) {
+      if (auto k = crypto::parse_key_type(*s)) {
         out.key = *k;
         note(*f);
       } else {

@@ -4,6 +4,7 @@
 // Every struct compares with ==, so a reload (SIGHUP) can tell which parts changed.
 
 #include "core/clock.h"
+#include "core/crypto/keys.h"
 #include "core/result.h"
 
 #include <chrono>
@@ -18,10 +19,6 @@
 namespace certagent::config {
 
 using Duration = std::chrono::milliseconds;
-
-enum class KeyType { ecdsa_p256, ecdsa_p384, rsa_2048, rsa_3072, rsa_4096, ed25519 };
-std::string_view to_string(KeyType k);
-std::optional<KeyType> parse_key_type(std::string_view s);
 
 // "500ms", "30s", "10m", "96h", "1h30m". Returns nullopt on anything else.
 std::optional<Duration> parse_duration(std::string_view s);
@@ -191,7 +188,7 @@ struct ReloaderConfig {
 // ---- certificates --------------------------------------------------------------------------
 
 struct CertDefaults {
-  KeyType key{KeyType::ecdsa_p256};
+  crypto::KeyType key{crypto::KeyType::ecdsa_p256};
   Duration lifetime{std::chrono::hours(96)};
   Duration max_lifetime{std::chrono::hours(168)};
   double renew_at{0.5};
@@ -227,7 +224,7 @@ struct CertificateConfig {
   std::vector<std::string> ip_addresses;
   std::vector<std::string> uris;
   // Effective values: defaults merged with the certificate's own keys.
-  KeyType key{KeyType::ecdsa_p256};
+  crypto::KeyType key{crypto::KeyType::ecdsa_p256};
   Duration lifetime{};
   Duration max_lifetime{};
   double renew_at{};

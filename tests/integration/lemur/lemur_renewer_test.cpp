@@ -149,7 +149,7 @@ class LemurRenewerTest : public ::testing::Test {
   };
 
   Attempt issue(std::map<std::string, std::string> previous = {},
-                config::KeyType key_type = config::KeyType::ecdsa_p256) {
+                crypto::KeyType key_type = crypto::KeyType::ecdsa_p256) {
     Attempt a;
     auto key = crypto::generate_key(key_type);
     EXPECT_TRUE(key);
@@ -505,13 +505,13 @@ TEST_F(LemurRenewerTest, AWrongUrlIsAConfigurationError) {
 
 TEST_F(LemurRenewerTest, Ed25519IsRefusedBeforeAsking) {
   start();
-  auto a = issue({}, config::KeyType::ed25519);
+  auto a = issue({}, crypto::KeyType::ed25519);
   ASSERT_FALSE(a.result);
   EXPECT_TRUE(a.result.error().configuration);
   EXPECT_NE(a.result.error().message.find("RSA and ECDSA keys only"), std::string::npos);
   EXPECT_TRUE(server.posted().empty());
   // RSA works.
-  auto r = issue({}, config::KeyType::rsa_2048);
+  auto r = issue({}, crypto::KeyType::rsa_2048);
   ASSERT_TRUE(r.result) << r.result.error().message;
 }
 

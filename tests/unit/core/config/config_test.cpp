@@ -16,6 +16,7 @@ namespace certagent::config {
 namespace {
 
 using namespace std::chrono_literals;
+using crypto::KeyType;
 
 const std::filesystem::path kSource = "/cfg/t.yaml";
 
@@ -69,16 +70,6 @@ TEST(Duration, FormatsCanonicallyAndRoundTrips) {
                      Duration(123'456'789)}) {
     EXPECT_EQ(parse_duration(format_duration(d)), d) << format_duration(d);
   }
-}
-
-TEST(KeyTypes, NamesRoundTrip) {
-  for (auto k : {KeyType::ecdsa_p256, KeyType::ecdsa_p384, KeyType::rsa_2048, KeyType::rsa_3072,
-                 KeyType::rsa_4096, KeyType::ed25519}) {
-    EXPECT_EQ(parse_key_type(to_string(k)), k) << to_string(k);
-  }
-  EXPECT_EQ(to_string(KeyType::ecdsa_p256), "ecdsa-p256");
-  EXPECT_FALSE(parse_key_type("rsa-1024").has_value());
-  EXPECT_FALSE(parse_key_type("ECDSA-P256").has_value());
 }
 
 // ---- located errors -------------------------------------------------------------------------
