@@ -17,6 +17,7 @@
 #include "tests/integration/lemur/lemur_test_server.h"
 #include "tests/support/test_support.h"
 #include "tests/support/swtpm.h"
+#include "agent/builtin_plugins.h"
 #include "agent/enroll.h"
 #include "tpm/identity.h"
 
@@ -106,7 +107,7 @@ class LemurRenewerTest : public ::testing::Test {
   void start(const BrokerSetup& s = {}, bool enroll = true) {
     write_file(dir / "lemur.jwt", token + "\n", fs::perms(0600));
     write_file(dir / "certagent.yaml", yaml(s));
-    auto c = config::load_config(dir / "certagent.yaml");
+    auto c = config::load_config(dir / "certagent.yaml", agent::builtin_catalog());
     ASSERT_TRUE(c) << c.error().message;
     config = std::move(*c);
     if (enroll) {
@@ -528,7 +529,7 @@ TEST(LemurRenewerRequest, AuthorityByIdAndNoValidityWithoutLifetime) {
   config::BrokerConfig broker;
   broker.name = "netflix";
   broker.type = "lemur";
-  config::LemurBrokerConfig lemur;
+  renewers::LemurRenewerConfig lemur;
   lemur.url = "https://lemur.example/";
   lemur.authority = "42";
   lemur.owner = "team@example.com";

@@ -1,7 +1,9 @@
+#include "agent/builtin_plugins.h"
 #include "core/crypto/csr.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "core/crypto/validation.h"
+#include "renewers/local_config.h"
 #include "renewers/local_renewer.h"
 #include "tests/support/test_support.h"
 
@@ -381,8 +383,8 @@ TEST_F(LocalRenewerTest, IssueCoroutineAndRegistry) {
   config::BrokerConfig broker;
   broker.name = "dev";
   broker.type = "local";
-  broker.settings = config::LocalBrokerConfig{};
-  auto renewer = make_renewer(broker, context);
+  broker.settings = LocalRenewerConfig{};
+  auto renewer = agent::make_renewer(broker, context);
   ASSERT_TRUE(renewer) << renewer.error().message;
   EXPECT_EQ((*renewer)->type(), "local");
 
@@ -400,14 +402,13 @@ TEST_F(LocalRenewerTest, IssueCoroutineAndRegistry) {
 
   // Config loading rejects unknown types first; the registry still refuses them cleanly.
   broker.type = "nosuch";
-  auto unknown = make_renewer(broker, context);
+  auto unknown = agent::make_renewer(broker, context);
   ASSERT_FALSE(unknown);
   EXPECT_TRUE(contains(unknown.error().message, "renewer type nosuch not built yet")) << unknown.error().message;
 
-  const auto types = known_renewer_types();
-  for (const char* t : {"local", "acme", "cfssl", "lemur"}) {
-    EXPECT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
-  }
+  std::vector<std::string> types;
+  for (const auto& t : agent::builtin_plugins().renewers) types.push_back(t.config.name);
+  EXPECT_EQ(types, (std::vector<std::string>{"local", "acme", "cfssl", "lemur"}));
 }
 
 }  // namespace
