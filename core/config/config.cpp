@@ -1,4 +1,5 @@
-// YAML -> Config, with all validation (DESIGN.md "Configuration (YAML) — contract").
+// YAML -> Config, with all validation (DESIGN.md "Configuration (YAML) — contract"): the core
+// schema here, a broker's or reloader's own keys by its plug-in (the Catalog's parse).
 //
 // Path policy: a relative file path in the config is taken relative to the directory of the
 // config file itself (so a config and the files beside it move together); after loading every
@@ -79,8 +80,6 @@ bool valid_uri(std::string_view s) {
   }
   return true;
 }
-
-constexpr std::string_view kDurationExpected = "a duration like 30s, 10m or 96h";
 
 std::string join(const std::vector<std::string_view>& words) {
   std::string out;
