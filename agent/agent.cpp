@@ -2,6 +2,7 @@
 
 #include "core/async/semaphore.h"
 #include "agent/audit_log.h"
+#include "agent/builtin_plugins.h"
 #include "agent/certificate_loop.h"
 #include "agent/clock_watch.h"
 #include "core/fs_util.h"
@@ -139,7 +140,7 @@ class Daemon {
         continue;
       }
       renewers::RenewerContext context{io_.get_executor(), identity_.get(), next.state_dir, &clock_};
-      auto renewer = renewers::make_renewer(bc, context);
+      auto renewer = agent::make_renewer(bc, context);
       if (!renewer) return with_context("broker '" + name + "'", renewer.error());
       auto handle = std::make_shared<BrokerHandle>(bc, std::move(*renewer), io_.get_executor());
       if (bc.type == "local") handle->default_trust_bundle = renewers::LocalRenewer::root_path(next.state_dir);
@@ -173,12 +174,12 @@ class Daemon {
     for (const auto* c : to_start) {
       std::vector<std::shared_ptr<reloaders::Reloader>> reload, expiry;
       for (const auto& rc : c->reload) {
-        auto r = reloaders::make_reloader(rc, rctx);
+        auto r = agent::make_reloader(rc, rctx);
         if (!r) return with_context("certificate '" + c->name + "' reloader " + rc.type, r.error());
         reload.push_back(std::move(*r));
       }
       for (const auto& rc : c->on_expiry) {
-        auto r = reloaders::make_reloader(rc, rctx);
+        auto r = agent::make_reloader(rc, rctx);
         if (!r) return with_context("certificate '" + c->name + "' on_expiry " + rc.type, r.error());
         expiry.push_back(std::move(*r));
       }
@@ -231,7 +232,7 @@ class Daemon {
 
   void reload_config() {
     systemd::notify_reloading();
-    auto next = config::load_config(config_path_);
+    auto next = config::load_config(config_path_, agent::builtin_catalog());
     if (!next) {
       logger()->error("event=config_reload_failed action=keeping_current error={}",
                       log::quote(next.error().message));
@@ -408,7 +409,7 @@ Result<> prepare_state_dir(const std::filesystem::path& dir) {
 }
 
 int run_agent(const std::filesystem::path& config_path) {
-  auto config = config::load_config(config_path);
+  auto config = config::load_config(config_path, agent::builtin_catalog());
   if (!config) {
     std::cerr << config.error().message << "\n";
     return 2;

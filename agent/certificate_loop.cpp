@@ -30,9 +30,9 @@ crypto::SubjectNames requested_names(const config::CertificateConfig& c) {
   return crypto::SubjectNames{c.common_name, c.dns_names, c.ip_addresses, c.uris};
 }
 
-bool is_rsa(config::KeyType k) {
-  return k == config::KeyType::rsa_2048 || k == config::KeyType::rsa_3072 ||
-         k == config::KeyType::rsa_4096;
+bool is_rsa(crypto::KeyType k) {
+  return k == crypto::KeyType::rsa_2048 || k == crypto::KeyType::rsa_3072 ||
+         k == crypto::KeyType::rsa_4096;
 }
 
 // Whether a certificate loaded at start still fits the configuration it now runs under.

@@ -1,6 +1,7 @@
 #include "agent/cli.h"
 
 #include "agent/agent.h"
+#include "agent/builtin_plugins.h"
 #include "agent/cli_client.h"
 #include "core/config/config.h"
 #include "core/logging.h"
@@ -154,7 +155,7 @@ int check_options(const Args& a, std::initializer_list<const char*> allowed, std
 
 int cmd_check_config(const Args& a) {
   const auto path = option(a, "--config").value_or(kDefaultConfig);
-  auto config = config::load_config(path);
+  auto config = config::load_config(path, agent::builtin_catalog());
   if (!config) {
     std::cerr << config.error().message << "\n";
     return 2;
@@ -168,7 +169,7 @@ int cmd_status(const Args& a) {
   if (auto socket = option(a, "--socket")) return cli::cli_status(*socket, json, std::cout, std::cerr);
   auto config_path = option(a, "--config");
   if (!config_path) return cli::cli_status(kDefaultSocket, json, std::cout, std::cerr);
-  auto config = config::load_config(*config_path);
+  auto config = config::load_config(*config_path, agent::builtin_catalog());
   if (!config) {
     std::cerr << config.error().message << "\n";
     return 2;
@@ -200,7 +201,7 @@ int cmd_status(const Args& a) {
 
 int cmd_enroll(const Args& a) {
   const auto path = option(a, "--config").value_or(kDefaultConfig);
-  auto config = config::load_config(path);
+  auto config = config::load_config(path, agent::builtin_catalog());
   if (!config) {
     std::cerr << config.error().message << "\n";
     return 2;

@@ -1,5 +1,6 @@
 #include "agent/enroll.h"
 
+#include "agent/builtin_plugins.h"
 #include "core/config/config.h"
 #include "core/crypto/ossl_ptr.h"
 #include "core/encoding.h"
@@ -15,7 +16,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <variant>
 
 namespace certagent::tpm {
 namespace {
@@ -25,33 +25,8 @@ constexpr std::string_view kProbe = "certagent enroll: checking the stored key";
 
 std::shared_ptr<spdlog::logger> logger() { return log::get("tpm"); }
 
-enum class SecretKind { hmac_base64url, hmac_hex, sealed_text };
-
-struct SecretSource {
-  std::string name;        // "<broker>.eab_hmac"
-  fs::path file;
-  SecretKind kind;
-  std::string config_key;  // "brokers.ca.eab.hmac_key_file", for messages
-};
-
-std::vector<SecretSource> secret_sources(const config::Config& config) {
-  std::vector<SecretSource> out;
-  for (const auto& [name, broker] : config.brokers) {
-    const std::string prefix = "brokers." + name + ".";
-    if (const auto* acme = std::get_if<config::AcmeBrokerConfig>(&broker.settings)) {
-      if (!acme->eab_hmac_key_file.empty())
-        out.push_back({name + ".eab_hmac", acme->eab_hmac_key_file, SecretKind::hmac_base64url,
-                       prefix + "eab.hmac_key_file"});
-    } else if (const auto* cfssl = std::get_if<config::CfsslBrokerConfig>(&broker.settings)) {
-      if (!cfssl->auth_key_file.empty())
-        out.push_back({name + ".cfssl_auth", cfssl->auth_key_file, SecretKind::hmac_hex, prefix + "auth_key_file"});
-    } else if (const auto* lemur = std::get_if<config::LemurBrokerConfig>(&broker.settings)) {
-      if (!lemur->token_file.empty())
-        out.push_back({name + ".lemur_token", lemur->token_file, SecretKind::sealed_text, prefix + "token_file"});
-    }
-  }
-  return out;
-}
+using SecretSource = renewers::SealedSecret;
+using SecretKind = renewers::SealedSecret::Format;
 
 std::string_view trim(std::string_view s) {
   const char* ws = " \t\r\n";
@@ -97,7 +72,7 @@ Result<> delete_plaintext(const fs::path& path) {
 }
 
 Result<> check_stored(Identity& identity, const SecretSource& source, const Secret& value) {
-  if (source.kind == SecretKind::sealed_text) {
+  if (source.format == SecretKind::text) {
     auto back = identity.unseal(source.name);
     if (!back) return back.error();
     if (back->view() != value.view()) return make_error("the unsealed value differs from the file");
@@ -133,7 +108,7 @@ Result<bool> seal_secret(Identity& identity, const SecretSource& source) {
   const std::string_view text = trim((*content)->view());
   if (text.empty()) return make_error(where + " is empty");
   std::optional<Secret> value;
-  switch (source.kind) {
+  switch (source.format) {
     case SecretKind::hmac_base64url:
       value = base64url_decode(text);
       if (!value || value->empty()) return make_error(where + " is not a base64url key");
@@ -142,11 +117,11 @@ Result<bool> seal_secret(Identity& identity, const SecretSource& source) {
       value = decode_hex(text);
       if (!value || value->empty()) return make_error(where + " is not a hex key");
       break;
-    case SecretKind::sealed_text:
+    case SecretKind::text:
       value = Secret(std::string(text));
       break;
   }
-  Result<> stored = source.kind == SecretKind::sealed_text ? identity.seal(source.name, as_bytes(value->view()))
+  Result<> stored = source.format == SecretKind::text ? identity.seal(source.name, as_bytes(value->view()))
                                                            : identity.import_hmac_key(source.name, as_bytes(value->view()));
   if (!stored) return make_error(where + ": " + stored.error().message);
   if (auto c = check_stored(identity, source, *value); !c)
@@ -259,7 +234,7 @@ Result<EnrollReport> enroll(const config::Config& config, const EnrollOptions& o
     report.csr_path = options.csr_out;
   }
 
-  for (const SecretSource& source : secret_sources(config)) {
+  for (const SecretSource& source : agent::sealed_secrets(config)) {
     auto sealed = seal_secret(identity, source);
     if (!sealed) return sealed.error();
     (*sealed ? report.sealed : report.already_sealed).push_back(source.name);

@@ -7,8 +7,9 @@
 //   SHA-256 of the DER SubjectPublicKeyInfo, no colons, the same as
 //   `openssl pkey -pubin -in id.pem -outform DER | sha256sum`.
 // - Optionally writes a CSR for an identity certificate, signed by the identity itself.
-// - For each broker in the config, moves its secret file into the identity and deletes the
-//   plaintext once the sealed copy has been checked:
+// - For each broker in the config, moves the secret files its plug-in names
+//   (RenewerType::secrets) into the identity and deletes the plaintext once the sealed copy has
+//   been checked; the built-in ones:
 //     acme  eab_hmac_key_file (base64url)  -> import_hmac_key("<broker>.eab_hmac")
 //     cfssl auth_key_file     (hex)        -> import_hmac_key("<broker>.cfssl_auth")
 //     lemur token_file        (text)       -> seal("<broker>.lemur_token")

@@ -182,7 +182,7 @@ Result<std::string> write_sds_generation(const fs::path& sds_dir, const std::str
   return Result<std::string>(boost::system::in_place_value, std::move(name));
 }
 
-EnvoyReloader::EnvoyReloader(const config::ReloaderConfig& config, const config::EnvoyReloaderConfig& envoy,
+EnvoyReloader::EnvoyReloader(const config::ReloaderConfig& config, const EnvoyReloaderConfig& envoy,
                              const ReloaderContext& context)
     : ReloaderBase("envoy", config, context), envoy_(envoy) {}
 

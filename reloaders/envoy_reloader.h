@@ -11,6 +11,7 @@
 
 #include "core/secret.h"
 #include "reloaders/reloader_base.h"
+#include "reloaders/envoy_config.h"
 
 #include <filesystem>
 #include <string>
@@ -29,14 +30,14 @@ Secret sds_document(const std::string& secret_name, const Material& material);
 
 class EnvoyReloader final : public ReloaderBase {
  public:
-  EnvoyReloader(const config::ReloaderConfig& config, const config::EnvoyReloaderConfig& envoy,
+  EnvoyReloader(const config::ReloaderConfig& config, const EnvoyReloaderConfig& envoy,
                 const ReloaderContext& context);
 
  protected:
   boost::asio::awaitable<ReloadOutcome> apply(const ReloadEvent& event, Deadline deadline) override;
 
  private:
-  config::EnvoyReloaderConfig envoy_;
+  EnvoyReloaderConfig envoy_;
 };
 
 }  // namespace certagent::reloaders

@@ -28,7 +28,7 @@ std::map<std::string, std::string> hook_environment(const ReloadEvent& event) {
   return env;
 }
 
-ExecReloader::ExecReloader(const config::ReloaderConfig& config, const config::ExecReloaderConfig& exec,
+ExecReloader::ExecReloader(const config::ReloaderConfig& config, const ExecReloaderConfig& exec,
                            const ReloaderContext& context)
     : ReloaderBase("exec", config, context), exec_(exec) {}
 

@@ -4,6 +4,7 @@
 // (RFC 3339), CERTAGENT_DIR (when files are configured), CERTAGENT_EVENT=rotated|expired.
 
 #include "reloaders/reloader_base.h"
+#include "reloaders/exec_config.h"
 
 #include <map>
 #include <string>
@@ -17,14 +18,14 @@ std::string format_rfc3339(SystemTime t);
 
 class ExecReloader final : public ReloaderBase {
  public:
-  ExecReloader(const config::ReloaderConfig& config, const config::ExecReloaderConfig& exec,
+  ExecReloader(const config::ReloaderConfig& config, const ExecReloaderConfig& exec,
                const ReloaderContext& context);
 
  protected:
   boost::asio::awaitable<ReloadOutcome> apply(const ReloadEvent& event, Deadline deadline) override;
 
  private:
-  config::ExecReloaderConfig exec_;
+  ExecReloaderConfig exec_;
 };
 
 }  // namespace certagent::reloaders

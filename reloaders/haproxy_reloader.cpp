@@ -155,7 +155,7 @@ asio::awaitable<Result<std::string>> haproxy_admin_command(const std::filesystem
   co_return Result<std::string>(boost::system::in_place_value, std::move(answer));
 }
 
-HaproxyReloader::HaproxyReloader(const config::ReloaderConfig& config, const config::HaproxyReloaderConfig& haproxy,
+HaproxyReloader::HaproxyReloader(const config::ReloaderConfig& config, const HaproxyReloaderConfig& haproxy,
                                  const ReloaderContext& context)
     : ReloaderBase("haproxy", config, context),
       haproxy_(haproxy),

@@ -10,6 +10,7 @@
 #include "core/secret.h"
 #include "core/async/async_mutex.h"
 #include "reloaders/reloader_base.h"
+#include "reloaders/haproxy_config.h"
 
 #include <filesystem>
 #include <memory>
@@ -31,7 +32,7 @@ std::vector<std::string> parse_show_ssl_cert(std::string_view answer);
 
 class HaproxyReloader final : public ReloaderBase {
  public:
-  HaproxyReloader(const config::ReloaderConfig& config, const config::HaproxyReloaderConfig& haproxy,
+  HaproxyReloader(const config::ReloaderConfig& config, const HaproxyReloaderConfig& haproxy,
                   const ReloaderContext& context);
 
  protected:
@@ -45,7 +46,7 @@ class HaproxyReloader final : public ReloaderBase {
   boost::asio::awaitable<void> abort_transaction(Deadline deadline);
   boost::asio::awaitable<std::string> unknown_name_detail(Deadline deadline);
 
-  config::HaproxyReloaderConfig haproxy_;
+  HaproxyReloaderConfig haproxy_;
   AsyncMutex instance_mutex_;
   std::shared_ptr<AsyncMutex> socket_mutex_;  // one transaction at a time per HAProxy
 };

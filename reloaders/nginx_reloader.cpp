@@ -146,7 +146,7 @@ std::string NginxReloader::instance_key(const std::vector<std::string>& command)
   return key;
 }
 
-NginxReloader::NginxReloader(const config::ReloaderConfig& config, const config::NginxReloaderConfig& nginx,
+NginxReloader::NginxReloader(const config::ReloaderConfig& config, const NginxReloaderConfig& nginx,
                              const ReloaderContext& context)
     : ReloaderBase("nginx", config, context),
       nginx_(nginx),

@@ -8,6 +8,7 @@
 
 #include "core/async/async_mutex.h"
 #include "reloaders/reloader_base.h"
+#include "reloaders/nginx_config.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -37,7 +38,7 @@ class ErrorLogWatch {
 
 class NginxReloader final : public ReloaderBase {
  public:
-  NginxReloader(const config::ReloaderConfig& config, const config::NginxReloaderConfig& nginx,
+  NginxReloader(const config::ReloaderConfig& config, const NginxReloaderConfig& nginx,
                 const ReloaderContext& context);
 
   // The pre-check used when test_command is not configured: the command's binary with -t -q and
@@ -53,7 +54,7 @@ class NginxReloader final : public ReloaderBase {
                                                ReloadOutcome applied) override;
 
  private:
-  config::NginxReloaderConfig nginx_;
+  NginxReloaderConfig nginx_;
   std::vector<std::string> test_command_;
   ErrorLogWatch log_watch_;
   AsyncMutex instance_mutex_;

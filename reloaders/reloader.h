@@ -10,6 +10,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,8 +45,12 @@ struct ReloaderContext {
   boost::asio::any_io_executor executor;
 };
 
-[[nodiscard]] Result<std::unique_ptr<Reloader>> make_reloader(const config::ReloaderConfig& config,
-                                                              const ReloaderContext& context);
-std::vector<std::string> known_reloader_types();
+// A reloader type: its config (name, keys, parser) and how to make it. The built-in ones are
+// registered in agent/builtin_plugins.cpp.
+struct ReloaderType {
+  config::ReloaderType config;
+  // Gets only entries of this type, whose generic part (timeout, verify) is already checked.
+  std::function<Result<std::unique_ptr<Reloader>>(const config::ReloaderConfig&, const ReloaderContext&)> make;
+};
 
 }  // namespace certagent::reloaders

@@ -3,6 +3,16 @@
 #include "core/logging.h"
 
 namespace certagent::reloaders {
+
+std::string_view to_string(ReloadResult r) {
+  switch (r) {
+    case ReloadResult::success: return "success";
+    case ReloadResult::failure: return "failure";
+    case ReloadResult::unverified: return "unverified";
+    case ReloadResult::timeout: return "timeout";
+  }
+  return "failure";
+}
 namespace asio = boost::asio;
 
 ReloaderBase::ReloaderBase(std::string type, const config::ReloaderConfig& config,

@@ -65,7 +65,7 @@ bool process_alive(pid_t pid) {
          line[close + 2] != 'X';
 }
 
-SignalReloader::SignalReloader(const config::ReloaderConfig& config, const config::SignalReloaderConfig& signal,
+SignalReloader::SignalReloader(const config::ReloaderConfig& config, const SignalReloaderConfig& signal,
                                const ReloaderContext& context)
     : ReloaderBase("signal", config, context), signal_(signal) {}
 

@@ -4,6 +4,7 @@
 // stale pid file must not look like a successful reload.
 
 #include "reloaders/reloader_base.h"
+#include "reloaders/signal_config.h"
 
 #include <sys/types.h>
 
@@ -16,14 +17,14 @@ bool process_alive(pid_t pid);
 
 class SignalReloader final : public ReloaderBase {
  public:
-  SignalReloader(const config::ReloaderConfig& config, const config::SignalReloaderConfig& signal,
+  SignalReloader(const config::ReloaderConfig& config, const SignalReloaderConfig& signal,
                  const ReloaderContext& context);
 
  protected:
   boost::asio::awaitable<ReloadOutcome> apply(const ReloadEvent& event, Deadline deadline) override;
 
  private:
-  config::SignalReloaderConfig signal_;
+  SignalReloaderConfig signal_;
 };
 
 }  // namespace certagent::reloaders

@@ -2,17 +2,19 @@
 
 #include "reloaders/child_process.h"
 
+#include <algorithm>
+
 namespace certagent::reloaders {
 namespace asio = boost::asio;
 
 SystemdReloader::SystemdReloader(const config::ReloaderConfig& config,
-                                 const config::SystemdReloaderConfig& systemd, const ReloaderContext& context,
+                                 const SystemdReloaderConfig& systemd, const ReloaderContext& context,
                                  std::string systemctl)
     : ReloaderBase("systemd", config, context), systemd_(systemd), systemctl_(std::move(systemctl)) {}
 
 bool SystemdReloader::valid_action(std::string_view action) {
-  return action == "reload" || action == "restart" || action == "reload-or-restart" ||
-         action == "try-reload-or-restart" || action == "try-restart";
+  const auto& all = systemd_actions();
+  return std::find(all.begin(), all.end(), action) != all.end();
 }
 
 asio::awaitable<ReloadOutcome> SystemdReloader::apply(const ReloadEvent&, Deadline deadline) {

@@ -4,6 +4,7 @@
 // handles polkit and prints a readable reason on failure (kept in the outcome's detail).
 
 #include "reloaders/reloader_base.h"
+#include "reloaders/systemd_config.h"
 
 #include <string>
 
@@ -12,7 +13,7 @@ namespace certagent::reloaders {
 class SystemdReloader final : public ReloaderBase {
  public:
   // `systemctl` is the program to run; tests point it at a fake.
-  SystemdReloader(const config::ReloaderConfig& config, const config::SystemdReloaderConfig& systemd,
+  SystemdReloader(const config::ReloaderConfig& config, const SystemdReloaderConfig& systemd,
                   const ReloaderContext& context, std::string systemctl = "systemctl");
 
   static bool valid_action(std::string_view action);
@@ -21,7 +22,7 @@ class SystemdReloader final : public ReloaderBase {
   boost::asio::awaitable<ReloadOutcome> apply(const ReloadEvent& event, Deadline deadline) override;
 
  private:
-  config::SystemdReloaderConfig systemd_;
+  SystemdReloaderConfig systemd_;
   std::string systemctl_;
 };
 

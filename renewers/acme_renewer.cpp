@@ -232,7 +232,7 @@ struct AcmeRenewer::Posted {
 };
 
 AcmeRenewer::AcmeRenewer(const config::BrokerConfig& broker, const RenewerContext& context, AcmeTuning tuning)
-    : broker_name_(broker.name), config_(std::get<config::AcmeBrokerConfig>(broker.settings)),
+    : broker_name_(broker.name), config_(broker.settings.as<AcmeRenewerConfig>()),
       timeout_(broker.timeout), context_(context), tuning_(tuning), rng_(std::random_device{}()) {
   static const SystemClock kSystemClock;
   clock_ = context.clock ? context.clock : &kSystemClock;
@@ -242,7 +242,7 @@ AcmeRenewer::~AcmeRenewer() = default;
 
 Result<std::unique_ptr<AcmeRenewer>> AcmeRenewer::create(const config::BrokerConfig& broker,
                                                          const RenewerContext& context, AcmeTuning tuning) {
-  const auto* settings = std::get_if<config::AcmeBrokerConfig>(&broker.settings);
+  const auto* settings = broker.settings.get_if<AcmeRenewerConfig>();
   if (!settings) return Error{"broker " + broker.name + ": not an acme broker", {}, true};
   if (!context.identity) return Error{"broker " + broker.name + ": acme needs the host identity", {}, true};
   auto url = http::parse_url(settings->directory);

@@ -7,6 +7,7 @@
 
 #include "core/time_format.h"
 #include "core/http/client.h"
+#include "renewers/acme_config.h"
 #include "renewers/renewer.h"
 
 #include <chrono>
@@ -92,7 +93,7 @@ class AcmeRenewer final : public Renewer {
   Error step_error(const char* what, const Posted& posted);
 
   std::string broker_name_;
-  config::AcmeBrokerConfig config_;
+  AcmeRenewerConfig config_;
   std::chrono::milliseconds timeout_;
   RenewerContext context_;
   AcmeTuning tuning_;

@@ -69,14 +69,14 @@ int pem_certificate_count(std::string_view pem, std::string& error) {
 std::string cfssl_auth_key_name(std::string_view broker) { return std::string(broker) + ".cfssl_auth"; }
 
 CfsslRenewer::CfsslRenewer(const config::BrokerConfig& broker, const RenewerContext& context)
-    : broker_name_(broker.name), config_(std::get<config::CfsslBrokerConfig>(broker.settings)), context_(context) {
+    : broker_name_(broker.name), config_(broker.settings.as<CfsslRenewerConfig>()), context_(context) {
   base_url_ = config_.url;
   while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
 }
 
 Result<std::unique_ptr<CfsslRenewer>> CfsslRenewer::create(const config::BrokerConfig& broker,
                                                            const RenewerContext& context) {
-  const auto* settings = std::get_if<config::CfsslBrokerConfig>(&broker.settings);
+  const auto* settings = broker.settings.get_if<CfsslRenewerConfig>();
   if (!settings) return Error{"broker " + broker.name + ": not a cfssl broker", {}, true};
   if (!context.identity) return Error{"broker " + broker.name + ": cfssl needs the host identity", {}, true};
   if (auto url = http::parse_url(settings->url); !url)

@@ -4,6 +4,7 @@
 // request and the HMAC key is held by the host identity. Sends exactly the wanted names.
 
 #include "core/http/client.h"
+#include "renewers/cfssl_config.h"
 #include "renewers/renewer.h"
 
 #include <memory>
@@ -32,7 +33,7 @@ class CfsslRenewer final : public Renewer {
   CfsslRenewer(const config::BrokerConfig& broker, const RenewerContext& context);
 
   std::string broker_name_;
-  config::CfsslBrokerConfig config_;
+  CfsslRenewerConfig config_;
   RenewerContext context_;
   std::string base_url_;
   std::unique_ptr<http::Client> client_;

@@ -188,7 +188,7 @@ std::string lemur_token_name(std::string_view broker) { return std::string(broke
 
 LemurRenewer::LemurRenewer(const config::BrokerConfig& broker, const RenewerContext& context, LemurTuning tuning)
     : broker_name_(broker.name),
-      config_(std::get<config::LemurBrokerConfig>(broker.settings)),
+      config_(broker.settings.as<LemurRenewerConfig>()),
       context_(context),
       timeout_(broker.timeout),
       tuning_(tuning) {
@@ -198,7 +198,7 @@ LemurRenewer::LemurRenewer(const config::BrokerConfig& broker, const RenewerCont
 
 Result<std::unique_ptr<LemurRenewer>> LemurRenewer::create(const config::BrokerConfig& broker,
                                                            const RenewerContext& context, LemurTuning tuning) {
-  const auto* settings = std::get_if<config::LemurBrokerConfig>(&broker.settings);
+  const auto* settings = broker.settings.get_if<LemurRenewerConfig>();
   if (!settings) return Error{"broker " + broker.name + ": not a lemur broker", {}, true};
   if (!context.identity)
     return Error{"broker " + broker.name + ": lemur needs the host identity (it holds the API key)", {}, true};

@@ -29,6 +29,7 @@
 
 #include "core/http/client.h"
 #include "core/secret.h"
+#include "renewers/lemur_config.h"
 #include "renewers/renewer.h"
 
 #include <chrono>
@@ -97,7 +98,7 @@ class LemurRenewer final : public Renewer {
   Error answer_error(std::string_view what, const http::Response& response) const;
 
   std::string broker_name_;
-  config::LemurBrokerConfig config_;
+  LemurRenewerConfig config_;
   RenewerContext context_;
   std::chrono::milliseconds timeout_;
   LemurTuning tuning_;

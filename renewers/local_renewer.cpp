@@ -213,7 +213,7 @@ Result<bool> create_ca(const fs::path& state_dir, const fs::path& dir, SystemTim
   } cleanup{tmp};
   ::chmod(tmp.c_str(), 0755);  // umask-independent: root.pem is meant to be read
 
-  auto key = crypto::generate_key(config::KeyType::ecdsa_p256);
+  auto key = crypto::generate_key(crypto::KeyType::ecdsa_p256);
   if (!key) return key.error();
   auto root = make_root(key->get(), now);
   if (!root) return root.error();

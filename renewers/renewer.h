@@ -10,6 +10,8 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -64,10 +66,27 @@ struct RenewerContext {
   const Clock* clock{nullptr};
 };
 
-// The one place built-in renewers are registered. Unknown types never get here: config
-// loading rejects them with the list of known ones (known_renewer_types()).
-[[nodiscard]] Result<std::unique_ptr<Renewer>> make_renewer(const config::BrokerConfig& broker,
-                                                            const RenewerContext& context);
-std::vector<std::string> known_renewer_types();
+// A secret a broker needs in the identity, moved there from its file by `certagent enroll`.
+struct SealedSecret {
+  enum class Format {
+    hmac_base64url,  // an HMAC key, base64url (or standard) text -> Identity::import_hmac_key
+    hmac_hex,        // an HMAC key, hex text -> Identity::import_hmac_key
+    text,            // anything else, kept as written -> Identity::seal
+  };
+  std::string name;             // "<broker>.eab_hmac": what the renewer asks the identity for
+  std::filesystem::path file;   // the plaintext, deleted once the sealed copy checks out
+  Format format{Format::text};
+  std::string config_key;       // "brokers.ca.eab.hmac_key_file", for messages
+};
+
+// A broker type: its config (name, keys, parser) and how to make its renewer. The built-in
+// ones are registered in agent/builtin_plugins.cpp.
+struct RenewerType {
+  config::BrokerType config;
+  // Gets only brokers of this type. Errors name the broker.
+  std::function<Result<std::unique_ptr<Renewer>>(const config::BrokerConfig&, const RenewerContext&)> make;
+  // The secrets `certagent enroll` seals for a broker of this type; unset: none.
+  std::function<std::vector<SealedSecret>(const config::BrokerConfig&)> secrets;
+};
 
 }  // namespace certagent::renewers

@@ -393,7 +393,7 @@ CertagentResult run_certagent(const test::Pebble& pebble, const path& dir, test:
 
   double cpu0 = process_cpu_ms();
   for (int i = 0; i < kParts; ++i) {
-    auto key = crypto::generate_key(config::KeyType::ecdsa_p256);
+    auto key = crypto::generate_key(crypto::KeyType::ecdsa_p256);
     if (!key || !crypto::build_csr(key->get(), names)) throw std::runtime_error("key/CSR failed");
   }
   out.keygen_csr_cpu_ms = (process_cpu_ms() - cpu0) / kParts;

@@ -7,7 +7,10 @@
 //
 //   reloader_switch_bench [--rotations N] [--settle MS]
 
+#include "agent/builtin_plugins.h"
 #include "core/logging.h"
+#include "reloaders/haproxy_config.h"
+#include "reloaders/nginx_config.h"
 #include "reloaders/reloader_base.h"
 #include "tests/integration/reloaders/reloader_fixtures.h"
 
@@ -135,11 +138,11 @@ int main(int argc, char** argv) {
       c.type = "haproxy";
       c.timeout = std::chrono::seconds(15);
       c.verify = verify_for(server.port(), settle);
-      config::HaproxyReloaderConfig h;
+      r::HaproxyReloaderConfig h;
       h.admin_socket = server.admin_socket();
       h.cert = (tmp / "h-live" / "bundle.pem").string();
       c.settings = h;
-      auto reloader = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+      auto reloader = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
       if (!reloader) throw std::runtime_error(reloader.error().message);
       print("haproxy 2.6, runtime API", rotate(ioc, **reloader, gens, ca, serial, rotations));
     }
@@ -152,16 +155,16 @@ int main(int argc, char** argv) {
       c.type = "nginx";
       c.timeout = std::chrono::seconds(15);
       c.verify = verify_for(server.port(), settle);
-      config::NginxReloaderConfig n;
+      r::NginxReloaderConfig n;
       n.command = server.reload_command();
       n.error_log = server.error_log();
       c.settings = n;
-      auto reloader = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+      auto reloader = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
       if (!reloader) throw std::runtime_error(reloader.error().message);
       print("nginx 1.22, nginx -t + nginx -s reload", rotate(ioc, **reloader, gens, ca, serial, rotations));
       n.test_command = {"true"};
       c.settings = n;
-      reloader = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+      reloader = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
       if (!reloader) throw std::runtime_error(reloader.error().message);
       print("nginx 1.22, nginx -s reload only", rotate(ioc, **reloader, gens, ca, serial, rotations));
     }

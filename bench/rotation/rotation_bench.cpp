@@ -109,11 +109,11 @@ struct Phase {
   std::exit(1);
 }
 
-int default_iterations(config::KeyType k) {
+int default_iterations(crypto::KeyType k) {
   switch (k) {
-    case config::KeyType::rsa_4096: return 8;
-    case config::KeyType::rsa_3072: return 15;
-    case config::KeyType::rsa_2048: return 40;
+    case crypto::KeyType::rsa_4096: return 8;
+    case crypto::KeyType::rsa_3072: return 15;
+    case crypto::KeyType::rsa_2048: return 40;
     default: return 400;
   }
 }
@@ -121,7 +121,7 @@ int default_iterations(config::KeyType k) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<config::KeyType> keys;
+  std::vector<crypto::KeyType> keys;
   std::optional<int> iterations;
   fs::path base = fs::current_path();
   bool commit = true;
@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--key") {
-      auto k = config::parse_key_type(next());
+      auto k = crypto::parse_key_type(next());
       if (!k) die("unknown key type");
       keys.push_back(*k);
     } else if (a == "--iterations") {
@@ -146,8 +146,8 @@ int main(int argc, char** argv) {
     }
   }
   if (keys.empty()) {
-    keys = {config::KeyType::ecdsa_p256, config::KeyType::ecdsa_p384, config::KeyType::ed25519,
-            config::KeyType::rsa_2048,   config::KeyType::rsa_3072,   config::KeyType::rsa_4096};
+    keys = {crypto::KeyType::ecdsa_p256, crypto::KeyType::ecdsa_p384, crypto::KeyType::ed25519,
+            crypto::KeyType::rsa_2048,   crypto::KeyType::rsa_3072,   crypto::KeyType::rsa_4096};
   }
   log::init({"warn", "text"});
 
@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
 
   std::printf("%-11s %5s | %9s %9s | %9s %9s | %s\n", "key", "n", "wall p50", "wall p99", "cpu p50",
               "cpu p99", "cpu p50 by step (us): keygen csr sign validate keypem commit");
-  for (config::KeyType type : keys) {
+  for (crypto::KeyType type : keys) {
     const int n = iterations.value_or(default_iterations(type));
     const int warmup = std::max(1, n / 20);
     std::vector<double> wall, cpu;

@@ -1,4 +1,5 @@
-// YAML -> Config, with all validation (DESIGN.md "Configuration (YAML) — contract").
+// YAML -> Config, with all validation (DESIGN.md "Configuration (YAML) — contract"): the core
+// schema here, a broker's or reloader's own keys by its plug-in (the Catalog's parse).
 //
 // Path policy: a relative file path in the config is taken relative to the directory of the
 // config file itself (so a config and the files beside it move together); after loading every
@@ -11,7 +12,6 @@
 #include <yaml-cpp/depthguard.h>
 
 #include <arpa/inet.h>
-#include <csignal>
 
 #include <array>
 #include <fstream>
@@ -23,88 +23,6 @@
 namespace certagent::config {
 
 namespace fs = std::filesystem;
-
-// ---- key types and durations ----------------------------------------------------------------
-
-namespace {
-
-constexpr std::array<std::pair<KeyType, std::string_view>, 6> kKeyTypes{{
-    {KeyType::ecdsa_p256, "ecdsa-p256"},
-    {KeyType::ecdsa_p384, "ecdsa-p384"},
-    {KeyType::rsa_2048, "rsa-2048"},
-    {KeyType::rsa_3072, "rsa-3072"},
-    {KeyType::rsa_4096, "rsa-4096"},
-    {KeyType::ed25519, "ed25519"},
-}};
-
-struct DurationUnit {
-  std::string_view suffix;
-  std::int64_t ms;
-};
-// Largest first: a duration lists each unit at most once, in this order ("1h30m", not "30m1h").
-constexpr std::array<DurationUnit, 4> kUnits{{{"h", 3'600'000}, {"m", 60'000}, {"s", 1'000}, {"ms", 1}}};
-
-}  // namespace
-
-std::string_view to_string(KeyType k) {
-  for (const auto& [type, name] : kKeyTypes) {
-    if (type == k) return name;
-  }
-  return "unknown";
-}
-
-std::optional<KeyType> parse_key_type(std::string_view s) {
-  for (const auto& [type, name] : kKeyTypes) {
-    if (name == s) return type;
-  }
-  return std::nullopt;
-}
-
-std::optional<Duration> parse_duration(std::string_view s) {
-  if (s.empty()) return std::nullopt;
-  constexpr std::int64_t kMax = std::numeric_limits<std::int64_t>::max();
-  std::int64_t total = 0;
-  std::size_t next_unit = 0;  // index into kUnits of the smallest unit still allowed
-  std::size_t i = 0;
-  while (i < s.size()) {
-    std::size_t j = i;
-    std::int64_t n = 0;
-    while (j < s.size() && s[j] >= '0' && s[j] <= '9') {
-      if (n > (kMax - 9) / 10) return std::nullopt;
-      n = n * 10 + (s[j] - '0');
-      ++j;
-    }
-    if (j == i) return std::nullopt;  // no digits: "h", "-5s", "1.5h"
-    // "ms" before "m" so that "500ms" is not read as 500 minutes followed by junk.
-    std::optional<std::size_t> unit;
-    if (s.substr(j, 2) == "ms") unit = 3;
-    else if (j < s.size() && s[j] == 'h') unit = 0;
-    else if (j < s.size() && s[j] == 'm') unit = 1;
-    else if (j < s.size() && s[j] == 's') unit = 2;
-    if (!unit || *unit < next_unit) return std::nullopt;  // bare number, unknown or repeated unit
-    const auto& u = kUnits[*unit];
-    if (n > kMax / u.ms || total > kMax - n * u.ms) return std::nullopt;
-    total += n * u.ms;
-    next_unit = *unit + 1;
-    i = j + u.suffix.size();
-  }
-  return Duration(total);
-}
-
-std::string format_duration(Duration d) {
-  if (d.count() < 0) return "-" + format_duration(-d);
-  if (d.count() == 0) return "0s";
-  std::string out;
-  std::int64_t left = d.count();
-  for (const auto& u : kUnits) {
-    if (left >= u.ms) {
-      out += std::to_string(left / u.ms);
-      out += u.suffix;
-      left %= u.ms;
-    }
-  }
-  return out;
-}
 
 // ---- validation helpers ---------------------------------------------------------------------
 
@@ -163,94 +81,21 @@ bool valid_uri(std::string_view s) {
   return true;
 }
 
-bool valid_url(std::string_view s, bool https_only) {
-  std::string_view rest;
-  if (s.starts_with("https://")) rest = s.substr(8);
-  else if (!https_only && s.starts_with("http://")) rest = s.substr(7);
-  else return false;
-  std::size_t host_end = rest.find_first_of("/?#");
-  if (rest.substr(0, host_end).empty()) return false;
-  for (char c : s) {
-    if (c == ' ' || c == '\t' || c == '\n') return false;
-  }
-  return true;
+std::string join(const std::vector<std::string_view>& words) {
+  std::string out;
+  for (auto w : words) out += (out.empty() ? "" : ", ") + std::string(w);
+  return out;
 }
-
-// "127.0.0.1:443", "[::1]:443", "localhost:8443". Port 0 only where the agent listens.
-bool valid_host_port(std::string_view s, bool allow_port_zero) {
-  std::string_view host;
-  std::string_view port;
-  if (s.starts_with("[")) {
-    std::size_t close = s.find(']');
-    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':') {
-      return false;
-    }
-    host = s.substr(1, close - 1);
-    port = s.substr(close + 2);
-    unsigned char buf[16];
-    if (inet_pton(AF_INET6, std::string(host).c_str(), buf) != 1) return false;
-  } else {
-    std::size_t colon = s.rfind(':');
-    if (colon == std::string_view::npos) return false;
-    host = s.substr(0, colon);
-    port = s.substr(colon + 1);
-    if (host.empty()) return false;
-    for (char c : host) {
-      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                c == '.' || c == '-' || c == '_';
-      if (!ok) return false;
-    }
-  }
-  if (port.empty() || port.size() > 5) return false;
-  unsigned value = 0;
-  for (char c : port) {
-    if (c < '0' || c > '9') return false;
-    value = value * 10 + static_cast<unsigned>(c - '0');
-  }
-  return value <= 65535 && (value > 0 || allow_port_zero);
-}
-
-struct SignalName {
-  std::string_view name;
-  int number;
-};
-constexpr std::array<SignalName, 12> kSignals{{
-    {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT}, {"SIGKILL", SIGKILL},
-    {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGALRM", SIGALRM}, {"SIGTERM", SIGTERM},
-    {"SIGCONT", SIGCONT}, {"SIGWINCH", SIGWINCH}, {"SIGTTIN", SIGTTIN}, {"SIGTTOU", SIGTTOU},
-}};
-constexpr int kMaxSignal = 64;  // SIGRTMAX on Linux
-
-std::optional<int> parse_signal(std::string_view s) {
-  std::string upper;
-  for (char c : s) upper += (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
-  std::string_view u = upper;
-  for (const auto& sig : kSignals) {
-    if (u == sig.name || u == sig.name.substr(3)) return sig.number;
-  }
-  if (u.empty() || u.size() > 2) return std::nullopt;
-  int n = 0;
-  for (char c : u) {
-    if (c < '0' || c > '9') return std::nullopt;
-    n = n * 10 + (c - '0');
-  }
-  if (n < 1 || n > kMaxSignal) return std::nullopt;
-  return n;
-}
-
-constexpr std::string_view kDurationExpected = "a duration like 30s, 10m or 96h";
 
 // ---- the schema -----------------------------------------------------------------------------
 
 constexpr std::string_view kKeyTypeExpected =
     "a key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 or ed25519";
-constexpr std::string_view kHostPortExpected = "host:port like 127.0.0.1:443";
-constexpr std::string_view kArgvExpected = "a non-empty argv list like [\"/usr/bin/prog\", \"arg\"]";
 
 // The certificate keys that `defaults:` provides and each certificate may override, as read
 // at one level, with where each was written.
 struct Knobs {
-  std::optional<KeyType> key;
+  std::optional<crypto::KeyType> key;
   std::optional<Duration> lifetime;
   std::optional<Duration> max_lifetime;
   std::optional<double> renew_at;
@@ -282,7 +127,7 @@ std::string percent(double fraction) {
 
 class Schema {
  public:
-  explicit Schema(YamlReader& r) : r_(r) {}
+  Schema(YamlReader& r, const Catalog& catalog) : r_(r), catalog_(catalog) {}
 
   void root(const Field& f, Config& c);
 
@@ -292,9 +137,6 @@ class Schema {
   void socket(const Field& f, SocketConfig& out);
   void brokers(const Field& f, std::map<std::string, BrokerConfig>& out);
   std::optional<BrokerConfig> broker(const std::string& name, const Field& f);
-  void acme(MapView& m, AcmeBrokerConfig& out);
-  void cfssl(MapView& m, CfsslBrokerConfig& out);
-  void lemur(MapView& m, LemurBrokerConfig& out);
   void knobs(MapView& m, Knobs& out);
   void check_knobs(const CertDefaults& eff, const Knobs& here, const MapView& level);
   void certificates(const Field& f, const Config& c, std::vector<CertificateConfig>& out);
@@ -304,49 +146,8 @@ class Schema {
   std::optional<ReloaderConfig> reloader(const Field& f);
   std::optional<VerifyConfig> verify(const Field& f, Duration default_settle);
 
-  // Reads the field if present and stores it through `set`.
-  template <class Read, class Set>
-  void opt(const MapView& m, std::string_view key, Read read, Set set) {
-    if (auto f = m.get(key)) {
-      if (auto v = read(*f)) set(std::move(*v));
-    }
-  }
-  void opt_string(const MapView& m, std::string_view key, std::string& out) {
-    opt(m, key, [&](const Field& f) { return r_.string(f); }, [&](std::string v) { out = std::move(v); });
-  }
-  void opt_path(const MapView& m, std::string_view key, fs::path& out) {
-    opt(m, key, [&](const Field& f) { return r_.path(f, false); }, [&](fs::path v) { out = std::move(v); });
-  }
-  void req_path(MapView& m, std::string_view key, fs::path& out) {
-    if (auto f = m.require(key, "a file path")) {
-      if (auto v = r_.path(*f, true)) out = std::move(*v);
-    }
-  }
-  void req_string(MapView& m, std::string_view key, std::string_view expected, std::string& out) {
-    if (auto f = m.require(key, expected)) {
-      if (auto v = r_.non_empty_string(*f, expected)) out = std::move(*v);
-    }
-  }
-  void opt_duration(const MapView& m, std::string_view key, Duration& out, bool positive) {
-    if (auto f = m.get(key)) {
-      auto d = r_.duration(*f);
-      if (d && positive && d->count() <= 0) {
-        r_.fail(*f, "got " + describe(f->value), "a duration longer than 0s");
-      } else if (d) {
-        out = *d;
-      }
-    }
-  }
-  template <class Int>
-  void opt_int(const MapView& m, std::string_view key, std::uint64_t min, std::uint64_t max,
-               Int& out) {
-    if (auto f = m.get(key)) {
-      std::string expected = "a whole number from " + std::to_string(min) + " to " + std::to_string(max);
-      if (auto v = r_.integer(*f, min, max, expected)) out = static_cast<Int>(*v);
-    }
-  }
-
   YamlReader& r_;
+  const Catalog& catalog_;
 };
 
 void Schema::root(const Field& f, Config& c) {
@@ -388,18 +189,18 @@ void Schema::root(const Field& f, Config& c) {
 void Schema::log(const Field& f, LogConfig& out) {
   MapView m(r_, f);
   m.allow({"level", "format"});
-  opt(m, "level", [&](const Field& x) { return r_.one_of(x, {"trace", "debug", "info", "warn", "error"}, "log level"); },
+  m.opt("level", [&](const Field& x) { return r_.one_of(x, {"trace", "debug", "info", "warn", "error"}, "log level"); },
       [&](std::string v) { out.level = std::move(v); });
-  opt(m, "format", [&](const Field& x) { return r_.one_of(x, {"text", "json"}, "log format"); },
+  m.opt("format", [&](const Field& x) { return r_.one_of(x, {"text", "json"}, "log format"); },
       [&](std::string v) { out.format = std::move(v); });
 }
 
 void Schema::identity(const Field& f, IdentityConfig& out) {
   MapView m(r_, f);
   m.allow({"backend", "tcti"});
-  opt(m, "backend", [&](const Field& x) { return r_.one_of(x, {"tpm", "file"}, "identity backend"); },
+  m.opt("backend", [&](const Field& x) { return r_.one_of(x, {"tpm", "file"}, "identity backend"); },
       [&](std::string v) { out.backend = std::move(v); });
-  opt(m, "tcti", [&](const Field& x) {
+  m.opt("tcti", [&](const Field& x) {
         return r_.non_empty_string(x, "a TCTI string like \"device:/dev/tpmrm0\"");
       }, [&](std::string v) { out.tcti = std::move(v); });
 }
@@ -408,7 +209,7 @@ void Schema::socket(const Field& f, SocketConfig& out) {
   MapView m(r_, f);
   m.allow({"path", "mode", "group", "admin_uids", "max_connections", "max_watchers",
            "max_header_bytes", "request_timeout"});
-  opt_path(m, "path", out.path);
+  m.opt_path("path", out.path);
   if (auto mf = m.get("mode")) {
     constexpr std::string_view kExpected = "a quoted octal string like \"0660\"";
     if (auto s = r_.string(*mf, kExpected)) {
@@ -428,13 +229,13 @@ void Schema::socket(const Field& f, SocketConfig& out) {
       }
     }
   }
-  opt_string(m, "group", out.group);
-  opt(m, "admin_uids", [&](const Field& x) { return r_.id_list(x); },
+  m.opt_string("group", out.group);
+  m.opt("admin_uids", [&](const Field& x) { return r_.id_list(x); },
       [&](std::vector<std::uint32_t> v) { out.admin_uids = std::move(v); });
-  opt_int(m, "max_connections", 1, 1'000'000, out.max_connections);
-  opt_int(m, "max_watchers", 1, 1'000'000, out.max_watchers);
-  opt_int(m, "max_header_bytes", 1024, 1 << 20, out.max_header_bytes);
-  opt_duration(m, "request_timeout", out.request_timeout, true);
+  m.opt_int("max_connections", 1, 1'000'000, out.max_connections);
+  m.opt_int("max_watchers", 1, 1'000'000, out.max_watchers);
+  m.opt_int("max_header_bytes", 1024, 1 << 20, out.max_header_bytes);
+  m.opt_duration("request_timeout", out.request_timeout, true);
 }
 
 void Schema::brokers(const Field& f, std::map<std::string, BrokerConfig>& out) {
@@ -457,142 +258,32 @@ void Schema::brokers(const Field& f, std::map<std::string, BrokerConfig>& out) {
 std::optional<BrokerConfig> Schema::broker(const std::string& name, const Field& f) {
   MapView m(r_, f, "a broker mapping like { type: local }");
   if (!m.valid()) return std::nullopt;
-  constexpr std::string_view kTypes = "a broker type: one of local, acme, cfssl, lemur";
-  auto tf = m.require("type", kTypes);
+  std::vector<std::string_view> names;
+  for (const auto& t : catalog_.brokers) names.push_back(t.name);
+  auto tf = m.require("type", "a broker type: one of " + join(names));
   if (!tf) return std::nullopt;
-  auto type = r_.one_of(*tf, {"local", "acme", "cfssl", "lemur"}, "broker type");
+  auto type = r_.one_of(*tf, names, "broker type");
   if (!type) return std::nullopt;
+  const BrokerType& plugin = *catalog_.broker(*type);
 
   std::vector<std::string_view> allowed{"type", "max_in_flight", "timeout"};
-  if (*type == "acme") {
-    allowed.insert(allowed.end(), {"directory", "ca_bundle", "eab", "challenge", "preferred_chain", "contact"});
-  } else if (*type == "cfssl") {
-    allowed.insert(allowed.end(), {"url", "ca_bundle", "auth_key_file", "profile", "label"});
-  } else if (*type == "lemur") {
-    allowed.insert(allowed.end(), {"url", "token_file", "authority", "owner", "ca_bundle", "description",
-                                   "destinations", "notifications", "roles"});
-  }
+  allowed.insert(allowed.end(), plugin.keys.begin(), plugin.keys.end());
   m.allow(allowed);
 
   BrokerConfig b;
   b.name = name;
   b.type = *type;
-  opt_int(m, "max_in_flight", 1, 1024, b.max_in_flight);
-  opt_duration(m, "timeout", b.timeout, true);
-  if (*type == "local") {
-    b.settings = LocalBrokerConfig{};
-  } else if (*type == "acme") {
-    AcmeBrokerConfig a;
-    acme(m, a);
-    b.settings = std::move(a);
-  } else if (*type == "cfssl") {
-    CfsslBrokerConfig c;
-    cfssl(m, c);
-    b.settings = std::move(c);
-  } else {
-    LemurBrokerConfig l;
-    lemur(m, l);
-    b.settings = std::move(l);
-  }
+  m.opt_int("max_in_flight", 1, 1024, b.max_in_flight);
+  m.opt_duration("timeout", b.timeout, true);
+  b.settings = plugin.parse(m);
   return b;
-}
-
-void Schema::acme(MapView& m, AcmeBrokerConfig& out) {
-  constexpr std::string_view kDir = "the https URL of the ACME directory";
-  if (auto f = m.require("directory", kDir)) {
-    if (auto s = r_.string(*f, kDir)) {
-      if (valid_url(*s, true)) out.directory = *s;
-      else r_.fail(*f, "got " + describe(f->value), kDir);
-    }
-  }
-  opt_path(m, "ca_bundle", out.ca_bundle);
-  if (auto f = m.get("eab")) {
-    MapView em(r_, *f, "a mapping { kid, hmac_key_file }");
-    if (em.valid()) {
-      em.allow({"kid", "hmac_key_file"});
-      std::string kid;
-      req_string(em, "kid", "the key id the CA gave for external account binding", kid);
-      out.eab_kid = kid;
-      req_path(em, "hmac_key_file", out.eab_hmac_key_file);
-    }
-  }
-  if (auto f = m.get("challenge")) {
-    MapView cm(r_, *f, "a mapping { type, listen, hook }");
-    if (cm.valid()) {
-      cm.allow({"type", "listen", "hook"});
-      opt(cm, "type", [&](const Field& x) { return r_.one_of(x, {"http-01", "dns-01"}, "challenge type"); },
-          [&](std::string v) { out.challenge.type = std::move(v); });
-      if (auto l = cm.get("listen")) {
-        if (auto s = r_.string(*l, kHostPortExpected)) {
-          if (valid_host_port(*s, false)) out.challenge.listen = *s;
-          else r_.fail(*l, "got " + describe(l->value), "host:port like 0.0.0.0:80");
-        }
-      }
-      if (auto h = cm.get("hook")) {
-        if (auto v = r_.string_list(*h, kArgvExpected)) {
-          if (!v->empty() && out.challenge.type != "dns-01") {
-            r_.fail(*h, "a hook with challenge type " + out.challenge.type,
-                    "a hook only with type dns-01");
-          }
-          out.challenge.hook = std::move(*v);
-        }
-      }
-      if (out.challenge.type == "dns-01" && out.challenge.hook.empty()) {
-        r_.fail(cm.self(), "challenge type dns-01 without a hook",
-                "hook: [argv] that publishes the TXT record (called with present|cleanup <fqdn> <value>)");
-      }
-    }
-  }
-  opt_string(m, "preferred_chain", out.preferred_chain);
-  if (auto f = m.get("contact")) {
-    if (auto s = r_.string(*f, "a mailto: URL")) {
-      if (s->empty() || (s->starts_with("mailto:") && s->size() > 7)) out.contact = *s;
-      else r_.fail(*f, "got " + describe(f->value), "a mailto: URL like mailto:pki@example.com");
-    }
-  }
-}
-
-void Schema::cfssl(MapView& m, CfsslBrokerConfig& out) {
-  constexpr std::string_view kUrl = "an http(s) URL like https://multirootca.internal:8888";
-  if (auto f = m.require("url", kUrl)) {
-    if (auto s = r_.string(*f, kUrl)) {
-      if (valid_url(*s, false)) out.url = *s;
-      else r_.fail(*f, "got " + describe(f->value), kUrl);
-    }
-  }
-  opt_path(m, "ca_bundle", out.ca_bundle);
-  req_path(m, "auth_key_file", out.auth_key_file);
-  opt_string(m, "profile", out.profile);
-  opt_string(m, "label", out.label);
-}
-
-void Schema::lemur(MapView& m, LemurBrokerConfig& out) {
-  constexpr std::string_view kUrl = "an http(s) URL like https://lemur.internal";
-  if (auto f = m.require("url", kUrl)) {
-    if (auto s = r_.string(*f, kUrl)) {
-      if (valid_url(*s, false)) out.url = *s;
-      else r_.fail(*f, "got " + describe(f->value), kUrl);
-    }
-  }
-  req_path(m, "token_file", out.token_file);
-  req_string(m, "authority", "the name of a Lemur authority", out.authority);
-  req_string(m, "owner", "the owner's email address", out.owner);
-  opt_path(m, "ca_bundle", out.ca_bundle);
-  opt_string(m, "description", out.description);
-  auto list = [&](std::string_view key, std::vector<std::string>& dst) {
-    opt(m, key, [&](const Field& x) { return r_.string_list(x, "a list of names"); },
-        [&](std::vector<std::string> v) { dst = std::move(v); });
-  };
-  list("destinations", out.destinations);
-  list("notifications", out.notifications);
-  list("roles", out.roles);
 }
 
 void Schema::knobs(MapView& m, Knobs& out) {
   auto note = [&](const Field& f) { out.where[f.key.Scalar()] = f.mark(); };
   if (auto f = m.get("key")) {
     if (auto s = r_.string(*f, kKeyTypeExpected)) {
-      if (auto k = parse_key_type(*s)) {
+      if (auto k = crypto::parse_key_type(*s)) {
         out.key = *k;
         note(*f);
       } else {
@@ -789,7 +480,8 @@ std::optional<CertificateConfig> Schema::certificate(const Field& f, const Confi
   cert.jitter = eff.jitter;
   cert.trust_bundle = eff.trust_bundle;
   cert.ready_min_ttl = eff.ready_min_ttl;
-  if (broker && broker->type != "local" && cert.trust_bundle.empty()) {
+  const BrokerType* broker_type = broker ? catalog_.broker(broker->type) : nullptr;
+  if (broker_type && broker_type->needs_trust_bundle && cert.trust_bundle.empty()) {
     r_.error(f.mark(), f.path + ": no trust_bundle for broker '" + broker->name + "' (type " +
                            broker->type +
                            "): the issued chain is verified against it before anything is "
@@ -800,9 +492,9 @@ std::optional<CertificateConfig> Schema::certificate(const Field& f, const Confi
   if (auto sf = m.get("socket")) {
     MapView sm(r_, *sf, "a mapping { allow_uids, allow_gids }");
     sm.allow({"allow_uids", "allow_gids"});
-    opt(sm, "allow_uids", [&](const Field& x) { return r_.id_list(x); },
+    sm.opt("allow_uids", [&](const Field& x) { return r_.id_list(x); },
         [&](std::vector<std::uint32_t> v) { cert.socket.allow_uids = std::move(v); });
-    opt(sm, "allow_gids", [&](const Field& x) { return r_.id_list(x); },
+    sm.opt("allow_gids", [&](const Field& x) { return r_.id_list(x); },
         [&](std::vector<std::uint32_t> v) { cert.socket.allow_gids = std::move(v); });
   }
   if (auto rf = m.get("reload")) cert.reload = reloaders(*rf);
@@ -818,10 +510,10 @@ std::optional<FilesConfig> Schema::files(const Field& f) {
   if (auto d = m.require("dir", "the directory the files go to, like /etc/certagent/live/web")) {
     if (auto p = r_.path(*d, true)) out.dir = *p;
   }
-  opt_string(m, "owner", out.owner);
-  opt_string(m, "group", out.group);
-  opt_int(m, "keep", 1, 1000, out.keep);
-  opt(m, "remove_on_expiry", [&](const Field& x) { return r_.boolean(x); },
+  m.opt_string("owner", out.owner);
+  m.opt_string("group", out.group);
+  m.opt_int("keep", 1, 1000, out.keep);
+  m.opt("remove_on_expiry", [&](const Field& x) { return r_.boolean(x); },
       [&](bool v) { out.remove_on_expiry = v; });
   return out;
 }
@@ -839,120 +531,24 @@ std::vector<ReloaderConfig> Schema::reloaders(const Field& f) {
 std::optional<ReloaderConfig> Schema::reloader(const Field& f) {
   MapView m(r_, f, "a reloader mapping like { type: exec, command: [...] }");
   if (!m.valid()) return std::nullopt;
-  auto tf = m.require("type", "a reloader type: one of exec, signal, systemd, nginx, haproxy, envoy");
+  std::vector<std::string_view> names;
+  for (const auto& t : catalog_.reloaders) names.push_back(t.name);
+  auto tf = m.require("type", "a reloader type: one of " + join(names));
   if (!tf) return std::nullopt;
-  auto type = r_.one_of(*tf, {"exec", "signal", "systemd", "nginx", "haproxy", "envoy"}, "reloader type");
+  auto type = r_.one_of(*tf, names, "reloader type");
   if (!type) return std::nullopt;
+  const ReloaderType& plugin = *catalog_.reloader(*type);
 
   std::vector<std::string_view> allowed{"type", "timeout", "verify"};
-  if (*type == "exec") allowed.insert(allowed.end(), {"command"});
-  else if (*type == "signal") allowed.insert(allowed.end(), {"pid_file", "pid", "signal"});
-  else if (*type == "systemd") allowed.insert(allowed.end(), {"unit", "action"});
-  else if (*type == "nginx") allowed.insert(allowed.end(), {"command", "test_command", "error_log"});
-  else if (*type == "haproxy") allowed.insert(allowed.end(), {"admin_socket", "cert", "issuer_file", "ocsp_file"});
-  else allowed.insert(allowed.end(), {"sds_dir"});
+  allowed.insert(allowed.end(), plugin.keys.begin(), plugin.keys.end());
   m.allow(allowed);
 
   ReloaderConfig rc;
   rc.type = *type;
-  // For exec, `timeout` is the command's own limit (default 10s), and so also the reloader's.
-  if (*type == "exec") rc.timeout = std::chrono::seconds(10);
-  opt_duration(m, "timeout", rc.timeout, true);
-  auto argv = [&](const Field& x) -> std::optional<std::vector<std::string>> {
-    auto v = r_.string_list(x, kArgvExpected);
-    if (v && (v->empty() || (*v)[0].empty())) {
-      r_.fail(x, "got an empty command", kArgvExpected);
-      return std::nullopt;
-    }
-    return v;
-  };
-
-  if (*type == "exec") {
-    ExecReloaderConfig e;
-    if (auto cf = m.require("command", kArgvExpected)) {
-      if (auto v = argv(*cf)) e.command = std::move(*v);
-    }
-    e.timeout = rc.timeout;
-    rc.settings = std::move(e);
-  } else if (*type == "signal") {
-    SignalReloaderConfig s;
-    auto pf = m.get("pid_file");
-    auto pid = m.get("pid");
-    if (pf && pid) {
-      r_.fail(*pid, "both pid_file and pid", "exactly one of them");
-    } else if (!pf && !pid) {
-      r_.fail(m.self(), "neither pid_file nor pid", "pid_file: /run/app.pid or pid: <number>");
-    }
-    if (pf) {
-      if (auto p = r_.path(*pf, true)) s.pid_file = *p;
-    }
-    if (pid) {
-      if (auto v = r_.integer(*pid, 2, 4'194'304, "a process id from 2 to 4194304")) {
-        s.pid = static_cast<int>(*v);
-      }
-    }
-    if (auto sf = m.get("signal")) {
-      constexpr std::string_view kExpected = "a signal name like SIGHUP or HUP, or a number from 1 to 64";
-      if (auto v = r_.string(*sf, kExpected)) {
-        if (auto n = parse_signal(*v)) s.signal = *n;
-        else r_.fail(*sf, "got " + describe(sf->value), kExpected);
-      }
-    }
-    rc.settings = std::move(s);
-  } else if (*type == "systemd") {
-    SystemdReloaderConfig s;
-    constexpr std::string_view kUnit = "a systemd unit name like nginx.service";
-    if (auto uf = m.require("unit", kUnit)) {
-      if (auto v = r_.non_empty_string(*uf, kUnit)) {
-        if (v->find_first_of(" \t/") == std::string::npos) s.unit = *v;
-        else r_.fail(*uf, "got " + describe(uf->value), kUnit);
-      }
-    }
-    opt(m, "action", [&](const Field& x) {
-          return r_.one_of(x, {"reload", "restart", "reload-or-restart", "try-reload-or-restart", "try-restart"}, "systemd action");
-        }, [&](std::string v) { s.action = std::move(v); });
-    rc.settings = std::move(s);
-  } else if (*type == "nginx") {
-    NginxReloaderConfig n;
-    if (auto cf = m.get("command")) {
-      if (auto v = argv(*cf)) n.command = std::move(*v);
-    }
-    // Left empty when not given (an empty list means the same): the nginx reloader derives
-    // the pre-check from `command` (its binary with -t and the same -c/-p/-g options).
-    if (auto tc = m.get("test_command")) {
-      if (tc->value.IsSequence() && tc->value.size() == 0) {
-        n.test_command.clear();
-      } else if (auto v = argv(*tc)) {
-        n.test_command = std::move(*v);
-      }
-    }
-    opt_path(m, "error_log", n.error_log);
-    rc.settings = std::move(n);
-  } else if (*type == "haproxy") {
-    HaproxyReloaderConfig h;
-    req_path(m, "admin_socket", h.admin_socket);
-    // Not resolved like a path: haproxy knows the certificate by the exact string in its config.
-    constexpr std::string_view kCert = "the certificate's name exactly as haproxy lists it (show ssl cert)";
-    req_string(m, "cert", kCert, h.cert);
-    if (h.cert.find_first_of(" \t\r\n") != std::string::npos) {
-      // The name travels on one line of haproxy's runtime API: white space would split it.
-      r_.fail(*m.get("cert"), "got " + describe(m.get("cert")->value) + " with white space", kCert);
-      h.cert.clear();
-    }
-    opt_path(m, "issuer_file", h.issuer_file);
-    opt_path(m, "ocsp_file", h.ocsp_file);
-    rc.settings = std::move(h);
-  } else {
-    EnvoyReloaderConfig e;
-    req_path(m, "sds_dir", e.sds_dir);
-    rc.settings = std::move(e);
-  }
-
-  if (auto vf = m.get("verify")) {
-    // nginx: old workers keep serving the old certificate for ~100 ms after a reload.
-    Duration settle = *type == "nginx" ? Duration(150) : Duration(0);
-    rc.verify = verify(*vf, settle);
-  }
+  rc.timeout = plugin.default_timeout;
+  m.opt_duration("timeout", rc.timeout, true);
+  rc.settings = plugin.parse(m, rc);
+  if (auto vf = m.get("verify")) rc.verify = verify(*vf, plugin.default_settle);
   return rc;
 }
 
@@ -968,9 +564,9 @@ std::optional<VerifyConfig> Schema::verify(const Field& f, Duration default_sett
       else r_.fail(*cf, "got " + describe(cf->value), kHostPortExpected);
     }
   }
-  opt_string(m, "server_name", v.server_name);
-  opt_duration(m, "settle", v.settle, false);
-  opt_duration(m, "deadline", v.deadline, true);
+  m.opt_string("server_name", v.server_name);
+  m.opt_duration("settle", v.settle, false);
+  m.opt_duration("deadline", v.deadline, true);
   return v;
 }
 
@@ -978,7 +574,21 @@ std::optional<VerifyConfig> Schema::verify(const Field& f, Duration default_sett
 
 // ---- entry points ---------------------------------------------------------------------------
 
-Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_name) {
+const BrokerType* Catalog::broker(std::string_view name) const {
+  for (const auto& t : brokers) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+const ReloaderType* Catalog::reloader(std::string_view name) const {
+  for (const auto& t : reloaders) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_name, const Catalog& catalog) {
   std::error_code ec;
   fs::path absolute = fs::absolute(source_name, ec);
   fs::path base = ec ? source_name.parent_path() : absolute.parent_path();
@@ -993,7 +603,7 @@ Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_n
     } else if (docs.size() > 1) {
       reader.error(docs[1].Mark(), "a second YAML document, expected a single document (no '---')");
     } else {
-      Schema(reader).root(Field{YAML::Node(), docs[0], ""}, config);
+      Schema(reader, catalog).root(Field{YAML::Node(), docs[0], ""}, config);
     }
   } catch (const YAML::DeepRecursion& e) {
     reader.error(e.mark, "YAML nesting too deep, expected a configuration nested a few levels deep");
@@ -1011,7 +621,7 @@ Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_n
   return config;
 }
 
-Result<Config> load_config(const fs::path& path) {
+Result<Config> load_config(const fs::path& path, const Catalog& catalog) {
   // Bigger than any sane config; keeps a wrong --config (a log, a device) from eating memory.
   constexpr std::uintmax_t kMaxBytes = 4 << 20;
   std::error_code ec;
@@ -1042,7 +652,7 @@ Result<Config> load_config(const fs::path& path) {
     err.configuration = true;
     return err;
   }
-  return parse_config(text, path);
+  return parse_config(text, path, catalog);
 }
 
 }  // namespace certagent::config

@@ -2,30 +2,27 @@
 // The daemon's configuration as plain structs. config.cpp turns YAML into these and does all
 // validation; nothing downstream re-checks syntax. The schema is a contract (DESIGN.md).
 // Every struct compares with ==, so a reload (SIGHUP) can tell which parts changed.
+//
+// This is the core schema. A broker or reloader entry's own keys belong to its plug-in: the
+// plug-in reads them (a Catalog entry passed to load_config) into its own struct, held here in
+// a SettingsSlot.
 
 #include "core/clock.h"
+#include "core/config/duration.h"
+#include "core/config/plugin_settings.h"
+#include "core/crypto/keys.h"
 #include "core/result.h"
 
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
-#include <variant>
 #include <vector>
 
 namespace certagent::config {
-
-using Duration = std::chrono::milliseconds;
-
-enum class KeyType { ecdsa_p256, ecdsa_p384, rsa_2048, rsa_3072, rsa_4096, ed25519 };
-std::string_view to_string(KeyType k);
-std::optional<KeyType> parse_key_type(std::string_view s);
-
-// "500ms", "30s", "10m", "96h", "1h30m". Returns nullopt on anything else.
-std::optional<Duration> parse_duration(std::string_view s);
-std::string format_duration(Duration d);
 
 struct LogConfig {
   std::string level{"info"};   // trace | debug | info | warn | error
@@ -62,64 +59,12 @@ struct MetricsConfig {
 
 // ---- brokers -------------------------------------------------------------------------------
 
-struct LocalBrokerConfig {                   // embedded development CA
-  bool operator==(const LocalBrokerConfig&) const = default;
-};
-
-struct AcmeChallengeConfig {
-  std::string type{"http-01"};               // http-01 | dns-01
-  std::string listen{"0.0.0.0:80"};          // http-01 responder
-  std::vector<std::string> hook;             // dns-01: argv; the agent appends
-                                             // "present|cleanup" <fqdn> <txt value>
-
-  bool operator==(const AcmeChallengeConfig&) const = default;
-};
-
-struct AcmeBrokerConfig {
-  std::string directory;                     // https URL of the ACME directory
-  std::filesystem::path ca_bundle;           // trust for the broker's own TLS; empty: system store
-  std::optional<std::string> eab_kid;
-  std::filesystem::path eab_hmac_key_file;   // sealed into the TPM at enroll
-  AcmeChallengeConfig challenge;
-  std::string preferred_chain;               // issuer CN of the preferred chain's root
-  std::string contact;                       // optional mailto:
-
-  bool operator==(const AcmeBrokerConfig&) const = default;
-};
-
-struct CfsslBrokerConfig {
-  std::string url;
-  std::filesystem::path ca_bundle;
-  std::filesystem::path auth_key_file;       // hex HMAC key, sealed into the TPM at enroll
-  std::string profile;
-  std::string label;                         // multirootca signer
-
-  bool operator==(const CfsslBrokerConfig&) const = default;
-};
-
-struct LemurBrokerConfig {
-  std::string url;
-  std::filesystem::path ca_bundle;
-  std::filesystem::path token_file;          // API key JWT, sealed into the TPM at enroll
-  std::string authority;
-  std::string owner;
-  std::string description;
-  std::vector<std::string> destinations;
-  std::vector<std::string> notifications;
-  std::vector<std::string> roles;
-
-  bool operator==(const LemurBrokerConfig&) const = default;
-};
-
-using BrokerSettings =
-    std::variant<LocalBrokerConfig, AcmeBrokerConfig, CfsslBrokerConfig, LemurBrokerConfig>;
-
 struct BrokerConfig {
   std::string name;                          // the key under `brokers:`
-  std::string type;                          // local | acme | cfssl | lemur
+  std::string type;                          // a registered broker type: local, acme, ...
   std::size_t max_in_flight{4};              // concurrent issuance requests to this broker
   Duration timeout{std::chrono::seconds(30)};// per broker request
-  BrokerSettings settings;
+  SettingsSlot settings;                     // the plug-in's own keys
 
   bool operator==(const BrokerConfig&) const = default;
 };
@@ -135,55 +80,11 @@ struct VerifyConfig {
   bool operator==(const VerifyConfig&) const = default;
 };
 
-struct ExecReloaderConfig {
-  std::vector<std::string> command;          // argv, no shell
-  Duration timeout{std::chrono::seconds(10)};
-
-  bool operator==(const ExecReloaderConfig&) const = default;
-};
-struct SignalReloaderConfig {
-  std::filesystem::path pid_file;
-  std::optional<int> pid;
-  int signal{1};                             // SIGHUP
-
-  bool operator==(const SignalReloaderConfig&) const = default;
-};
-struct SystemdReloaderConfig {
-  std::string unit;
-  std::string action{"reload-or-restart"};   // reload | restart | reload-or-restart | try-(reload-or-)restart
-
-  bool operator==(const SystemdReloaderConfig&) const = default;
-};
-struct NginxReloaderConfig {
-  std::vector<std::string> command{"nginx", "-s", "reload"};
-  std::vector<std::string> test_command;     // pre-check; empty: derived from command (binary -t)
-  std::filesystem::path error_log;           // [emerg] lines after the reload = failure
-
-  bool operator==(const NginxReloaderConfig&) const = default;
-};
-struct HaproxyReloaderConfig {
-  std::filesystem::path admin_socket;
-  std::string cert;                          // the name exactly as haproxy lists it
-  std::filesystem::path issuer_file;         // optional .issuer carried in the transaction
-  std::filesystem::path ocsp_file;           // optional .ocsp carried in the transaction
-
-  bool operator==(const HaproxyReloaderConfig&) const = default;
-};
-struct EnvoyReloaderConfig {
-  std::filesystem::path sds_dir;
-
-  bool operator==(const EnvoyReloaderConfig&) const = default;
-};
-
-using ReloaderSettings =
-    std::variant<ExecReloaderConfig, SignalReloaderConfig, SystemdReloaderConfig,
-                 NginxReloaderConfig, HaproxyReloaderConfig, EnvoyReloaderConfig>;
-
 struct ReloaderConfig {
-  std::string type;                          // exec | signal | systemd | nginx | haproxy | envoy
+  std::string type;                          // a registered reloader type: exec, nginx, ...
   Duration timeout{std::chrono::seconds(30)};// whole reload, verification included
   std::optional<VerifyConfig> verify;        // on by default for nginx/haproxy when given
-  ReloaderSettings settings;
+  SettingsSlot settings;                     // the plug-in's own keys
 
   bool operator==(const ReloaderConfig&) const = default;
 };
@@ -191,7 +92,7 @@ struct ReloaderConfig {
 // ---- certificates --------------------------------------------------------------------------
 
 struct CertDefaults {
-  KeyType key{KeyType::ecdsa_p256};
+  crypto::KeyType key{crypto::KeyType::ecdsa_p256};
   Duration lifetime{std::chrono::hours(96)};
   Duration max_lifetime{std::chrono::hours(168)};
   double renew_at{0.5};
@@ -227,7 +128,7 @@ struct CertificateConfig {
   std::vector<std::string> ip_addresses;
   std::vector<std::string> uris;
   // Effective values: defaults merged with the certificate's own keys.
-  KeyType key{KeyType::ecdsa_p256};
+  crypto::KeyType key{crypto::KeyType::ecdsa_p256};
   Duration lifetime{};
   Duration max_lifetime{};
   double renew_at{};
@@ -261,11 +162,48 @@ struct Config {
   bool operator==(const Config&) const = default;
 };
 
+// ---- the plug-ins' part -----------------------------------------------------------------
+
+class MapView;
+
+// A broker type: how to read its own keys of a `brokers:` entry.
+struct BrokerType {
+  std::string name;                          // the `type:` value, e.g. "acme"
+  std::vector<std::string_view> keys;        // its keys besides type, max_in_flight, timeout
+  // Reads those keys from the entry (unknown keys are already reported); errors go to the
+  // view's reader, located. Returns the settings even when some were wrong.
+  std::function<SettingsSlot(MapView& entry)> parse;
+  // The issued chain is checked against the certificate's trust_bundle, which must then be
+  // given; false for a broker whose own root is the trust (local).
+  bool needs_trust_bundle{true};
+};
+
+// A reloader type: how to read its own keys of a `reload:` / `on_expiry:` item.
+struct ReloaderType {
+  std::string name;                          // the `type:` value, e.g. "nginx"
+  std::vector<std::string_view> keys;        // its keys besides type, timeout, verify
+  // `generic` holds type and timeout as read already.
+  std::function<SettingsSlot(MapView& entry, const ReloaderConfig& generic)> parse;
+  Duration default_timeout{std::chrono::seconds(30)};
+  Duration default_settle{0};                // verify.settle when not given
+};
+
+// The types config loading knows, in the order error messages list them. The daemon passes
+// the built-in ones (agent/builtin_plugins.h); an entry of any other type is an error.
+struct Catalog {
+  std::vector<BrokerType> brokers;
+  std::vector<ReloaderType> reloaders;
+
+  const BrokerType* broker(std::string_view name) const;
+  const ReloaderType* reloader(std::string_view name) const;
+};
+
 // Reads and validates a config file. Errors name file:line:column and what was expected;
 // several errors may be joined by newlines.
-[[nodiscard]] Result<Config> load_config(const std::filesystem::path& path);
+[[nodiscard]] Result<Config> load_config(const std::filesystem::path& path, const Catalog& catalog);
 [[nodiscard]] Result<Config> parse_config(std::string_view yaml_text,
-                                          const std::filesystem::path& source_name);
+                                          const std::filesystem::path& source_name,
+                                          const Catalog& catalog);
 
 // The effective configuration (defaults filled in) as YAML, for `certagent check-config`.
 std::string dump_config(const Config& config);

@@ -1,5 +1,7 @@
 #include "core/config/config_yaml.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -20,7 +22,7 @@ bool has_mark(const YAML::Node& node) {
   return node.IsDefined() && !node.Mark().is_null();
 }
 
-std::string join(std::initializer_list<std::string_view> words) {
+std::string join(const std::vector<std::string_view>& words) {
   std::string out;
   for (auto w : words) {
     if (!out.empty()) out += ", ";
@@ -30,6 +32,52 @@ std::string join(std::initializer_list<std::string_view> words) {
 }
 
 }  // namespace
+
+bool valid_url(std::string_view s, bool https_only) {
+  std::string_view rest;
+  if (s.starts_with("https://")) rest = s.substr(8);
+  else if (!https_only && s.starts_with("http://")) rest = s.substr(7);
+  else return false;
+  std::size_t host_end = rest.find_first_of("/?#");
+  if (rest.substr(0, host_end).empty()) return false;
+  for (char c : s) {
+    if (c == ' ' || c == '\t' || c == '\n') return false;
+  }
+  return true;
+}
+
+bool valid_host_port(std::string_view s, bool allow_port_zero) {
+  std::string_view host;
+  std::string_view port;
+  if (s.starts_with("[")) {
+    std::size_t close = s.find(']');
+    if (close == std::string_view::npos || close + 1 >= s.size() || s[close + 1] != ':') {
+      return false;
+    }
+    host = s.substr(1, close - 1);
+    port = s.substr(close + 2);
+    unsigned char buf[16];
+    if (inet_pton(AF_INET6, std::string(host).c_str(), buf) != 1) return false;
+  } else {
+    std::size_t colon = s.rfind(':');
+    if (colon == std::string_view::npos) return false;
+    host = s.substr(0, colon);
+    port = s.substr(colon + 1);
+    if (host.empty()) return false;
+    for (char c : host) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                c == '.' || c == '-' || c == '_';
+      if (!ok) return false;
+    }
+  }
+  if (port.empty() || port.size() > 5) return false;
+  unsigned value = 0;
+  for (char c : port) {
+    if (c < '0' || c > '9') return false;
+    value = value * 10 + static_cast<unsigned>(c - '0');
+  }
+  return value <= 65535 && (value > 0 || allow_port_zero);
+}
 
 YAML::Mark Field::mark() const {
   if ((value.IsNull() || !has_mark(value)) && has_mark(key)) return key.Mark();
@@ -156,6 +204,11 @@ std::optional<Duration> YamlReader::duration(const Field& f) {
 std::optional<std::string> YamlReader::one_of(const Field& f,
                                               std::initializer_list<std::string_view> allowed,
                                               std::string_view what) {
+  return one_of(f, std::vector<std::string_view>(allowed), what);
+}
+
+std::optional<std::string> YamlReader::one_of(const Field& f, const std::vector<std::string_view>& allowed,
+                                              std::string_view what) {
   std::string expected = std::string(what) + ": one of " + join(allowed);
   auto s = string(f, expected);
   if (!s) return std::nullopt;
@@ -199,6 +252,15 @@ std::optional<std::vector<std::string>> YamlReader::string_list(const Field& f,
   }
   if (!ok) return std::nullopt;
   return out;
+}
+
+std::optional<std::vector<std::string>> YamlReader::argv(const Field& f) {
+  auto v = string_list(f, kArgvExpected);
+  if (v && (v->empty() || (*v)[0].empty())) {
+    fail(f, "got an empty command", kArgvExpected);
+    return std::nullopt;
+  }
+  return v;
 }
 
 std::optional<std::vector<std::uint32_t>> YamlReader::id_list(const Field& f) {
@@ -291,6 +353,47 @@ std::optional<Field> MapView::require(std::string_view key, std::string_view exp
                              std::string(expected));
   }
   return f;
+}
+
+void MapView::opt_string(std::string_view key, std::string& out) const {
+  opt(key, [&](const Field& f) { return reader_.string(f); }, [&](std::string v) { out = std::move(v); });
+}
+
+void MapView::opt_path(std::string_view key, std::filesystem::path& out) const {
+  opt(key, [&](const Field& f) { return reader_.path(f, false); },
+      [&](std::filesystem::path v) { out = std::move(v); });
+}
+
+void MapView::opt_strings(std::string_view key, std::string_view expected, std::vector<std::string>& out) const {
+  opt(key, [&](const Field& f) { return reader_.string_list(f, expected); },
+      [&](std::vector<std::string> v) { out = std::move(v); });
+}
+
+void MapView::opt_duration(std::string_view key, Duration& out, bool positive) const {
+  if (auto f = get(key)) {
+    auto d = reader_.duration(*f);
+    if (d && positive && d->count() <= 0) {
+      reader_.fail(*f, "got " + describe(f->value), "a duration longer than 0s");
+    } else if (d) {
+      out = *d;
+    }
+  }
+}
+
+void MapView::req_path(std::string_view key, std::filesystem::path& out) {
+  if (auto f = require(key, "a file path")) {
+    if (auto v = reader_.path(*f, true)) out = std::move(*v);
+  }
+}
+
+void MapView::req_string(std::string_view key, std::string_view expected, std::string& out) {
+  if (auto f = require(key, expected)) {
+    if (auto v = reader_.non_empty_string(*f, expected)) out = std::move(*v);
+  }
+}
+
+std::string MapView::int_expected(std::uint64_t min, std::uint64_t max) {
+  return "a whole number from " + std::to_string(min) + " to " + std::to_string(max);
 }
 
 }  // namespace certagent::config

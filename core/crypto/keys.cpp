@@ -5,6 +5,8 @@
 #include <openssl/buffer.h>
 #include <openssl/pem.h>
 
+#include <array>
+#include <utility>
 
 namespace certagent::crypto {
 namespace {
@@ -12,47 +14,58 @@ namespace {
 // Far larger than any PEM key we generate (RSA-4096 PKCS#8 is ~3.3 KB).
 constexpr std::size_t kMaxKeyPemBytes = 64 * 1024;
 
-std::string_view key_type_name(config::KeyType type) {
-  switch (type) {
-    case config::KeyType::ecdsa_p256: return "ecdsa-p256";
-    case config::KeyType::ecdsa_p384: return "ecdsa-p384";
-    case config::KeyType::rsa_2048: return "rsa-2048";
-    case config::KeyType::rsa_3072: return "rsa-3072";
-    case config::KeyType::rsa_4096: return "rsa-4096";
-    case config::KeyType::ed25519: return "ed25519";
-  }
-  return "unknown";
-}
+constexpr std::array<std::pair<KeyType, std::string_view>, 6> kKeyTypes{{
+    {KeyType::ecdsa_p256, "ecdsa-p256"},
+    {KeyType::ecdsa_p384, "ecdsa-p384"},
+    {KeyType::rsa_2048, "rsa-2048"},
+    {KeyType::rsa_3072, "rsa-3072"},
+    {KeyType::rsa_4096, "rsa-4096"},
+    {KeyType::ed25519, "ed25519"},
+}};
 
 // Never prompt for a passphrase: an encrypted key is an error, not a question on a terminal.
 int refuse_passphrase(char*, int, int, void*) { return -1; }
 
 }  // namespace
 
-Result<EvpPkeyPtr> generate_key(config::KeyType type) {
+std::string_view to_string(KeyType k) {
+  for (const auto& [type, name] : kKeyTypes) {
+    if (type == k) return name;
+  }
+  return "unknown";
+}
+
+std::optional<KeyType> parse_key_type(std::string_view s) {
+  for (const auto& [type, name] : kKeyTypes) {
+    if (name == s) return type;
+  }
+  return std::nullopt;
+}
+
+Result<EvpPkeyPtr> generate_key(KeyType type) {
   EVP_PKEY* raw = nullptr;
   switch (type) {
-    case config::KeyType::ecdsa_p256:
+    case KeyType::ecdsa_p256:
       raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
       break;
-    case config::KeyType::ecdsa_p384:
+    case KeyType::ecdsa_p384:
       raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-384");
       break;
-    case config::KeyType::rsa_2048:
+    case KeyType::rsa_2048:
       raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<std::size_t>(2048));
       break;
-    case config::KeyType::rsa_3072:
+    case KeyType::rsa_3072:
       raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<std::size_t>(3072));
       break;
-    case config::KeyType::rsa_4096:
+    case KeyType::rsa_4096:
       raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "RSA", static_cast<std::size_t>(4096));
       break;
-    case config::KeyType::ed25519:
+    case KeyType::ed25519:
       raw = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
       break;
   }
   EvpPkeyPtr key(raw);
-  if (!key) return openssl_error("generating " + std::string(key_type_name(type)) + " key");
+  if (!key) return openssl_error("generating " + std::string(to_string(type)) + " key");
   return key;
 }
 

@@ -50,7 +50,7 @@ std::string join(const std::vector<std::string>& parts) {
   return out;
 }
 
-std::string seconds_text(config::Duration d) {
+std::string seconds_text(std::chrono::milliseconds d) {
   return std::to_string(std::chrono::duration_cast<std::chrono::seconds>(d).count()) + "s";
 }
 
@@ -108,7 +108,7 @@ Result<Material> validate_issued(const ValidationInput& in) {
   // 5. Not too long.
   const auto lifetime = info.not_after - info.not_before;
   if (lifetime > in.max_lifetime) {
-    return rejected("lives " + seconds_text(std::chrono::duration_cast<config::Duration>(lifetime)) +
+    return rejected("lives " + seconds_text(std::chrono::duration_cast<std::chrono::milliseconds>(lifetime)) +
                     " (" + utc(info.not_before) + " to " + utc(info.not_after) +
                     "), longer than max_lifetime " + seconds_text(in.max_lifetime) + serial);
   }

@@ -3,7 +3,6 @@
 // Every renewer's output goes through validate_issued(); a failure keeps the current material.
 
 #include "core/clock.h"
-#include "core/config/config.h"
 #include "core/crypto/csr.h"
 #include "core/crypto/ossl_ptr.h"
 #include "core/material.h"
@@ -20,17 +19,17 @@ using Names = crypto::SubjectNames;
 // future. Rejecting them would fail every rotation until the clocks agree, so a not_before up
 // to this far ahead is accepted (the chain is then verified at not_before). Such a leaf is not
 // yet valid when accepted: Material::valid_at() says so, and nothing hands it out before then.
-inline constexpr config::Duration kDefaultClockSkew = std::chrono::minutes(5);
+inline constexpr std::chrono::milliseconds kDefaultClockSkew = std::chrono::minutes(5);
 
 struct ValidationInput {
   std::string chain_pem;                 // leaf first, then intermediates (IssueResult::chain_pem)
   EVP_PKEY* key{nullptr};                // the fresh key the CSR was signed with
   Names requested;                       // the certificate's configured names
   X509_STORE* trust{nullptr};            // the configured trust bundle
-  config::Duration max_lifetime{};       // not_after - not_before must not exceed it
+  std::chrono::milliseconds max_lifetime{};       // not_after - not_before must not exceed it
   SystemTime now{};
   std::string broker;                    // broker name, copied into Material
-  config::Duration clock_skew{kDefaultClockSkew};
+  std::chrono::milliseconds clock_skew{kDefaultClockSkew};
 };
 
 // Checks, in this order, each failure with its own message (prefixed "rejected certificate"):

@@ -27,7 +27,7 @@ inline Issued issue_once(boost::asio::io_context& ioc, renewers::Renewer& renewe
                          config::Duration lifetime, std::string previous_cert_pem = {}) {
   Issued out;
   out.names = names;
-  auto key = crypto::generate_key(config::KeyType::ecdsa_p256);
+  auto key = crypto::generate_key(crypto::KeyType::ecdsa_p256);
   if (!key) throw std::runtime_error(key.error().message);
   out.key = std::move(*key);
   auto csr = crypto::build_csr(out.key.get(), names);

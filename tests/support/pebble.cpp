@@ -1,6 +1,7 @@
 #include "tests/support/pebble.h"
 
 #include "core/http/client.h"
+#include "renewers/acme_config.h"
 #include "tests/support/run_sync.h"
 
 #include <boost/asio/io_context.hpp>
@@ -92,7 +93,7 @@ config::BrokerConfig Pebble::broker_config(const std::string& http01_listen) con
   b.name = "pebble";
   b.type = "acme";
   b.timeout = std::chrono::seconds(20);
-  config::AcmeBrokerConfig a;
+  renewers::AcmeRenewerConfig a;
   a.directory = directory_url();
   a.ca_bundle = tls_ca_file();
   a.challenge.type = "http-01";

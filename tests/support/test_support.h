@@ -17,6 +17,15 @@ namespace certagent::test {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
+// Changes the plug-in settings T of a broker or reloader entry: a copy, edited by `edit`, put
+// back (the entry holds them immutable, shared between copies of the config).
+template <class T, class Entry, class Edit>
+void edit_settings(Entry& entry, Edit edit) {
+  T settings = entry.settings.template as<T>();
+  edit(settings);
+  entry.settings = std::move(settings);
+}
+
 // A fresh directory under $TMPDIR (or /tmp), removed with everything in it on destruction.
 class TempDir {
  public:

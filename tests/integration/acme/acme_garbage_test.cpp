@@ -161,7 +161,7 @@ class AcmeGarbage : public ::testing::Test {
     b.name = "garbage";
     b.type = "acme";
     b.timeout = timeout;
-    config::AcmeBrokerConfig a;
+    renewers::AcmeRenewerConfig a;
     a.directory = fake.base + "/dir";
     a.ca_bundle = dir / "broker-ca.pem";
     a.challenge.listen = "127.0.0.1:0";

@@ -116,9 +116,10 @@ TEST_F(AcmePebble, Dns01ThroughTheHook) {
              "esac\nexit 2\n",
              fs::perms(0755));
   auto broker = pebble_->broker_config(listen());
-  auto& acme = std::get<config::AcmeBrokerConfig>(broker.settings);
+  auto acme = broker.settings.as<renewers::AcmeRenewerConfig>();
   acme.challenge.type = "dns-01";
   acme.challenge.hook = {"/bin/sh", script.string()};
+  broker.settings = acme;
   auto renewer = make_renewer(ioc, broker, identity_->get(), dir_->path());
   crypto::SubjectNames names{.dns_names = {"dns01.certagent.test"}};
   auto issued = issue_once(ioc, *renewer, names, 5min);
@@ -193,9 +194,10 @@ TEST(AcmePebbleEab, ExternalAccountBinding) {
     write_file(dir / "wrong.key", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n", fs::perms(0600));
     auto broker = pebble.broker_config(listen);
     broker.name = "wrong";
-    auto& acme = std::get<config::AcmeBrokerConfig>(broker.settings);
+    auto acme = broker.settings.as<renewers::AcmeRenewerConfig>();
     acme.eab_kid = "kid-1";
     acme.eab_hmac_key_file = dir / "wrong.key";
+    broker.settings = acme;
     auto renewer = make_renewer(ioc, broker, identity.get(), dir.path());
     auto issued = issue_once(ioc, *renewer, names, 5min);
     ASSERT_FALSE(issued.result);
@@ -207,9 +209,10 @@ TEST(AcmePebbleEab, ExternalAccountBinding) {
     ASSERT_TRUE(key);
     ASSERT_TRUE(identity->import_hmac_key(renewers::acme_eab_key_name("pebble"), *key));
     auto broker = pebble.broker_config(listen);
-    auto& acme = std::get<config::AcmeBrokerConfig>(broker.settings);
+    auto acme = broker.settings.as<renewers::AcmeRenewerConfig>();
     acme.eab_kid = "kid-1";
     acme.eab_hmac_key_file = dir / "deleted-after-enroll.key";  // not there: the TPM has it
+    broker.settings = acme;
     auto renewer = make_renewer(ioc, broker, identity.get(), dir.path());
     auto issued = issue_once(ioc, *renewer, names, 5min);
     ASSERT_TRUE(issued.result) << issued.result.error().message;
@@ -255,7 +258,7 @@ TEST(AcmePebbleChains, PreferredChainPicksTheAlternate) {
   crypto::SubjectNames names{.dns_names = {"chain.certagent.test"}};
   for (const auto& [root, other] : {std::pair{root0, root1}, std::pair{root1, root0}}) {
     auto broker = pebble.broker_config("127.0.0.1:0");
-    std::get<config::AcmeBrokerConfig>(broker.settings).preferred_chain = subject_cn(root);
+    edit_settings<renewers::AcmeRenewerConfig>(broker, [&](auto& s) { s.preferred_chain = subject_cn(root); });
     auto renewer = make_renewer(ioc, broker, identity.get(), dir.path());
     auto issued = issue_once(ioc, *renewer, names, 5min);
     ASSERT_TRUE(issued.result) << issued.result.error().message;

@@ -91,7 +91,7 @@ class CfsslGarbage : public ::testing::Test {
     b.name = "pki";
     b.type = "cfssl";
     b.timeout = 5s;
-    config::CfsslBrokerConfig c;
+    renewers::CfsslRenewerConfig c;
     c.url = server->url() + "/";
     c.ca_bundle = dir / "broker-ca.pem";
     c.profile = "server";

@@ -22,7 +22,7 @@ config::BrokerConfig cfssl_broker(const Multirootca& ca, const std::string& prof
   b.name = "pki";
   b.type = "cfssl";
   b.timeout = 10s;
-  config::CfsslBrokerConfig c;
+  renewers::CfsslRenewerConfig c;
   c.url = ca.url();
   c.ca_bundle = ca.tls_ca_file();
   c.auth_key_file = ca.auth_key_file();
@@ -101,7 +101,7 @@ TEST_F(CfsslMultirootca, WrongKeyOrProfileIsAConfigurationError) {
     TestIdentity other(IdentityKind::file, d / "id");
     auto broker = cfssl_broker(*ca_, "short", "primary");
     write_file(d / "wrong.key", "00112233445566778899aabbccddeeff\n", fs::perms(0600));
-    std::get<config::CfsslBrokerConfig>(broker.settings).auth_key_file = d / "wrong.key";
+    edit_settings<renewers::CfsslRenewerConfig>(broker, [&](auto& s) { s.auth_key_file = d / "wrong.key"; });
     auto renewer = make_renewer(ioc, broker, other.get());
     auto issued = issue_once(ioc, *renewer, crypto::SubjectNames{.dns_names = {"x.certagent.test"}}, 2min);
     ASSERT_FALSE(issued.result);

@@ -17,6 +17,7 @@
 #include "tests/integration/lemur/lemur_test_server.h"
 #include "tests/support/test_support.h"
 #include "tests/support/swtpm.h"
+#include "agent/builtin_plugins.h"
 #include "agent/enroll.h"
 #include "tpm/identity.h"
 
@@ -106,7 +107,7 @@ class LemurRenewerTest : public ::testing::Test {
   void start(const BrokerSetup& s = {}, bool enroll = true) {
     write_file(dir / "lemur.jwt", token + "\n", fs::perms(0600));
     write_file(dir / "certagent.yaml", yaml(s));
-    auto c = config::load_config(dir / "certagent.yaml");
+    auto c = config::load_config(dir / "certagent.yaml", agent::builtin_catalog());
     ASSERT_TRUE(c) << c.error().message;
     config = std::move(*c);
     if (enroll) {
@@ -149,7 +150,7 @@ class LemurRenewerTest : public ::testing::Test {
   };
 
   Attempt issue(std::map<std::string, std::string> previous = {},
-                config::KeyType key_type = config::KeyType::ecdsa_p256) {
+                crypto::KeyType key_type = crypto::KeyType::ecdsa_p256) {
     Attempt a;
     auto key = crypto::generate_key(key_type);
     EXPECT_TRUE(key);
@@ -505,13 +506,13 @@ TEST_F(LemurRenewerTest, AWrongUrlIsAConfigurationError) {
 
 TEST_F(LemurRenewerTest, Ed25519IsRefusedBeforeAsking) {
   start();
-  auto a = issue({}, config::KeyType::ed25519);
+  auto a = issue({}, crypto::KeyType::ed25519);
   ASSERT_FALSE(a.result);
   EXPECT_TRUE(a.result.error().configuration);
   EXPECT_NE(a.result.error().message.find("RSA and ECDSA keys only"), std::string::npos);
   EXPECT_TRUE(server.posted().empty());
   // RSA works.
-  auto r = issue({}, config::KeyType::rsa_2048);
+  auto r = issue({}, crypto::KeyType::rsa_2048);
   ASSERT_TRUE(r.result) << r.result.error().message;
 }
 
@@ -528,7 +529,7 @@ TEST(LemurRenewerRequest, AuthorityByIdAndNoValidityWithoutLifetime) {
   config::BrokerConfig broker;
   broker.name = "netflix";
   broker.type = "lemur";
-  config::LemurBrokerConfig lemur;
+  renewers::LemurRenewerConfig lemur;
   lemur.url = "https://lemur.example/";
   lemur.authority = "42";
   lemur.owner = "team@example.com";

@@ -43,7 +43,7 @@ class LemurServerTest : public ::testing::Test {
     auto c = http::Client::create(ioc.get_executor(), http::ClientOptions{.ca_bundle = dir / "ca.pem", .timeout = 5s});
     ASSERT_TRUE(c) << c.error().message;
     client = std::move(*c);
-    key = std::move(*crypto::generate_key(config::KeyType::ecdsa_p256));
+    key = std::move(*crypto::generate_key(crypto::KeyType::ecdsa_p256));
     csr = *crypto::build_csr(key.get(), crypto::SubjectNames{"web.internal", {"web.internal"}, {"127.0.0.1"}, {}});
   }
 

@@ -1,6 +1,8 @@
 // haproxy under wrk load while certificates rotate through the runtime API every 0.5 s, each
 // swap verified: zero errors with keep-alive and with `Connection: close`.
 
+#include "agent/builtin_plugins.h"
+#include "reloaders/haproxy_config.h"
 #include "tests/integration/reloaders/reloader_fixtures.h"
 
 #include <gtest/gtest.h>
@@ -33,11 +35,11 @@ TEST_P(HaproxyLoadTest, RotationsUnderWrk) {
   v.settle = 150ms;
   v.deadline = 5s;
   c.verify = v;
-  config::HaproxyReloaderConfig h;
+  r::HaproxyReloaderConfig h;
   h.admin_socket = server.admin_socket();
   h.cert = (tmp / "live" / "bundle.pem").string();
   c.settings = h;
-  auto made = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+  auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
   ASSERT_TRUE(made) << made.error().message;
 
   auto run = rotate_under_load(ioc, **made, gens, ca, server.port(), 20s, 500ms, close, serial);

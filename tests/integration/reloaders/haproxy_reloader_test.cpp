@@ -2,6 +2,8 @@
 // runtime-API swaps, a wrong name reported with what haproxy lists and the transaction
 // aborted, a refused commit aborted, .issuer/.ocsp carried so stapling survives.
 
+#include "agent/builtin_plugins.h"
+#include "reloaders/haproxy_config.h"
 #include "reloaders/haproxy_reloader.h"
 #include "tests/integration/reloaders/reloader_fixtures.h"
 
@@ -41,7 +43,7 @@ class HaproxyReloaderTest : public ::testing::Test {
       v.deadline = 5s;
       c.verify = v;
     }
-    config::HaproxyReloaderConfig h;
+    r::HaproxyReloaderConfig h;
     h.admin_socket = server_->admin_socket();
     h.cert = bundle().string();
     c.settings = h;
@@ -49,7 +51,7 @@ class HaproxyReloaderTest : public ::testing::Test {
   }
 
   std::unique_ptr<r::Reloader> make(const config::ReloaderConfig& c) {
-    auto made = r::make_reloader(c, r::ReloaderContext{ioc_.get_executor()});
+    auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc_.get_executor()});
     if (!made) throw std::runtime_error(made.error().message);
     return std::move(*made);
   }
@@ -86,7 +88,7 @@ TEST_F(HaproxyReloaderTest, RuntimeApiSwapIsVerified) {
 
 TEST_F(HaproxyReloaderTest, WrongNameIsAFailureNamingWhatHaproxyLists) {
   auto c = haproxy_config();
-  std::get<config::HaproxyReloaderConfig>(c.settings).cert = (tmp_ / "live" / "fullchain.pem").string();
+  edit_settings<r::HaproxyReloaderConfig>(c, [&](auto& s) { s.cert = (tmp_ / "live" / "fullchain.pem").string(); });
   auto reloader = make(c);
   auto m = ca_.issue(0x1002);
   gens_->commit(m);
@@ -117,10 +119,11 @@ TEST_F(HaproxyReloaderTest, RefusedCommitIsAbortedAndReported) {
 
 TEST_F(HaproxyReloaderTest, IssuerAndOcspAreCarriedSoStaplingSurvives) {
   auto c = haproxy_config();
-  auto& h = std::get<config::HaproxyReloaderConfig>(c.settings);
+  auto h = c.settings.as<r::HaproxyReloaderConfig>();
   h.issuer_file = tmp_ / "issuer.pem";
   h.ocsp_file = tmp_ / "bundle.pem.ocsp";
   write_file(h.issuer_file, ca_.cert_pem());
+  c.settings = h;
   auto reloader = make(c);
   auto openssl = require_program("openssl").string();
   for (std::uint64_t serial : {0x1002, 0x1003}) {
@@ -142,7 +145,7 @@ TEST_F(HaproxyReloaderTest, IssuerAndOcspAreCarriedSoStaplingSurvives) {
 
 TEST_F(HaproxyReloaderTest, MissingAdminSocketIsAFailure) {
   auto c = haproxy_config();
-  std::get<config::HaproxyReloaderConfig>(c.settings).admin_socket = tmp_ / "nope.sock";
+  edit_settings<r::HaproxyReloaderConfig>(c, [&](auto& s) { s.admin_socket = tmp_ / "nope.sock"; });
   auto reloader = make(c);
   auto out = reload(*reloader, ca_.issue(0x1002));
   EXPECT_EQ(out.result, r::ReloadResult::failure) << out.detail;
@@ -177,11 +180,11 @@ TEST(HaproxyHungSocket, TimesOut) {
   config::ReloaderConfig c;
   c.type = "haproxy";
   c.timeout = 300ms;
-  config::HaproxyReloaderConfig h;
+  r::HaproxyReloaderConfig h;
   h.admin_socket = path;
   h.cert = "/etc/site.pem";
   c.settings = h;
-  auto made = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+  auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
   ASSERT_TRUE(made);
   TestCa ca;
   const auto start = std::chrono::steady_clock::now();

@@ -3,6 +3,8 @@
 // keep-alive connection may lose one request when its old worker exits, so ≤ connections per
 // reload).
 
+#include "agent/builtin_plugins.h"
+#include "reloaders/nginx_config.h"
 #include "tests/integration/reloaders/reloader_fixtures.h"
 
 #include <gtest/gtest.h>
@@ -37,11 +39,11 @@ TEST_P(NginxLoadTest, RotationsUnderWrk) {
   v.settle = 150ms;
   v.deadline = 10s;
   c.verify = v;
-  config::NginxReloaderConfig n;
+  r::NginxReloaderConfig n;
   n.command = server.reload_command();
   n.error_log = server.error_log();
   c.settings = n;
-  auto made = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+  auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
   ASSERT_TRUE(made) << made.error().message;
 
   auto run = rotate_under_load(ioc, **made, gens, ca, server.port(), 20s, 1000ms, close, serial, kConnections);

@@ -2,6 +2,8 @@
 // detected from the pre-check, from the reload command's exit code and from the master's
 // [emerg] lines when the command itself cannot tell; reloads never overlap.
 
+#include "agent/builtin_plugins.h"
+#include "reloaders/nginx_config.h"
 #include "reloaders/nginx_reloader.h"
 #include "tests/integration/reloaders/reloader_fixtures.h"
 
@@ -28,7 +30,7 @@ config::ReloaderConfig nginx_config(const NginxServer& server, bool verify = tru
     v.deadline = 10s;
     c.verify = v;
   }
-  config::NginxReloaderConfig n;
+  r::NginxReloaderConfig n;
   n.command = server.reload_command();
   n.error_log = server.error_log();
   c.settings = n;
@@ -36,7 +38,7 @@ config::ReloaderConfig nginx_config(const NginxServer& server, bool verify = tru
 }
 
 std::unique_ptr<r::Reloader> make(boost::asio::io_context& ioc, const config::ReloaderConfig& c) {
-  auto made = r::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
+  auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
   if (!made) throw std::runtime_error(made.error().message);
   return std::move(*made);
 }
@@ -101,7 +103,7 @@ TEST_F(NginxReloaderTest, UnloadableKeyFailsThePreCheck) {
 
 TEST_F(NginxReloaderTest, UnloadableKeyWithoutPreCheckFailsOnTheExitCode) {
   auto c = nginx_config(*server_);
-  std::get<config::NginxReloaderConfig>(c.settings).test_command = {"true"};
+  edit_settings<r::NginxReloaderConfig>(c, [&](auto& s) { s.test_command = {"true"}; });
   auto reloader = make(ioc_, c);
   auto m = ca_.issue(0x1002);
   gens_->commit(m);
@@ -118,9 +120,10 @@ TEST_F(NginxReloaderTest, MasterFailureIsReadFromTheErrorLog) {
   for (bool verify : {true, false}) {
     SCOPED_TRACE(verify ? "with verification" : "without verification");
     auto c = nginx_config(*server_, verify);
-    auto& n = std::get<config::NginxReloaderConfig>(c.settings);
+    auto n = c.settings.as<r::NginxReloaderConfig>();
     n.command = {require_program("kill").string(), "-HUP", std::to_string(server_->master_pid())};
     n.test_command = {"true"};
+    c.settings = n;
     auto reloader = make(ioc_, c);
     auto m = ca_.issue(verify ? 0x1002 : 0x1003);
     gens_->commit(m);
@@ -143,7 +146,7 @@ TEST_F(NginxReloaderTest, BrokenConfigIsAFailureWithAndWithoutPreCheck) {
   for (bool precheck : {true, false}) {
     SCOPED_TRACE(precheck ? "default pre-check" : "no pre-check");
     auto c = nginx_config(*server_);
-    if (!precheck) std::get<config::NginxReloaderConfig>(c.settings).test_command = {"true"};
+    if (!precheck) edit_settings<r::NginxReloaderConfig>(c, [&](auto& s) { s.test_command = {"true"}; });
     auto reloader = make(ioc_, c);
     auto out = reload(*reloader, precheck ? 0x1002 : 0x1003);
     EXPECT_EQ(out.result, r::ReloadResult::failure) << out.detail;
@@ -168,11 +171,12 @@ TEST_F(NginxReloaderTest, ReloadsOfTheSameNginxNeverOverlap) {
   std::string reload_cmd;
   for (const auto& a : server_->reload_command()) reload_cmd += "'" + a + "' ";
   auto c = nginx_config(*server_, /*verify=*/false);
-  auto& n = std::get<config::NginxReloaderConfig>(c.settings);
+  auto n = c.settings.as<r::NginxReloaderConfig>();
   n.test_command = {"true"};
   // The reload command records its start and end; a sleep widens the window for an overlap.
   n.command = {"sh", "-c", "echo start >> " + trace.string() + "; sleep 0.3; " + reload_cmd +
                                "; rc=$?; echo end >> " + trace.string() + "; exit $rc"};
+  c.settings = n;
   auto first = make(ioc_, c);
   auto second = make(ioc_, c);
   auto m1 = ca_.issue(0x1002);

@@ -4,6 +4,10 @@
 #include "agent/enroll.h"
 
 #include "core/config/config.h"
+#include "renewers/acme_config.h"
+#include "renewers/cfssl_config.h"
+#include "renewers/lemur_config.h"
+#include "renewers/local_config.h"
 #include "tests/support/test_support.h"
 #include "tests/support/swtpm.h"
 #include "tpm/identity.h"
@@ -51,20 +55,20 @@ class EnrollTest : public ::testing::TestWithParam<std::string> {
       tpm.emplace(dir / "swtpm");
       config.identity.tcti = tpm->tcti();
     }
-    config::AcmeBrokerConfig acme;
+    renewers::AcmeRenewerConfig acme;
     acme.directory = "https://acme.example/dir";
     acme.eab_kid = "kid-1";
     acme.eab_hmac_key_file = dir / "secrets" / "eab.key";
-    config::CfsslBrokerConfig cfssl;
+    renewers::CfsslRenewerConfig cfssl;
     cfssl.url = "https://pki.example";
     cfssl.auth_key_file = dir / "secrets" / "cfssl.hex";
-    config::LemurBrokerConfig lemur;
+    renewers::LemurRenewerConfig lemur;
     lemur.url = "https://lemur.example";
     lemur.token_file = dir / "secrets" / "lemur.jwt";
     config.brokers["ca"] = config::BrokerConfig{"ca", "acme", 4, std::chrono::seconds(30), acme};
     config.brokers["pki"] = config::BrokerConfig{"pki", "cfssl", 4, std::chrono::seconds(30), cfssl};
     config.brokers["lemur"] = config::BrokerConfig{"lemur", "lemur", 4, std::chrono::seconds(30), lemur};
-    config.brokers["dev"] = config::BrokerConfig{"dev", "local", 4, std::chrono::seconds(30), config::LocalBrokerConfig{}};
+    config.brokers["dev"] = config::BrokerConfig{"dev", "local", 4, std::chrono::seconds(30), renewers::LocalRenewerConfig{}};
     fs::create_directories(dir / "secrets");
     write_secrets();
   }

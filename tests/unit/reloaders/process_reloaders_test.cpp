@@ -2,6 +2,7 @@
 // reloader: environment, exit codes, timeouts that kill the whole process group, missing
 // binaries, stale pid files.
 
+#include "agent/builtin_plugins.h"
 #include "reloaders/child_process.h"
 #include "reloaders/exec_reloader.h"
 #include "reloaders/signal_reloader.h"
@@ -60,7 +61,7 @@ ReloadEvent make_event(bool with_dir = true, bool expired = false) {
 config::ReloaderConfig exec_config(std::vector<std::string> argv, std::chrono::milliseconds timeout = 10s) {
   config::ReloaderConfig c;
   c.type = "exec";
-  config::ExecReloaderConfig e;
+  ExecReloaderConfig e;
   e.command = std::move(argv);
   e.timeout = timeout;
   c.settings = e;
@@ -68,7 +69,7 @@ config::ReloaderConfig exec_config(std::vector<std::string> argv, std::chrono::m
 }
 
 std::unique_ptr<Reloader> make(asio::io_context& ioc, const config::ReloaderConfig& c) {
-  auto r = make_reloader(c, ReloaderContext{ioc.get_executor()});
+  auto r = agent::make_reloader(c, ReloaderContext{ioc.get_executor()});
   if (!r) throw std::runtime_error(r.error().message);
   return std::move(*r);
 }
@@ -258,7 +259,7 @@ TEST(ExecReloader, MissingBinaryIsAFailure) {
 config::ReloaderConfig signal_config(std::filesystem::path pid_file, std::optional<int> pid = std::nullopt) {
   config::ReloaderConfig c;
   c.type = "signal";
-  config::SignalReloaderConfig s;
+  SignalReloaderConfig s;
   s.pid_file = std::move(pid_file);
   s.pid = pid;
   c.settings = s;
@@ -334,7 +335,7 @@ TEST(SystemdReloader, RunsSystemctlWithTheUnitAfterDoubleDash) {
   test::write_file(fake, "#!/bin/sh\necho \"$@\" > " + args.string() + "\n", fs::perms(0755));
   config::ReloaderConfig c;
   c.type = "systemd";
-  config::SystemdReloaderConfig s;
+  SystemdReloaderConfig s;
   s.unit = "envoy.service";
   SystemdReloader reloader(c, s, ReloaderContext{ioc.get_executor()}, fake.string());
   auto o = run_on(ioc, reloader.reload(make_event()));
@@ -353,7 +354,7 @@ TEST(SystemdReloader, RealSystemctlWithoutSystemdIsAFailure) {
   config::ReloaderConfig c;
   c.type = "systemd";
   c.timeout = 20s;
-  config::SystemdReloaderConfig s;
+  SystemdReloaderConfig s;
   s.unit = "certagent-test-no-such.service";
   c.settings = s;
   auto o = run_on(ioc, make(ioc, c)->reload(make_event()));

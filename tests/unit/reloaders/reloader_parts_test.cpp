@@ -1,10 +1,15 @@
 // The registry, the envoy SDS directory swap (layout on disk and the inotify events Envoy
 // reacts to), the async mutex, the nginx error-log watch and the probe's small parsers.
 
+#include "agent/builtin_plugins.h"
 #include "core/async/async_mutex.h"
 #include "reloaders/envoy_reloader.h"
+#include "reloaders/exec_config.h"
+#include "reloaders/haproxy_config.h"
 #include "reloaders/nginx_reloader.h"
 #include "reloaders/serving_probe.h"
+#include "reloaders/signal_config.h"
+#include "reloaders/systemd_config.h"
 #include "tests/support/test_support.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -53,8 +58,9 @@ std::vector<std::string> generations(const fs::path& dir) {
 // ---- registry ---------------------------------------------------------------------------------
 
 TEST(Registry, KnownTypesAndResultNames) {
-  EXPECT_EQ(known_reloader_types(),
-            (std::vector<std::string>{"exec", "signal", "systemd", "nginx", "haproxy", "envoy"}));
+  std::vector<std::string> types;
+  for (const auto& t : agent::builtin_plugins().reloaders) types.push_back(t.config.name);
+  EXPECT_EQ(types, (std::vector<std::string>{"exec", "signal", "systemd", "nginx", "haproxy", "envoy"}));
   EXPECT_EQ(to_string(ReloadResult::success), "success");
   EXPECT_EQ(to_string(ReloadResult::failure), "failure");
   EXPECT_EQ(to_string(ReloadResult::unverified), "unverified");
@@ -65,50 +71,55 @@ TEST(Registry, BuildsEachTypeAndRejectsIncompleteSettings) {
   asio::io_context ioc;
   ReloaderContext ctx{ioc.get_executor()};
   struct Case {
-    config::ReloaderSettings settings;
-    std::string type;       // expected type(), empty: expected error
+    std::string name;       // the entry's type
+    config::SettingsSlot settings;
+    bool ok;                // built, or the error contains error_part
     std::string error_part;
   };
-  config::ExecReloaderConfig exec_ok{{"true"}};
-  config::SignalReloaderConfig sig_ok;
+  ExecReloaderConfig exec_ok{{"true"}};
+  SignalReloaderConfig sig_ok;
   sig_ok.pid = 1;
-  config::SystemdReloaderConfig sd_ok;
+  SystemdReloaderConfig sd_ok;
   sd_ok.unit = "x.service";
-  config::SystemdReloaderConfig sd_bad = sd_ok;
+  SystemdReloaderConfig sd_bad = sd_ok;
   sd_bad.action = "stop";
-  config::HaproxyReloaderConfig hp_ok{"/run/haproxy.sock", "/etc/site.pem"};
-  config::EnvoyReloaderConfig env_ok{"/tmp/sds"};
+  HaproxyReloaderConfig hp_ok{"/run/haproxy.sock", "/etc/site.pem"};
+  EnvoyReloaderConfig env_ok{"/tmp/sds"};
   std::vector<Case> cases = {
-      {exec_ok, "exec", ""},
-      {config::ExecReloaderConfig{}, "", "command must not be empty"},
-      {sig_ok, "signal", ""},
-      {config::SignalReloaderConfig{}, "", "pid_file or a positive pid"},
-      {sd_ok, "systemd", ""},
-      {config::SystemdReloaderConfig{}, "", "unit must not be empty"},
-      {sd_bad, "", "action 'stop'"},
-      {config::NginxReloaderConfig{}, "nginx", ""},
-      {hp_ok, "haproxy", ""},
-      {config::HaproxyReloaderConfig{}, "", "admin_socket"},
-      {config::HaproxyReloaderConfig{"/run/haproxy.sock", "a b"}, "", "white space"},
-      {env_ok, "envoy", ""},
-      {config::EnvoyReloaderConfig{}, "", "sds_dir"},
+      {"exec", exec_ok, true, ""},
+      {"exec", ExecReloaderConfig{}, false, "command must not be empty"},
+      {"signal", sig_ok, true, ""},
+      {"signal", SignalReloaderConfig{}, false, "pid_file or a positive pid"},
+      {"systemd", sd_ok, true, ""},
+      {"systemd", SystemdReloaderConfig{}, false, "unit must not be empty"},
+      {"systemd", sd_bad, false, "action 'stop'"},
+      {"nginx", NginxReloaderConfig{}, true, ""},
+      {"haproxy", hp_ok, true, ""},
+      {"haproxy", HaproxyReloaderConfig{}, false, "admin_socket"},
+      {"haproxy", HaproxyReloaderConfig{"/run/haproxy.sock", "a b"}, false, "white space"},
+      {"envoy", env_ok, true, ""},
+      {"envoy", EnvoyReloaderConfig{}, false, "sds_dir"},
+      // Settings of another type than the entry's: an error, never a crash.
+      {"envoy", exec_ok, false, "no envoy settings"},
   };
   for (const auto& c : cases) {
     config::ReloaderConfig rc;
+    rc.type = c.name;
     rc.settings = c.settings;
-    auto r = make_reloader(rc, ctx);
-    if (c.type.empty()) {
+    auto r = agent::make_reloader(rc, ctx);
+    if (!c.ok) {
       ASSERT_FALSE(r) << c.error_part;
       EXPECT_NE(r.error().message.find(c.error_part), std::string::npos) << r.error().message;
     } else {
       ASSERT_TRUE(r) << r.error().message;
-      EXPECT_EQ((*r)->type(), c.type);
+      EXPECT_EQ((*r)->type(), c.name);
     }
   }
   config::ReloaderConfig bad_verify;
+  bad_verify.type = "exec";
   bad_verify.settings = exec_ok;
   bad_verify.verify = config::VerifyConfig{"no-port-here"};
-  auto r = make_reloader(bad_verify, ctx);
+  auto r = agent::make_reloader(bad_verify, ctx);
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("verify.connect"), std::string::npos) << r.error().message;
 }
@@ -121,8 +132,8 @@ TEST(EnvoyReloader, SwapsAGenerationDirectoryAndKeepsThePreviousOne) {
   asio::io_context ioc;
   config::ReloaderConfig c;
   c.type = "envoy";
-  c.settings = config::EnvoyReloaderConfig{sds};
-  auto made = make_reloader(c, ReloaderContext{ioc.get_executor()});
+  c.settings = EnvoyReloaderConfig{sds};
+  auto made = agent::make_reloader(c, ReloaderContext{ioc.get_executor()});
   ASSERT_TRUE(made);
   auto& reloader = **made;
 

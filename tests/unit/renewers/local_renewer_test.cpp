@@ -1,7 +1,9 @@
+#include "agent/builtin_plugins.h"
 #include "core/crypto/csr.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "core/crypto/validation.h"
+#include "renewers/local_config.h"
 #include "renewers/local_renewer.h"
 #include "tests/support/test_support.h"
 
@@ -33,7 +35,7 @@ struct Rotation {
   IssueRequest request;
 };
 
-Rotation make_request(config::KeyType type, config::Duration lifetime = 96h,
+Rotation make_request(crypto::KeyType type, config::Duration lifetime = 96h,
                       crypto::SubjectNames names = {"web.internal",
                                                     {"web.internal", "localhost"},
                                                     {"127.0.0.1", "::1"},
@@ -128,7 +130,7 @@ TEST_F(LocalRenewerTest, ReusesTheCaAcrossInstances) {
   EXPECT_EQ(X509_cmp(first->root(), second->root()), 0);
 
   // A certificate from the first instance verifies with the second's root (same CA).
-  Rotation rot = make_request(config::KeyType::ecdsa_p256);
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256);
   auto issued = first->issue_now(rot.request);
   ASSERT_TRUE(issued);
   EXPECT_TRUE(validate(rot, *issued));
@@ -207,7 +209,7 @@ TEST_F(LocalRenewerTest, AnIncompleteOrMismatchedCaIsAnError) {
       << incomplete.error().message;
 
   test::write_file(ca_dir() / "root.pem", root);
-  auto other = crypto::generate_key(config::KeyType::ecdsa_p256);
+  auto other = crypto::generate_key(crypto::KeyType::ecdsa_p256);
   auto other_pem = crypto::private_key_pem(other->get());
   test::write_file(ca_dir() / "key.pem", std::string(other_pem->view()), fs::perms(0600));
   auto mismatch = LocalRenewer::open(state_.path(), &clock_);
@@ -223,7 +225,7 @@ TEST_F(LocalRenewerTest, ADirectoryWithForeignFilesIsAnError) {
   EXPECT_TRUE(contains(r.error().message, "holds other files but no development CA")) << r.error().message;
 }
 
-class LocalIssueTest : public LocalRenewerTest, public ::testing::WithParamInterface<config::KeyType> {};
+class LocalIssueTest : public LocalRenewerTest, public ::testing::WithParamInterface<crypto::KeyType> {};
 
 TEST_P(LocalIssueTest, IssuedLeafValidatesWithExactNamesAndLifetime) {
   auto renewer = open();
@@ -251,7 +253,7 @@ TEST_P(LocalIssueTest, IssuedLeafValidatesWithExactNamesAndLifetime) {
   EXPECT_EQ(info.not_after - info.not_before, 96h);
 
   EXPECT_EQ(X509_get_extended_key_usage(leaf), static_cast<uint32_t>(XKU_SSL_SERVER | XKU_SSL_CLIENT));
-  const bool rsa = GetParam() == config::KeyType::rsa_2048;
+  const bool rsa = GetParam() == crypto::KeyType::rsa_2048;
   EXPECT_EQ(X509_get_key_usage(leaf),
             static_cast<uint32_t>(rsa ? KU_DIGITAL_SIGNATURE | KU_KEY_ENCIPHERMENT : KU_DIGITAL_SIGNATURE));
   EXPECT_EQ(X509_check_ca(leaf), 0);
@@ -267,13 +269,13 @@ TEST_P(LocalIssueTest, IssuedLeafValidatesWithExactNamesAndLifetime) {
 }
 
 INSTANTIATE_TEST_SUITE_P(KeyTypes, LocalIssueTest,
-                         ::testing::Values(config::KeyType::ecdsa_p256, config::KeyType::ecdsa_p384,
-                                           config::KeyType::rsa_2048, config::KeyType::ed25519));
+                         ::testing::Values(crypto::KeyType::ecdsa_p256, crypto::KeyType::ecdsa_p384,
+                                           crypto::KeyType::rsa_2048, crypto::KeyType::ed25519));
 
 TEST_F(LocalRenewerTest, ShortLifetimesAreHonouredAndExpireOnTime) {
   auto renewer = open();
   ASSERT_TRUE(renewer);
-  Rotation rot = make_request(config::KeyType::ecdsa_p256, 5s);
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256, 5s);
   auto issued = renewer->issue_now(rot.request);
   ASSERT_TRUE(issued) << issued.error().message;
   auto m = validate(rot, *issued, 10s);
@@ -286,7 +288,7 @@ TEST_F(LocalRenewerTest, ShortLifetimesAreHonouredAndExpireOnTime) {
   ASSERT_FALSE(late);
   EXPECT_TRUE(contains(late.error().message, "expired at")) << late.error().message;
 
-  Rotation two_min = make_request(config::KeyType::ecdsa_p256, 2min);
+  Rotation two_min = make_request(crypto::KeyType::ecdsa_p256, 2min);
   auto issued2 = renewer->issue_now(two_min.request);
   ASSERT_TRUE(issued2);
   auto m2 = validate(two_min, *issued2, 2min);
@@ -298,7 +300,7 @@ TEST_F(LocalRenewerTest, ShortLifetimesAreHonouredAndExpireOnTime) {
 TEST_F(LocalRenewerTest, SerialsAreRandomAndDistinct) {
   auto renewer = open();
   ASSERT_TRUE(renewer);
-  Rotation rot = make_request(config::KeyType::ecdsa_p256);
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256);
   auto a = renewer->issue_now(rot.request);
   auto b = renewer->issue_now(rot.request);
   ASSERT_TRUE(a && b);
@@ -311,7 +313,7 @@ TEST_F(LocalRenewerTest, SerialsAreRandomAndDistinct) {
 TEST_F(LocalRenewerTest, NamesOnlyInTheSanWhenNoCommonNameIsRequested) {
   auto renewer = open();
   ASSERT_TRUE(renewer);
-  Rotation rot = make_request(config::KeyType::ecdsa_p256, 96h, {"", {"svc.internal"}, {}, {}});
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256, 96h, {"", {"svc.internal"}, {}, {}});
   auto issued = renewer->issue_now(rot.request);
   ASSERT_TRUE(issued) << issued.error().message;
   auto chain = crypto::parse_chain(issued->chain_pem);
@@ -326,7 +328,7 @@ TEST_F(LocalRenewerTest, NamesOnlyInTheSanWhenNoCommonNameIsRequested) {
 TEST_F(LocalRenewerTest, RefusesCsrsThatDoNotMatchTheRequest) {
   auto renewer = open();
   ASSERT_TRUE(renewer);
-  Rotation rot = make_request(config::KeyType::ecdsa_p256);
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256);
   rot.request.dns_names.push_back("admin.internal");
   auto extra = renewer->issue_now(rot.request);
   ASSERT_FALSE(extra);
@@ -334,15 +336,15 @@ TEST_F(LocalRenewerTest, RefusesCsrsThatDoNotMatchTheRequest) {
                                               "admin.internal)"))
       << extra.error().message;
 
-  Rotation garbage = make_request(config::KeyType::ecdsa_p256);
+  Rotation garbage = make_request(crypto::KeyType::ecdsa_p256);
   garbage.request.csr_pem = "not a csr";
   auto bad = renewer->issue_now(garbage.request);
   ASSERT_FALSE(bad);
   EXPECT_TRUE(contains(bad.error().message, "local CA: CSR: not a PEM certificate request")) << bad.error().message;
 
   // CSR carrying key A, signed by key B.
-  auto a = crypto::generate_key(config::KeyType::ecdsa_p256);
-  auto b = crypto::generate_key(config::KeyType::ecdsa_p256);
+  auto a = crypto::generate_key(crypto::KeyType::ecdsa_p256);
+  auto b = crypto::generate_key(crypto::KeyType::ecdsa_p256);
   crypto::X509ReqPtr req(X509_REQ_new());
   X509_REQ_set_pubkey(req.get(), a->get());
   X509_NAME_add_entry_by_NID(X509_REQ_get_subject_name(req.get()), NID_commonName, MBSTRING_UTF8,
@@ -358,7 +360,7 @@ TEST_F(LocalRenewerTest, RefusesCsrsThatDoNotMatchTheRequest) {
   ASSERT_FALSE(f);
   EXPECT_TRUE(contains(f.error().message, "CSR signature does not verify")) << f.error().message;
 
-  Rotation zero = make_request(config::KeyType::ecdsa_p256, 0s);
+  Rotation zero = make_request(crypto::KeyType::ecdsa_p256, 0s);
   auto z = renewer->issue_now(zero.request);
   ASSERT_FALSE(z);
   EXPECT_TRUE(z.error().configuration);
@@ -368,7 +370,7 @@ TEST_F(LocalRenewerTest, AnExpiredRootIsReported) {
   auto renewer = open();
   ASSERT_TRUE(renewer);
   clock_.advance(24h * 3651);
-  Rotation rot = make_request(config::KeyType::ecdsa_p256);
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256);
   auto r = renewer->issue_now(rot.request);
   ASSERT_FALSE(r);
   EXPECT_TRUE(contains(r.error().message, "the development root expired at")) << r.error().message;
@@ -381,12 +383,12 @@ TEST_F(LocalRenewerTest, IssueCoroutineAndRegistry) {
   config::BrokerConfig broker;
   broker.name = "dev";
   broker.type = "local";
-  broker.settings = config::LocalBrokerConfig{};
-  auto renewer = make_renewer(broker, context);
+  broker.settings = LocalRenewerConfig{};
+  auto renewer = agent::make_renewer(broker, context);
   ASSERT_TRUE(renewer) << renewer.error().message;
   EXPECT_EQ((*renewer)->type(), "local");
 
-  Rotation rot = make_request(config::KeyType::ecdsa_p256);
+  Rotation rot = make_request(crypto::KeyType::ecdsa_p256);
   std::optional<Result<IssueResult>> out;
   boost::asio::co_spawn(io, (*renewer)->issue(rot.request),
                         [&](std::exception_ptr e, Result<IssueResult> r) {
@@ -400,14 +402,13 @@ TEST_F(LocalRenewerTest, IssueCoroutineAndRegistry) {
 
   // Config loading rejects unknown types first; the registry still refuses them cleanly.
   broker.type = "nosuch";
-  auto unknown = make_renewer(broker, context);
+  auto unknown = agent::make_renewer(broker, context);
   ASSERT_FALSE(unknown);
   EXPECT_TRUE(contains(unknown.error().message, "renewer type nosuch not built yet")) << unknown.error().message;
 
-  const auto types = known_renewer_types();
-  for (const char* t : {"local", "acme", "cfssl", "lemur"}) {
-    EXPECT_NE(std::find(types.begin(), types.end(), t), types.end()) << t;
-  }
+  std::vector<std::string> types;
+  for (const auto& t : agent::builtin_plugins().renewers) types.push_back(t.config.name);
+  EXPECT_EQ(types, (std::vector<std::string>{"local", "acme", "cfssl", "lemur"}));
 }
 
 }  // namespace

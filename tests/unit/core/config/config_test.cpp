@@ -2,6 +2,20 @@
 // per-certificate overrides, the full DESIGN.md example, and dump_config round trips.
 
 #include "core/config/config.h"
+#include "core/config/config_writer.h"
+#include "core/config/config_yaml.h"
+
+#include "agent/builtin_plugins.h"
+#include "reloaders/envoy_config.h"
+#include "reloaders/exec_config.h"
+#include "reloaders/haproxy_config.h"
+#include "reloaders/nginx_config.h"
+#include "reloaders/signal_config.h"
+#include "reloaders/systemd_config.h"
+#include "renewers/acme_config.h"
+#include "renewers/cfssl_config.h"
+#include "renewers/lemur_config.h"
+#include "renewers/local_config.h"
 
 #include "tests/support/test_support.h"
 
@@ -16,8 +30,17 @@ namespace certagent::config {
 namespace {
 
 using namespace std::chrono_literals;
+using crypto::KeyType;
 
 const std::filesystem::path kSource = "/cfg/t.yaml";
+
+// Configs as the daemon reads them: with the built-in plug-ins.
+Result<Config> parse_config(std::string_view yaml, const std::filesystem::path& source) {
+  return config::parse_config(yaml, source, agent::builtin_catalog());
+}
+Result<Config> load_config(const std::filesystem::path& path) {
+  return config::load_config(path, agent::builtin_catalog());
+}
 
 std::vector<std::string> lines_of(const std::string& s) {
   std::vector<std::string> out;
@@ -69,16 +92,6 @@ TEST(Duration, FormatsCanonicallyAndRoundTrips) {
                      Duration(123'456'789)}) {
     EXPECT_EQ(parse_duration(format_duration(d)), d) << format_duration(d);
   }
-}
-
-TEST(KeyTypes, NamesRoundTrip) {
-  for (auto k : {KeyType::ecdsa_p256, KeyType::ecdsa_p384, KeyType::rsa_2048, KeyType::rsa_3072,
-                 KeyType::rsa_4096, KeyType::ed25519}) {
-    EXPECT_EQ(parse_key_type(to_string(k)), k) << to_string(k);
-  }
-  EXPECT_EQ(to_string(KeyType::ecdsa_p256), "ecdsa-p256");
-  EXPECT_FALSE(parse_key_type("rsa-1024").has_value());
-  EXPECT_FALSE(parse_key_type("ECDSA-P256").has_value());
 }
 
 // ---- located errors -------------------------------------------------------------------------
@@ -612,7 +625,7 @@ TEST(ConfigDefaults, WithoutDefaultsBlockCertificatesGetTheBuiltIns) {
   EXPECT_EQ(b.name, "dev");
   EXPECT_EQ(b.max_in_flight, 4u);
   EXPECT_EQ(b.timeout, 30s);
-  EXPECT_TRUE(std::holds_alternative<LocalBrokerConfig>(b.settings));
+  EXPECT_TRUE(b.settings.get_if<renewers::LocalRenewerConfig>());
 }
 
 TEST(ConfigDefaults, ACertificateOverridesEachKeyOnItsOwn) {
@@ -665,7 +678,7 @@ TEST(ConfigDefaults, RelativePathsStartAtTheConfigFilesDirectory) {
       "    files: { dir: live/web }\n");
   EXPECT_EQ(c.state_dir, "/cfg/state");
   EXPECT_EQ(c.socket.path, "/run/agent.sock");
-  EXPECT_EQ(std::get<CfsslBrokerConfig>(c.brokers.at("pki").settings).auth_key_file, "/cfg/keys/cfssl.key");
+  EXPECT_EQ(c.brokers.at("pki").settings.as<renewers::CfsslRenewerConfig>().auth_key_file, "/cfg/keys/cfssl.key");
   EXPECT_EQ(c.certificates.at(0).trust_bundle, "/cfg/roots.pem");
   EXPECT_EQ(c.certificates.at(0).files->dir, "/cfg/live/web");
 }
@@ -693,19 +706,19 @@ TEST(ConfigDefaults, ReloaderDefaultsByType) {
   const auto& r = c.certificates.at(0).reload;
   ASSERT_EQ(r.size(), 10u);
   EXPECT_EQ(r[0].timeout, 10s);
-  EXPECT_EQ(std::get<ExecReloaderConfig>(r[0].settings).timeout, 10s);
+  EXPECT_EQ(r[0].settings.as<reloaders::ExecReloaderConfig>().timeout, 10s);
   EXPECT_EQ(r[1].timeout, 2s);
-  EXPECT_EQ(std::get<ExecReloaderConfig>(r[1].settings).timeout, 2s);
+  EXPECT_EQ(r[1].settings.as<reloaders::ExecReloaderConfig>().timeout, 2s);
 
   EXPECT_EQ(r[2].timeout, 30s);
-  const auto& n = std::get<NginxReloaderConfig>(r[2].settings);
+  const auto& n = r[2].settings.as<reloaders::NginxReloaderConfig>();
   EXPECT_EQ(n.command, (std::vector<std::string>{"nginx", "-s", "reload"}));
   EXPECT_TRUE(n.test_command.empty());  // derived from command by the nginx reloader
   ASSERT_TRUE(r[2].verify.has_value());
   EXPECT_EQ(r[2].verify->connect, "127.0.0.1:8443");
   EXPECT_EQ(r[2].verify->settle, 150ms);
   EXPECT_EQ(r[2].verify->deadline, 10s);
-  EXPECT_TRUE(std::get<NginxReloaderConfig>(r[3].settings).test_command.empty());
+  EXPECT_TRUE(r[3].settings.as<reloaders::NginxReloaderConfig>().test_command.empty());
   EXPECT_EQ(r[3].timeout, 5s);
   EXPECT_FALSE(r[3].verify.has_value());
 
@@ -713,16 +726,16 @@ TEST(ConfigDefaults, ReloaderDefaultsByType) {
   EXPECT_EQ(r[4].verify->settle, 0ms);
   EXPECT_EQ(r[4].verify->deadline, 3s);
   EXPECT_EQ(r[4].verify->server_name, "web");
-  EXPECT_EQ(std::get<HaproxyReloaderConfig>(r[4].settings).cert, "/etc/h/site.pem");
+  EXPECT_EQ(r[4].settings.as<reloaders::HaproxyReloaderConfig>().cert, "/etc/h/site.pem");
 
-  EXPECT_EQ(std::get<SignalReloaderConfig>(r[5].settings).pid, 42);
-  EXPECT_EQ(std::get<SignalReloaderConfig>(r[5].settings).signal, SIGUSR1);
-  EXPECT_EQ(std::get<SignalReloaderConfig>(r[6].settings).signal, 10);
-  EXPECT_EQ(std::get<SignalReloaderConfig>(r[7].settings).signal, SIGHUP);
-  EXPECT_EQ(std::get<SignalReloaderConfig>(r[7].settings).pid_file, "/run/app.pid");
-  EXPECT_FALSE(std::get<SignalReloaderConfig>(r[7].settings).pid.has_value());
-  EXPECT_EQ(std::get<SystemdReloaderConfig>(r[8].settings).action, "reload-or-restart");
-  EXPECT_EQ(std::get<EnvoyReloaderConfig>(r[9].settings).sds_dir, "/etc/envoy/sds/web");
+  EXPECT_EQ(r[5].settings.as<reloaders::SignalReloaderConfig>().pid, 42);
+  EXPECT_EQ(r[5].settings.as<reloaders::SignalReloaderConfig>().signal, SIGUSR1);
+  EXPECT_EQ(r[6].settings.as<reloaders::SignalReloaderConfig>().signal, 10);
+  EXPECT_EQ(r[7].settings.as<reloaders::SignalReloaderConfig>().signal, SIGHUP);
+  EXPECT_EQ(r[7].settings.as<reloaders::SignalReloaderConfig>().pid_file, "/run/app.pid");
+  EXPECT_FALSE(r[7].settings.as<reloaders::SignalReloaderConfig>().pid.has_value());
+  EXPECT_EQ(r[8].settings.as<reloaders::SystemdReloaderConfig>().action, "reload-or-restart");
+  EXPECT_EQ(r[9].settings.as<reloaders::EnvoyReloaderConfig>().sds_dir, "/etc/envoy/sds/web");
 
   const auto& files = c.certificates.at(0).files;
   ASSERT_TRUE(files.has_value());
@@ -743,15 +756,15 @@ TEST(ConfigExample, FullReferenceParses) {
   EXPECT_EQ(c.socket.group, "certagent");
   EXPECT_EQ(c.metrics.listen, "127.0.0.1:9464");
   ASSERT_EQ(c.brokers.size(), 4u);
-  const auto& acme = std::get<AcmeBrokerConfig>(c.brokers.at("corp").settings);
+  const auto& acme = c.brokers.at("corp").settings.as<renewers::AcmeRenewerConfig>();
   EXPECT_EQ(acme.directory, "https://acme.internal/directory");
   EXPECT_EQ(acme.eab_kid, "kid-1");
   EXPECT_EQ(acme.eab_hmac_key_file, "/etc/certagent/eab.key");
   EXPECT_EQ(acme.challenge.type, "http-01");
   EXPECT_EQ(acme.preferred_chain, "ISRG Root X1");
-  const auto& cfssl = std::get<CfsslBrokerConfig>(c.brokers.at("pki").settings);
+  const auto& cfssl = c.brokers.at("pki").settings.as<renewers::CfsslRenewerConfig>();
   EXPECT_EQ(cfssl.label, "primary");
-  const auto& lemur = std::get<LemurBrokerConfig>(c.brokers.at("netflix").settings);
+  const auto& lemur = c.brokers.at("netflix").settings.as<renewers::LemurRenewerConfig>();
   EXPECT_EQ(lemur.owner, "platform-security@example.com");
   EXPECT_EQ(c.defaults.trust_bundle, "/etc/certagent/issuer-roots.pem");
 
@@ -768,7 +781,7 @@ TEST(ConfigExample, FullReferenceParses) {
   EXPECT_EQ(web.reload[1].verify->settle, 150ms);
   EXPECT_EQ(web.reload[5].timeout, 10s);
   ASSERT_EQ(web.on_expiry.size(), 1u);
-  EXPECT_EQ(std::get<ExecReloaderConfig>(web.on_expiry[0].settings).command,
+  EXPECT_EQ(web.on_expiry[0].settings.as<reloaders::ExecReloaderConfig>().command,
             (std::vector<std::string>{"/usr/local/bin/drain", "web"}));
 }
 
@@ -845,6 +858,73 @@ TEST(ConfigDump, UnusualValuesRoundTrip) {
   EXPECT_EQ(c.socket.group, "null");
   EXPECT_EQ(c.socket.mode, 0600u);
   expect_round_trip(c);
+}
+
+// ---- the catalog: core/ knows no plug-in ----------------------------------------------------
+
+// A plug-in as core/ sees one: its own struct, read and written through the catalog.
+struct ToySettings {
+  std::string colour{"red"};
+
+  void dump(ConfigWriter& w) const { w.str("colour", colour); }
+  bool operator==(const ToySettings&) const = default;
+};
+
+Catalog toy_catalog() {
+  Catalog c;
+  c.brokers.push_back(BrokerType{
+      .name = "toy",
+      .keys = {"colour"},
+      .parse = [](MapView& m) -> SettingsSlot {
+        ToySettings t;
+        m.req_string("colour", "a colour", t.colour);
+        return t;
+      },
+      .needs_trust_bundle = false});
+  c.reloaders.push_back(ReloaderType{
+      .name = "poke",
+      .keys = {"colour"},
+      .parse = [](MapView& m, const ReloaderConfig&) -> SettingsSlot {
+        ToySettings t{"none"};
+        m.opt_string("colour", t.colour);
+        return t;
+      },
+      .default_timeout = 7s});
+  return c;
+}
+
+TEST(Catalog, ReadsComparesAndDumpsAPluginsOwnKeys) {
+  const std::string yaml =
+      "brokers:\n"
+      "  b: { type: toy, colour: blue }\n"
+      "certificates:\n"
+      "  - { name: web, broker: b, common_name: web, reload: [{ type: poke }] }\n";
+  auto c = config::parse_config(yaml, kSource, toy_catalog());
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->brokers.at("b").settings.as<ToySettings>().colour, "blue");
+  EXPECT_EQ(c->certificates[0].reload[0].timeout, 7s);
+  auto other = config::parse_config(std::string(yaml).replace(yaml.find("blue"), 4, "green"), kSource, toy_catalog());
+  ASSERT_TRUE(other) << other.error().message;
+  EXPECT_FALSE(other->brokers == c->brokers);  // a reload sees the change
+  std::string text = dump_config(*c);
+  EXPECT_NE(text.find("    timeout: 30s\n    colour: blue\n"), std::string::npos) << text;
+  auto again = config::parse_config(text, kSource, toy_catalog());
+  ASSERT_TRUE(again) << again.error().message << "\n" << text;
+  EXPECT_TRUE(*again == *c);
+}
+
+TEST(Catalog, UnknownTypesAndKeysAreLocatedErrorsListingTheCatalog) {
+  auto r = config::parse_config("brokers:\n  b: { type: acme, directory: https://x }\n", kSource, toy_catalog());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message,
+            "/cfg/t.yaml:2:14: brokers.b.type: unknown broker type 'acme', expected broker type: one of toy");
+  r = config::parse_config("brokers:\n  b: { type: toy, colour: blue, size: 3 }\n", kSource, toy_catalog());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "/cfg/t.yaml:2:33: unknown key 'size' in brokers.b; expected one of: type, "
+                               "max_in_flight, timeout, colour");
+  r = config::parse_config("brokers:\n  b: { type: toy }\n", kSource, toy_catalog());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message, "/cfg/t.yaml:2:3: brokers.b: missing key 'colour', expected a colour");
 }
 
 TEST(ConfigDump, EmptyConfigRoundTrips) {

@@ -7,7 +7,7 @@
 namespace certagent::crypto {
 namespace {
 
-using config::KeyType;
+using crypto::KeyType;
 
 SubjectNames full_names() {
   return SubjectNames{"web.internal",

@@ -8,7 +8,15 @@
 namespace certagent::crypto {
 namespace {
 
-using config::KeyType;
+TEST(KeyTypes, NamesRoundTrip) {
+  for (auto k : {KeyType::ecdsa_p256, KeyType::ecdsa_p384, KeyType::rsa_2048, KeyType::rsa_3072,
+                 KeyType::rsa_4096, KeyType::ed25519}) {
+    EXPECT_EQ(parse_key_type(to_string(k)), k) << to_string(k);
+  }
+  EXPECT_EQ(to_string(KeyType::ecdsa_p256), "ecdsa-p256");
+  EXPECT_FALSE(parse_key_type("rsa-1024").has_value());
+  EXPECT_FALSE(parse_key_type("ECDSA-P256").has_value());
+}
 
 struct KeyCase {
   KeyType type;

@@ -27,7 +27,7 @@ SystemTime fixed_now() { return std::chrono::system_clock::from_time_t(177236640
 
 Issued make_cert(const CertSpec& spec, EvpPkeyPtr subject_key, X509* issuer, EVP_PKEY* issuer_key) {
   if (!subject_key) {
-    auto k = generate_key(config::KeyType::ecdsa_p256);
+    auto k = generate_key(crypto::KeyType::ecdsa_p256);
     if (!k) die(k.error().message);
     subject_key = std::move(*k);
   }

@@ -19,7 +19,7 @@ using crypto::testing::make_cert;
 using crypto::testing::pem_of;
 
 crypto::EvpPkeyPtr new_key() {
-  auto k = crypto::generate_key(config::KeyType::ecdsa_p256);
+  auto k = crypto::generate_key(crypto::KeyType::ecdsa_p256);
   EXPECT_TRUE(k);
   return std::move(*k);
 }

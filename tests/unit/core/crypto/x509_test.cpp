@@ -78,7 +78,7 @@ TEST_F(X509Test, ParseChainRejectionsSayWhatIsWrong) {
                   static_cast<long>(bytes.size()));
     der_plus = bio_to_string(bio.get());
   }
-  auto key = generate_key(config::KeyType::ecdsa_p256);
+  auto key = generate_key(crypto::KeyType::ecdsa_p256);
   ASSERT_TRUE(key);
   auto key_pem = private_key_pem(key->get());
   ASSERT_TRUE(key_pem);
