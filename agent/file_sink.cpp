@@ -2,6 +2,7 @@
 
 #include "core/crypto/ossl_ptr.h"
 #include "core/logging.h"
+#include "core/time_format.h"
 
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
@@ -112,16 +113,6 @@ Result<SystemTime> to_system_time(const ASN1_TIME* t, std::string_view what) {
     return make_error(std::string("certificate ") += std::string(what) += " is not a valid time");
   }
   return std::chrono::system_clock::from_time_t(timegm(&tm));
-}
-
-std::string rfc3339(SystemTime t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(
-      std::chrono::floor<std::chrono::seconds>(t));
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 std::string lowercase(std::string s) {
@@ -451,8 +442,8 @@ std::string meta_json(const std::string& serial, const CertFacts& facts, const M
   for (const auto& [k, v] : m.broker_state) state[k] = v;
   boost::json::object meta;
   meta["serial"] = serial;
-  meta["not_before"] = rfc3339(facts.not_before);
-  meta["not_after"] = rfc3339(facts.not_after);
+  meta["not_before"] = format_rfc3339(facts.not_before);
+  meta["not_after"] = format_rfc3339(facts.not_after);
   meta["sha256"] = facts.sha256_hex;
   meta["broker"] = m.broker;
   meta["state"] = std::move(state);

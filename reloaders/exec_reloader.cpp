@@ -1,20 +1,10 @@
 #include "reloaders/exec_reloader.h"
 
+#include "core/time_format.h"
 #include "reloaders/child_process.h"
-
-#include <ctime>
 
 namespace certagent::reloaders {
 namespace asio = boost::asio;
-
-std::string format_rfc3339(SystemTime t) {
-  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 std::map<std::string, std::string> hook_environment(const ReloadEvent& event) {
   std::map<std::string, std::string> env;

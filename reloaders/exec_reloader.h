@@ -13,8 +13,6 @@ namespace certagent::reloaders {
 
 // The variables the hook gets on top of the daemon's environment.
 std::map<std::string, std::string> hook_environment(const ReloadEvent& event);
-// "2026-05-01T12:00:00Z"
-std::string format_rfc3339(SystemTime t);
 
 class ExecReloader final : public ReloaderBase {
  public:

@@ -2,6 +2,7 @@
 
 #include "core/crypto/csr.h"
 #include "core/logging.h"
+#include "core/time_format.h"
 #include "tpm/identity.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -16,7 +17,6 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
-#include <ctime>
 
 namespace certagent::renewers {
 
@@ -54,16 +54,6 @@ std::int64_t to_int(std::string_view digits) {
 std::string format_ms(milliseconds d) {
   if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
   return std::to_string(d.count()) + "ms";
-}
-
-// ISO-8601 UTC with second resolution (floored), as Lemur's ArrowDateTime reads it.
-std::string format_utc(SystemTime t) {
-  std::time_t tt = std::chrono::system_clock::to_time_t(std::chrono::floor<std::chrono::seconds>(t));
-  std::tm tm{};
-  gmtime_r(&tt, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
 }
 
 // Lemur ids: JSON integers (or digit strings); positive.
@@ -242,8 +232,9 @@ std::string LemurRenewer::certificate_request_json(const IssueRequest& request, 
     // the end is start + lifetime, so the leaf never lives longer than asked.
     const auto backdate = std::min<config::Duration>(request.lifetime / 10, std::chrono::minutes(1));
     const auto start = std::chrono::floor<std::chrono::seconds>(now - backdate);
-    r["validityStart"] = format_utc(start);
-    r["validityEnd"] = format_utc(start + request.lifetime);
+    // RFC 3339 UTC, seconds floored: what Lemur's ArrowDateTime reads.
+    r["validityStart"] = format_rfc3339(start);
+    r["validityEnd"] = format_rfc3339(start + request.lifetime);
   }
   // Short-lived certificates rotate long before they expire: no expiry mail for each one.
   r["notify"] = false;

@@ -5,6 +5,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "core/logging.h"
+#include "core/time_format.h"
 
 #include <fcntl.h>
 #include <openssl/pem.h>
@@ -34,15 +35,6 @@ const SystemClock kSystemClock;
 std::shared_ptr<spdlog::logger> logger() { return log::get("renewer.local"); }
 
 std::string errno_text() { return std::strerror(errno); }
-
-std::string utc(SystemTime t) {
-  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 struct Fd {
   int fd{-1};
@@ -230,7 +222,7 @@ Result<bool> create_ca(const fs::path& state_dir, const fs::path& dir, SystemTim
   cleanup.armed = false;
   if (auto r = fsync_dir(state_dir); !r) return r.error();
   logger()->warn("created development CA dir={} not_after={} (for development only, never for production)",
-                 log::quote(dir.string()), utc(crypto::describe(root->get()).not_after));
+                 log::quote(dir.string()), format_rfc3339(crypto::describe(root->get()).not_after));
   return true;
 }
 
@@ -282,7 +274,7 @@ Result<std::unique_ptr<LocalRenewer>> LocalRenewer::open(const fs::path& state_d
   const auto info = crypto::describe(ca->root.get());
   logger()->warn("development CA in use: certificates from a broker of type local are for "
                  "development only, never for production root={} not_after={}",
-                 log::quote(root_path(state_dir).string()), utc(info.not_after));
+                 log::quote(root_path(state_dir).string()), format_rfc3339(info.not_after));
   return std::unique_ptr<LocalRenewer>(
       new LocalRenewer(std::move(ca->key), std::move(ca->root), root_path(state_dir), clock));
 }
@@ -329,7 +321,7 @@ Result<IssueResult> LocalRenewer::issue_now(const IssueRequest& request) {
   }
 
   if (now >= root_not_after_) {
-    Error e = make_error("local CA: the development root expired at " + utc(root_not_after_) +
+    Error e = make_error("local CA: the development root expired at " + format_rfc3339(root_not_after_) +
                          "; remove " + root_file_.parent_path().string() + " to create a new one");
     e.configuration = true;
     return e;
@@ -375,7 +367,7 @@ Result<IssueResult> LocalRenewer::issue_now(const IssueRequest& request) {
 
   const auto info = crypto::describe(leaf.get());
   logger()->info("issued cert={} serial={} not_before={} not_after={}", log::quote(request.cert_name),
-                 info.serial_hex, utc(info.not_before), utc(info.not_after));
+                 info.serial_hex, format_rfc3339(info.not_before), format_rfc3339(info.not_after));
   IssueResult result;
   result.chain_pem = crypto::to_pem(leaf.get());
   return result;

@@ -3,26 +3,17 @@
 #include "core/crypto/errors.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
+#include "core/time_format.h"
 
 #include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cctype>
-#include <ctime>
 
 namespace certagent {
 namespace {
 
 Error rejected(std::string message) { return make_error("rejected certificate: " + message); }
-
-std::string utc(SystemTime t) {
-  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -93,15 +84,16 @@ Result<Material> validate_issued(const ValidationInput& in) {
 
   // 4. Valid now.
   if (info.not_after <= info.not_before) {
-    return rejected("not_after " + utc(info.not_after) + " is not after not_before " +
-                    utc(info.not_before) + serial);
+    return rejected("not_after " + format_rfc3339(info.not_after) + " is not after not_before " +
+                    format_rfc3339(info.not_before) + serial);
   }
   if (in.now >= info.not_after) {
-    return rejected("expired at " + utc(info.not_after) + ", now is " + utc(in.now) + serial);
+    return rejected("expired at " + format_rfc3339(info.not_after) + ", now is " + format_rfc3339(in.now) +
+                    serial);
   }
   if (info.not_before > in.now + in.clock_skew) {
-    return rejected("not valid before " + utc(info.not_before) + ", more than " +
-                    seconds_text(in.clock_skew) + " after now (" + utc(in.now) +
+    return rejected("not valid before " + format_rfc3339(info.not_before) + ", more than " +
+                    seconds_text(in.clock_skew) + " after now (" + format_rfc3339(in.now) +
                     "): is the broker's clock wrong?" + serial);
   }
 
@@ -109,7 +101,7 @@ Result<Material> validate_issued(const ValidationInput& in) {
   const auto lifetime = info.not_after - info.not_before;
   if (lifetime > in.max_lifetime) {
     return rejected("lives " + seconds_text(std::chrono::duration_cast<std::chrono::milliseconds>(lifetime)) +
-                    " (" + utc(info.not_before) + " to " + utc(info.not_after) +
+                    " (" + format_rfc3339(info.not_before) + " to " + format_rfc3339(info.not_after) +
                     "), longer than max_lifetime " + seconds_text(in.max_lifetime) + serial);
   }
 
