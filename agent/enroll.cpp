@@ -2,6 +2,7 @@
 
 #include "agent/builtin_plugins.h"
 #include "core/config/config.h"
+#include "core/crypto/errors.h"
 #include "core/crypto/ossl_ptr.h"
 #include "core/encoding.h"
 #include "core/logging.h"
@@ -137,7 +138,7 @@ Result<bool> seal_secret(Identity& identity, const SecretSource& source) {
 Result<crypto::EvpPkeyPtr> read_public_key(std::string_view pem) {
   crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   crypto::EvpPkeyPtr key(bio ? PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, nullptr) : nullptr);
-  if (!key) return make_error("reading the public key PEM: " + drain_openssl_errors());
+  if (!key) return crypto::openssl_error("reading the public key PEM");
   return key;
 }
 
@@ -178,12 +179,12 @@ Result<> write_csr(Identity& identity, EVP_PKEY* public_key, const EnrollOptions
   if (!key) return key.error();
   if (X509_REQ_set_version(req.get(), 0) != 1 || X509_REQ_set_pubkey(req.get(), public_key) != 1 ||
       X509_REQ_sign(req.get(), key->get(), EVP_sha256()) <= 0)
-    return make_error("signing the CSR with the identity: " + drain_openssl_errors());
+    return crypto::openssl_error("signing the CSR with the identity");
   if (X509_REQ_verify(req.get(), public_key) != 1)
-    return make_error("the CSR's signature does not verify: " + drain_openssl_errors());
+    return crypto::openssl_error("the CSR's signature does not verify");
   crypto::BioPtr bio(BIO_new(BIO_s_mem()));
   if (!bio || PEM_write_bio_X509_REQ(bio.get(), req.get()) != 1)
-    return make_error("encoding the CSR: " + drain_openssl_errors());
+    return crypto::openssl_error("encoding the CSR");
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
   if (auto w = write_file_atomic(*options.csr_out,
@@ -200,12 +201,12 @@ Result<std::string> public_key_fingerprint(std::string_view public_key_pem) {
   if (!key) return key.error();
   unsigned char* der = nullptr;
   int len = i2d_PUBKEY(key->get(), &der);
-  if (len <= 0) return make_error("encoding the public key: " + drain_openssl_errors());
+  if (len <= 0) return crypto::openssl_error("encoding the public key");
   unsigned char digest[32];
   unsigned int dlen = 0;
   const bool ok = EVP_Digest(der, static_cast<std::size_t>(len), digest, &dlen, EVP_sha256(), nullptr) == 1;
   OPENSSL_free(der);
-  if (!ok) return make_error("hashing the public key: " + drain_openssl_errors());
+  if (!ok) return crypto::openssl_error("hashing the public key");
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   for (unsigned i = 0; i < dlen; ++i) {

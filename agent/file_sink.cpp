@@ -1,5 +1,6 @@
 #include "agent/file_sink.h"
 
+#include "core/crypto/errors.h"
 #include "core/crypto/ossl_ptr.h"
 #include "core/logging.h"
 #include "core/time_format.h"
@@ -46,28 +47,15 @@ constexpr std::size_t kMaxFileSize = 1 << 20;
 // "2026-11-22T10-15-30.123456Z": d = digit, other characters literal.
 constexpr std::string_view kTimestampTemplate = "dddd-dd-ddTdd-dd-dd.ddddddZ";
 
-std::string openssl_error(std::string_view what) {
-  std::string msg(what);
-  bool first = true;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    msg += first ? ": " : "; ";
-    msg += buf;
-    first = false;
-  }
-  return msg;
-}
-
 // Never prompts on a terminal for an encrypted key found on disk.
 int no_password(char*, int, int, void*) { return -1; }
 
 Result<crypto::X509Ptr> parse_cert(std::string_view pem, std::string_view what) {
   ERR_clear_error();
   crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return make_error(openssl_error("BIO_new_mem_buf"));
+  if (!bio) return crypto::openssl_error("BIO_new_mem_buf");
   crypto::X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr));
-  if (!cert) return make_error(openssl_error(std::string(what) + ": not a PEM certificate"));
+  if (!cert) return crypto::openssl_error(std::string(what) + ": not a PEM certificate");
   return cert;
 }
 
@@ -75,10 +63,10 @@ Result<crypto::EvpPkeyPtr> parse_key(std::string_view pem, std::string_view what
   ERR_clear_error();
   // A read-only memory BIO points at the caller's (Secret) bytes: no copy of the key.
   crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return make_error(openssl_error("BIO_new_mem_buf"));
+  if (!bio) return crypto::openssl_error("BIO_new_mem_buf");
   crypto::EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_password, nullptr));
   // The OpenSSL reason names only the PEM structure, never key bytes.
-  if (!key) return make_error(openssl_error(std::string(what) + ": not a PEM private key"));
+  if (!key) return crypto::openssl_error(std::string(what) + ": not a PEM private key");
   return key;
 }
 
@@ -90,7 +78,7 @@ Result<> check_chain(std::string_view pem, std::string_view what) {
   if (is_blank(pem)) return {};
   ERR_clear_error();
   crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return make_error(openssl_error("BIO_new_mem_buf"));
+  if (!bio) return crypto::openssl_error("BIO_new_mem_buf");
   int count = 0;
   while (crypto::X509Ptr c{PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr)}) ++count;
   ERR_clear_error();  // the read past the last certificate leaves a "no start line" error
@@ -142,21 +130,21 @@ struct CertFacts {
 Result<CertFacts> cert_facts(X509* cert) {
   CertFacts f;
   crypto::BignumPtr bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
-  if (!bn) return make_error(openssl_error("reading the certificate serial"));
+  if (!bn) return crypto::openssl_error("reading the certificate serial");
   char* hex = BN_bn2hex(bn.get());
-  if (!hex) return make_error(openssl_error("formatting the certificate serial"));
+  if (!hex) return crypto::openssl_error("formatting the certificate serial");
   f.serial_hex = lowercase(hex);
   OPENSSL_free(hex);
 
   int len = i2d_X509(cert, nullptr);
-  if (len <= 0) return make_error(openssl_error("encoding the certificate"));
+  if (len <= 0) return crypto::openssl_error("encoding the certificate");
   std::string der(static_cast<std::size_t>(len), '\0');
   auto* p = reinterpret_cast<unsigned char*>(der.data());
   i2d_X509(cert, &p);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int md_len = 0;
   if (EVP_Digest(der.data(), der.size(), md, &md_len, EVP_sha256(), nullptr) != 1) {
-    return make_error(openssl_error("hashing the certificate"));
+    return crypto::openssl_error("hashing the certificate");
   }
   static constexpr char kHex[] = "0123456789abcdef";
   for (unsigned int i = 0; i < md_len; ++i) {

@@ -1,5 +1,6 @@
 #include "tpm/file_identity.h"
 
+#include "core/crypto/errors.h"
 #include "core/logging.h"
 
 #include <openssl/err.h>
@@ -22,8 +23,6 @@ fs::path sealed_path(const fs::path& dir, std::string_view name) {
   return dir / ("sealed-" + std::string(name) + ".bin");
 }
 
-std::string openssl_errors() { return drain_openssl_errors(); }
-
 bool is_p256(EVP_PKEY* key) {
   char group[64] = {0};
   bool ok = EVP_PKEY_is_a(key, "EC") &&
@@ -36,7 +35,7 @@ bool is_p256(EVP_PKEY* key) {
 Result<std::string> public_pem(EVP_PKEY* key) {
   crypto::BioPtr bio(BIO_new(BIO_s_mem()));
   if (!bio || PEM_write_bio_PUBKEY(bio.get(), key) != 1)
-    return make_error("writing the public key PEM: " + openssl_errors());
+    return crypto::openssl_error("writing the public key PEM");
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
   // in_place_value: Error is constructible from a string too (C++20 aggregate init).
@@ -46,7 +45,7 @@ Result<std::string> public_pem(EVP_PKEY* key) {
 Result<Secret> private_pem(EVP_PKEY* key) {
   crypto::BioPtr bio(BIO_new(BIO_s_secmem()));
   if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1)
-    return make_error("encoding the private key: " + openssl_errors());
+    return crypto::openssl_error("encoding the private key");
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
   return Secret(data, static_cast<std::size_t>(len));
@@ -83,7 +82,7 @@ Result<std::unique_ptr<FileIdentity>> FileIdentity::open(const FileIdentityOptio
     return make_error("no identity in " + options.dir.string() + ": " + options.enroll_hint);
   } else {
     key.reset(EVP_EC_gen("P-256"));
-    if (!key) return make_error("generating the identity key: " + openssl_errors());
+    if (!key) return crypto::openssl_error("generating the identity key");
     auto encoded = private_pem(key.get());
     if (!encoded) return encoded.error();
     if (auto d = ensure_private_dir(options.dir); !d) return d.error();
@@ -106,7 +105,7 @@ Result<Bytes> FileIdentity::sign_digest(std::span<const std::uint8_t> digest) {
   std::size_t len = sig.size();
   if (!ctx || EVP_PKEY_sign_init(ctx.get()) != 1 ||
       EVP_PKEY_sign(ctx.get(), sig.data(), &len, digest.data(), digest.size()) != 1)
-    return make_error("signing: " + openssl_errors());
+    return crypto::openssl_error("signing");
   sig.resize(len);
   return sig;
 }
@@ -127,7 +126,7 @@ Result<Bytes> FileIdentity::hmac(std::string_view name, std::span<const std::uin
   unsigned int len = 0;
   if (!HMAC(EVP_sha256(), (*key)->data(), static_cast<int>((*key)->size()), data.data(), data.size(),
             out.data(), &len))
-    return make_error("HMAC: " + openssl_errors());
+    return crypto::openssl_error("HMAC");
   out.resize(len);
   return out;
 }

@@ -3,7 +3,6 @@
 #include "core/config/config.h"
 
 #include <fcntl.h>
-#include <openssl/err.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -146,20 +145,6 @@ Result<> remove_file(const fs::path& path) {
     return make_error("removing " + path.string() + ": " + errno_text(errno));
   }
   return fsync_dir(path.has_parent_path() ? path.parent_path() : fs::path("."));
-}
-
-std::string drain_openssl_errors() {
-  std::string out;
-  const char* data = nullptr;
-  int flags = 0;
-  while (unsigned long e = ERR_get_error_all(nullptr, nullptr, nullptr, &data, &flags)) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-    if (data && *data && (flags & ERR_TXT_STRING)) out += std::string(" (") + data + ")";
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
 }
 
 bool file_exists(const fs::path& path) {

@@ -57,9 +57,6 @@ std::string enroll_hint(const config::Config& config);
 
 bool file_exists(const fs::path& path);
 
-// Drains OpenSSL's error queue into one line, with each error's data ("TPM identity key: ...").
-std::string drain_openssl_errors();
-
 inline std::span<const std::uint8_t> as_bytes(std::string_view s) {
   return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
 }

@@ -1,5 +1,6 @@
 #include "tpm/tpm_evp_key.h"
 
+#include "core/crypto/errors.h"
 #include "tpm/identity_store.h"
 
 #include <openssl/core_dispatch.h>
@@ -548,11 +549,10 @@ Result<crypto::EvpPkeyPtr> make_delegated_ec_key(EVP_PKEY* public_key,
   std::size_t point_len = 0;
   if (EVP_PKEY_get_octet_string_param(public_key, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point,
                                       &point_len) != 1)
-    return make_error("TPM identity key: reading the public point: " + drain_openssl_errors());
+    return crypto::openssl_error("TPM identity key: reading the public point");
 
   OSSL_LIB_CTX* libctx = provider_libctx();
-  if (!libctx) return make_error("TPM identity key: cannot load the in-process OpenSSL provider: " +
-                                 drain_openssl_errors());
+  if (!libctx) return crypto::openssl_error("TPM identity key: cannot load the in-process OpenSSL provider");
   crypto::EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(libctx, "EC", kPropertyQuery));
   char group_name[] = "prime256v1";
   void* signer_ptr = &signer;
@@ -564,7 +564,7 @@ Result<crypto::EvpPkeyPtr> make_delegated_ec_key(EVP_PKEY* public_key,
   EVP_PKEY* pkey = nullptr;
   if (!ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
       EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_KEYPAIR, params) != 1)
-    return make_error("TPM identity key: building the OpenSSL key: " + drain_openssl_errors());
+    return crypto::openssl_error("TPM identity key: building the OpenSSL key");
   return crypto::EvpPkeyPtr(pkey);
 }
 

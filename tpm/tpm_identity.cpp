@@ -1,5 +1,6 @@
 #include "tpm/tpm_identity.h"
 
+#include "core/crypto/errors.h"
 #include "core/logging.h"
 #include "tpm/esys_handles.h"
 #include "tpm/tpm_evp_key.h"
@@ -164,8 +165,6 @@ TPM2B_PUBLIC keyed_hash_template(bool hmac_key) {
 
 // ---- OpenSSL helpers ---------------------------------------------------------------------------
 
-std::string openssl_errors() { return drain_openssl_errors(); }
-
 Result<crypto::EvpPkeyPtr> public_to_evp(const TPM2B_PUBLIC& pub) {
   const TPMS_ECC_POINT& q = pub.publicArea.unique.ecc;
   unsigned char point[65] = {0x04};
@@ -174,20 +173,20 @@ Result<crypto::EvpPkeyPtr> public_to_evp(const TPM2B_PUBLIC& pub) {
   std::unique_ptr<OSSL_PARAM_BLD, crypto::CDeleter<OSSL_PARAM_BLD_free>> bld(OSSL_PARAM_BLD_new());
   if (!bld || OSSL_PARAM_BLD_push_utf8_string(bld.get(), OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0) != 1 ||
       OSSL_PARAM_BLD_push_octet_string(bld.get(), OSSL_PKEY_PARAM_PUB_KEY, point, sizeof point) != 1)
-    return make_error("building the public key: " + openssl_errors());
+    return crypto::openssl_error("building the public key");
   std::unique_ptr<OSSL_PARAM, crypto::CDeleter<OSSL_PARAM_free>> params(OSSL_PARAM_BLD_to_param(bld.get()));
   crypto::EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_name(nullptr, "EC", nullptr));
   EVP_PKEY* pkey = nullptr;
   if (!params || !ctx || EVP_PKEY_fromdata_init(ctx.get()) != 1 ||
       EVP_PKEY_fromdata(ctx.get(), &pkey, EVP_PKEY_PUBLIC_KEY, params.get()) != 1)
-    return make_error("the identity's public point is not a valid P-256 point: " + openssl_errors());
+    return crypto::openssl_error("the identity's public point is not a valid P-256 point");
   return crypto::EvpPkeyPtr(pkey);
 }
 
 Result<std::string> to_pem(EVP_PKEY* key) {
   crypto::BioPtr bio(BIO_new(BIO_s_mem()));
   if (!bio || PEM_write_bio_PUBKEY(bio.get(), key) != 1)
-    return make_error("writing the public key PEM: " + openssl_errors());
+    return crypto::openssl_error("writing the public key PEM");
   char* data = nullptr;
   long len = BIO_get_mem_data(bio.get(), &data);
   // in_place_value: Error is constructible from a string too (C++20 aggregate init).
@@ -204,10 +203,10 @@ Result<Bytes> ecdsa_der(const TPMT_SIGNATURE& sig) {
   if (!esig || !br || !bs || ECDSA_SIG_set0(esig.get(), br, bs) != 1) {
     BN_free(br);
     BN_free(bs);
-    return make_error("encoding the signature: " + openssl_errors());
+    return crypto::openssl_error("encoding the signature");
   }
   int len = i2d_ECDSA_SIG(esig.get(), nullptr);
-  if (len <= 0) return make_error("encoding the signature: " + openssl_errors());
+  if (len <= 0) return crypto::openssl_error("encoding the signature");
   Bytes der(static_cast<std::size_t>(len));
   unsigned char* p = der.data();
   i2d_ECDSA_SIG(esig.get(), &p);
@@ -231,7 +230,7 @@ Result<Bytes> envelope_encrypt(std::span<const std::uint8_t> key, std::string_vi
       EVP_EncryptUpdate(ctx.get(), ct, &len, plain.data(), static_cast<int>(plain.size())) != 1 ||
       EVP_EncryptFinal_ex(ctx.get(), ct + len, &len) != 1 ||
       EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kGcmTagSize, ct + plain.size()) != 1)
-    return make_error("encrypting the secret: " + openssl_errors());
+    return crypto::openssl_error("encrypting the secret");
   return out;
 }
 
@@ -784,7 +783,7 @@ Result<> TpmIdentity::import_hmac_key(std::string_view name, std::span<const std
   if (key.size() > kHmacBlockSize) {
     unsigned int len = 0;
     if (EVP_Digest(key.data(), key.size(), hashed, &len, EVP_sha256(), nullptr) != 1)
-      return make_error("hashing the HMAC key: " + openssl_errors());
+      return crypto::openssl_error("hashing the HMAC key");
     key = {hashed, len};
   }
   const TPM2B_PUBLIC templ = keyed_hash_template(true);

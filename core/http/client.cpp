@@ -1,5 +1,6 @@
 #include "core/http/client.h"
 
+#include "core/crypto/errors.h"
 #include "core/logging.h"
 #include "core/secret.h"
 
@@ -77,17 +78,6 @@ std::optional<FileStamp> stamp_of(const std::filesystem::path& path) {
                    static_cast<std::int64_t>(st.st_size), static_cast<std::uint64_t>(st.st_ino)};
 }
 
-std::string openssl_errors() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
-
 Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const std::filesystem::path& ca_bundle) {
   auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_client);
   SSL_CTX* raw = ctx->native_handle();
@@ -96,13 +86,13 @@ Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const std::filesyst
   ERR_clear_error();
   if (ca_bundle.empty()) {
     if (SSL_CTX_set_default_verify_paths(raw) != 1)
-      return make_error("loading the system trust store: " + openssl_errors());
+      return crypto::openssl_error("loading the system trust store");
     return ctx;
   }
   // X509_STORE_load_file accepts a file with no certificate at all: count them ourselves.
   X509_STORE* store = SSL_CTX_get_cert_store(raw);
   if (X509_STORE_load_file(store, ca_bundle.c_str()) != 1)
-    return make_error("loading ca_bundle " + ca_bundle.string() + ": " + openssl_errors());
+    return crypto::openssl_error("loading ca_bundle " + ca_bundle.string());
   auto objects = X509_STORE_get0_objects(store);
   bool any = false;
   for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i)

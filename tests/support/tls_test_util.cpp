@@ -1,6 +1,6 @@
 #include "tests/support/tls_test_util.h"
 
-#include "tpm/identity_store.h"
+#include "core/crypto/errors.h"
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -53,7 +53,7 @@ crypto::X509Ptr make_cert(EVP_PKEY* subject_key, const std::string& cn, X509* is
 
 }  // namespace
 
-std::string openssl_errors() { return drain_openssl_errors(); }
+std::string openssl_errors() { return crypto::drain_openssl_errors(); }
 
 crypto::EvpPkeyPtr make_p256_key() {
   crypto::EvpPkeyPtr key(EVP_EC_gen("P-256"));
