@@ -1,6 +1,7 @@
 #include "agent/cli_client.h"
 
 #include "agent/file_sink.h"
+#include "core/config/names.h"
 #include "core/material.h"
 #include "agent/socket_server.h"
 
@@ -116,12 +117,6 @@ Result<bhttp::verb> parse_method(std::string_view method) {
   const auto verb = bhttp::string_to_verb(method);
   if (verb == bhttp::verb::unknown) return make_error("unknown HTTP method " + std::string(method));
   return verb;
-}
-
-bool valid_name(std::string_view name) {
-  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-  });
 }
 
 // The daemon's {"error":"..."} code, or the body's start when it is something else.
@@ -296,8 +291,9 @@ void print_status_table(const json::array& certs, std::ostream& out) {
 int cli_fetch(const std::filesystem::path& socket_path, const std::string& name,
               const std::optional<std::filesystem::path>& out_dir, std::ostream& out,
               std::ostream& err) {
-  if (!valid_name(name)) {
-    err << "certagent fetch: invalid certificate name '" << name << "' (expected [a-z0-9_-]+)\n";
+  if (!config::valid_name(name)) {
+    err << "certagent fetch: invalid certificate name '" << name << "' (expected " << config::kNameExpected
+        << ")\n";
     return 2;
   }
   auto received = exchange(socket_path, bhttp::verb::get, "/v1/certificates/" + name,
@@ -342,8 +338,9 @@ int cli_fetch(const std::filesystem::path& socket_path, const std::string& name,
 
 int cli_renew(const std::filesystem::path& socket_path, const std::string& name,
               std::ostream& out, std::ostream& err) {
-  if (!valid_name(name)) {
-    err << "certagent renew: invalid certificate name '" << name << "' (expected [a-z0-9_-]+)\n";
+  if (!config::valid_name(name)) {
+    err << "certagent renew: invalid certificate name '" << name << "' (expected " << config::kNameExpected
+        << ")\n";
     return 2;
   }
   auto received = exchange(socket_path, bhttp::verb::post, "/v1/certificates/" + name + "/renew",

@@ -1,6 +1,7 @@
 #include "agent/socket_server.h"
 
 #include "agent/state_file.h"
+#include "core/config/names.h"
 
 #include "core/fs_util.h"
 #include "core/logging.h"
@@ -83,13 +84,6 @@ std::string serialize_wiped(const json::value& value, std::size_t size_hint, boo
 }
 
 // ---- what a certificate looks like on the socket -------------------------------------------
-
-bool valid_name(std::string_view name) {
-  if (name.empty() || name.size() > 255) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
-  });
-}
 
 // Why nothing valid can be handed out: "expired" or "not_issued".
 std::string_view unavailable_reason(const CertEntry& entry, SystemTime now) {
@@ -440,7 +434,7 @@ http::Reply SocketServer::handle(const http::Request& request, const http::Peer&
       rest = rest.substr(0, slash);
       renew_path = true;
     }
-    if (!valid_name(rest)) return http::error_reply(bhttp::status::not_found, "not_found");
+    if (!config::valid_name(rest)) return http::error_reply(bhttp::status::not_found, "not_found");
     const std::string name(rest);
     if (renew_path) {
       if (request.method() != bhttp::verb::post) return method_not_allowed("POST");

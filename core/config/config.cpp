@@ -8,6 +8,7 @@
 #include "core/config/config.h"
 
 #include "core/config/config_yaml.h"
+#include "core/config/names.h"
 
 #include <yaml-cpp/depthguard.h>
 
@@ -27,17 +28,6 @@ namespace fs = std::filesystem;
 // ---- validation helpers ---------------------------------------------------------------------
 
 namespace {
-
-constexpr std::string_view kNameExpected =
-    "a name of 1 to 64 characters from a-z, 0-9, '_' and '-'";
-
-bool valid_name(std::string_view s) {
-  if (s.empty() || s.size() > 64) return false;
-  for (char c : s) {
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
-  }
-  return true;
-}
 
 bool valid_ip(const std::string& s) {
   unsigned char buf[16];
