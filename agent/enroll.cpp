@@ -36,27 +36,6 @@ std::string_view trim(std::string_view s) {
   return s.substr(b, s.find_last_not_of(ws) - b + 1);
 }
 
-std::optional<Secret> decode_hex(std::string_view in) {
-  if (in.size() % 2 != 0) return std::nullopt;
-  std::string out;
-  out.reserve(in.size() / 2);
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (std::size_t i = 0; i < in.size(); i += 2) {
-    int hi = nibble(in[i]), lo = nibble(in[i + 1]);
-    if (hi < 0 || lo < 0) {
-      OPENSSL_cleanse(out.data(), out.size());
-      return std::nullopt;
-    }
-    out.push_back(static_cast<char>(hi << 4 | lo));
-  }
-  return Secret(std::move(out));
-}
-
 // Overwrites (best effort: journaling and SSDs may keep old blocks), then unlinks and syncs the
 // directory.
 Result<> delete_plaintext(const fs::path& path) {
@@ -115,7 +94,7 @@ Result<bool> seal_secret(Identity& identity, const SecretSource& source) {
       if (!value || value->empty()) return make_error(where + " is not a base64url key");
       break;
     case SecretKind::hmac_hex:
-      value = decode_hex(text);
+      value = hex_decode(text);
       if (!value || value->empty()) return make_error(where + " is not a hex key");
       break;
     case SecretKind::text:

@@ -34,4 +34,25 @@ std::optional<Secret> base64url_decode(std::string_view text) {
   return Secret(std::move(out));
 }
 
+std::optional<Secret> hex_decode(std::string_view text) {
+  if (text.size() % 2 != 0) return std::nullopt;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(text.size() / 2);  // never reallocates: no unwiped copy is left behind
+  for (std::size_t i = 0; i < text.size(); i += 2) {
+    const int hi = nibble(text[i]), lo = nibble(text[i + 1]);
+    if (hi < 0 || lo < 0) {
+      OPENSSL_cleanse(out.data(), out.size());
+      return std::nullopt;
+    }
+    out.push_back(static_cast<char>(hi << 4 | lo));
+  }
+  return Secret(std::move(out));
+}
+
 }  // namespace certagent

@@ -12,4 +12,8 @@ namespace certagent {
 // alphabet and '=' padding are accepted too. Into a Secret: the value may be key material.
 std::optional<Secret> base64url_decode(std::string_view text);
 
+// Hex digits in pairs, either case (cfssl auth keys). Nullopt on an odd count or a non-hex
+// character; nothing decoded so far is left unwiped.
+std::optional<Secret> hex_decode(std::string_view text);
+
 }  // namespace certagent

@@ -1,5 +1,6 @@
 #include "renewers/broker_keys.h"
 
+#include "core/encoding.h"
 #include "core/logging.h"
 #include "tpm/identity.h"
 
@@ -41,20 +42,10 @@ Result<std::vector<std::uint8_t>> parse_hex_key_text(std::string_view text) {
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
   while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
   if (text.empty() || text.size() % 2 != 0) return make_error("expected an even number of hex digits");
-  std::vector<std::uint8_t> out;
-  out.reserve(text.size() / 2);
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  for (std::size_t i = 0; i < text.size(); i += 2) {
-    int hi = nibble(text[i]), lo = nibble(text[i + 1]);
-    if (hi < 0 || lo < 0) return make_error("expected hex digits only");
-    out.push_back(static_cast<std::uint8_t>(hi * 16 + lo));
-  }
-  return out;
+  auto key = hex_decode(text);
+  if (!key) return make_error("expected hex digits only");
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(key->data());
+  return std::vector<std::uint8_t>(bytes, bytes + key->size());
 }
 
 }  // namespace certagent::renewers

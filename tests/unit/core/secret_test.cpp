@@ -104,5 +104,14 @@ TEST(Base64url, DecodesBothAlphabetsWithOrWithoutPaddingAndRejectsGarbage) {
   EXPECT_FALSE(base64url_decode("Zm9vY"));   // a lone trailing character encodes no byte
 }
 
+TEST(Hex, DecodesPairsOfEitherCaseAndRejectsOddOrNonHexInput) {
+  EXPECT_EQ(hex_decode("00ff7Fa0")->view(), std::string_view("\x00\xff\x7f\xa0", 4));
+  EXPECT_EQ(hex_decode("")->view(), "");
+  EXPECT_FALSE(hex_decode("abc"));  // odd count
+  EXPECT_FALSE(hex_decode("zz"));
+  EXPECT_FALSE(hex_decode("0g"));
+  EXPECT_FALSE(hex_decode(" 00"));  // callers trim; the decoder does not
+}
+
 }  // namespace
 }  // namespace certagent
