@@ -1,7 +1,8 @@
 #include "agent/file_sink.h"
 
-#include "core/crypto/errors.h"
+#include "core/crypto/keys.h"
 #include "core/crypto/ossl_ptr.h"
+#include "core/crypto/x509.h"
 #include "core/logging.h"
 #include "core/time_format.h"
 
@@ -12,10 +13,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <openssl/asn1.h>
-#include <openssl/bn.h>
 #include <openssl/err.h>
-#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -47,26 +46,18 @@ constexpr std::size_t kMaxFileSize = 1 << 20;
 // "2026-11-22T10-15-30.123456Z": d = digit, other characters literal.
 constexpr std::string_view kTimestampTemplate = "dddd-dd-ddTdd-dd-dd.ddddddZ";
 
-// Never prompts on a terminal for an encrypted key found on disk.
-int no_password(char*, int, int, void*) { return -1; }
-
+// The certificate, key and chain are read with the same strict parsers validation uses: what
+// the sink checks on commit and on load is what validation accepted.
 Result<crypto::X509Ptr> parse_cert(std::string_view pem, std::string_view what) {
-  ERR_clear_error();
-  crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return crypto::openssl_error("BIO_new_mem_buf");
-  crypto::X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr));
-  if (!cert) return crypto::openssl_error(std::string(what) + ": not a PEM certificate");
-  return cert;
+  auto certs = crypto::parse_chain(pem, 1);
+  if (!certs) return with_context(what, certs.error());
+  return std::move(certs->front());
 }
 
 Result<crypto::EvpPkeyPtr> parse_key(std::string_view pem, std::string_view what) {
-  ERR_clear_error();
-  // A read-only memory BIO points at the caller's (Secret) bytes: no copy of the key.
-  crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return crypto::openssl_error("BIO_new_mem_buf");
-  crypto::EvpPkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_password, nullptr));
-  // The OpenSSL reason names only the PEM structure, never key bytes.
-  if (!key) return crypto::openssl_error(std::string(what) + ": not a PEM private key");
+  auto key = crypto::parse_private_key(pem);
+  // The reason names only the PEM structure, never key bytes.
+  if (!key) return with_context(what, key.error());
   return key;
 }
 
@@ -76,13 +67,7 @@ bool is_blank(std::string_view s) {
 
 Result<> check_chain(std::string_view pem, std::string_view what) {
   if (is_blank(pem)) return {};
-  ERR_clear_error();
-  crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return crypto::openssl_error("BIO_new_mem_buf");
-  int count = 0;
-  while (crypto::X509Ptr c{PEM_read_bio_X509(bio.get(), nullptr, no_password, nullptr)}) ++count;
-  ERR_clear_error();  // the read past the last certificate leaves a "no start line" error
-  if (count == 0) return make_error(std::string(what) + ": no PEM certificate in it");
+  if (auto chain = crypto::parse_chain(pem); !chain) return with_context(what, chain.error());
   return {};
 }
 
@@ -93,14 +78,6 @@ Result<> check_key_matches(X509* cert, EVP_PKEY* key, std::string_view what) {
     return make_error(std::string(what) + ": the private key does not match the certificate");
   }
   return {};
-}
-
-Result<SystemTime> to_system_time(const ASN1_TIME* t, std::string_view what) {
-  std::tm tm{};
-  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) {
-    return make_error(std::string("certificate ") += std::string(what) += " is not a valid time");
-  }
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
 }
 
 std::string lowercase(std::string s) {
@@ -120,45 +97,16 @@ std::string normalize_hex(std::string_view s) {
   return nz == std::string::npos ? "0" : out.substr(nz);
 }
 
-struct CertFacts {
-  std::string serial_hex;
-  std::string sha256_hex;
-  SystemTime not_before{};
-  SystemTime not_after{};
-};
-
-Result<CertFacts> cert_facts(X509* cert) {
-  CertFacts f;
-  crypto::BignumPtr bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
-  if (!bn) return crypto::openssl_error("reading the certificate serial");
-  char* hex = BN_bn2hex(bn.get());
-  if (!hex) return crypto::openssl_error("formatting the certificate serial");
-  f.serial_hex = lowercase(hex);
-  OPENSSL_free(hex);
-
-  int len = i2d_X509(cert, nullptr);
-  if (len <= 0) return crypto::openssl_error("encoding the certificate");
-  std::string der(static_cast<std::size_t>(len), '\0');
-  auto* p = reinterpret_cast<unsigned char*>(der.data());
-  i2d_X509(cert, &p);
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int md_len = 0;
-  if (EVP_Digest(der.data(), der.size(), md, &md_len, EVP_sha256(), nullptr) != 1) {
-    return crypto::openssl_error("hashing the certificate");
+// Serial, SHA-256 and validity as validation computes them; a time OpenSSL cannot read is an
+// error here (describe() alone would leave it at the epoch).
+Result<crypto::CertInfo> cert_facts(X509* cert) {
+  if (auto t = crypto::to_system_time(X509_get0_notBefore(cert)); !t) {
+    return with_context("certificate notBefore", t.error());
   }
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (unsigned int i = 0; i < md_len; ++i) {
-    f.sha256_hex.push_back(kHex[md[i] >> 4]);
-    f.sha256_hex.push_back(kHex[md[i] & 15]);
+  if (auto t = crypto::to_system_time(X509_get0_notAfter(cert)); !t) {
+    return with_context("certificate notAfter", t.error());
   }
-
-  auto nb = to_system_time(X509_get0_notBefore(cert), "notBefore");
-  if (!nb) return nb.error();
-  auto na = to_system_time(X509_get0_notAfter(cert), "notAfter");
-  if (!na) return na.error();
-  f.not_before = *nb;
-  f.not_after = *na;
-  return f;
+  return crypto::describe(cert);
 }
 
 // A newline between concatenated PEM blocks when the first lacks one.
@@ -425,7 +373,7 @@ std::string serial_for_name(const std::string& serial_hex) {
   return out;
 }
 
-std::string meta_json(const std::string& serial, const CertFacts& facts, const Material& m) {
+std::string meta_json(const std::string& serial, const crypto::CertInfo& facts, const Material& m) {
   boost::json::object state;
   for (const auto& [k, v] : m.broker_state) state[k] = v;
   boost::json::object meta;
