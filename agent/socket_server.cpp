@@ -230,7 +230,7 @@ Result<> check_existing(const std::filesystem::path& path) {
     return fs_util::errno_error("socket.path " + path.string() + ": probing the existing socket",
                                 errno);
   }
-  logger()->info("replacing stale socket path={}", log::quote(path.string()));
+  logger()->info("event=socket_stale_replaced path={}", log::quote(path.string()));
   return {};
 }
 
@@ -385,7 +385,7 @@ Result<> SocketServer::start() {
   server_.serve(std::move(acceptor));
   started_ = true;
   set_watchers_metric();
-  logger()->info("socket listening path={} mode={} group={}", log::quote(path.string()),
+  logger()->info("event=socket_listening path={} mode={} group={}", log::quote(path.string()),
                  mode_string(config_.mode), log::quote(config_.group));
   return {};
 }
@@ -403,7 +403,7 @@ void SocketServer::stop() {
       ::unlink(config_.path.c_str());
     }
     socket_file_.reset();
-    logger()->info("socket closed path={}", log::quote(config_.path.string()));
+    logger()->info("event=socket_closed path={}", log::quote(config_.path.string()));
   }
   if (started_) set_watchers_metric();
 }
@@ -412,7 +412,7 @@ http::Reply SocketServer::handle(const http::Request& request, const http::Peer&
   const std::string_view target = request.target();
   const std::string_view path = path_of(target);
   if (logger()->should_log(spdlog::level::debug)) {
-    logger()->debug("request method={} path={} pid={} uid={}",
+    logger()->debug("event=socket_request method={} path={} pid={} uid={}",
                     std::string_view(request.method_string()), log::quote(path), peer.pid,
                     peer.uid);
   }
@@ -507,7 +507,7 @@ http::Reply SocketServer::renew(const std::string& name, const http::Peer& peer)
   if (!store_.request_renewal(name)) {
     return http::error_reply(bhttp::status::not_found, "not_found");
   }
-  logger()->info("renewal requested certificate={} pid={} uid={}", name, peer.pid, peer.uid);
+  logger()->info("event=renewal_requested certificate={} pid={} uid={}", name, peer.pid, peer.uid);
   return http::json_reply(bhttp::status::accepted, R"({"renewal":"requested"})");
 }
 
@@ -539,7 +539,7 @@ void SocketServer::add_watcher(const std::string& name,
   group->watchers.emplace(id, stream);
   ++watcher_count_;
   set_watchers_metric();
-  logger()->debug("watch started certificate={} pid={} uid={} watchers={}", name,
+  logger()->debug("event=watch_started certificate={} pid={} uid={} watchers={}", name,
                   stream->peer().pid, stream->peer().uid, watcher_count_);
 
   std::string key;
@@ -579,7 +579,7 @@ void SocketServer::on_event(const std::shared_ptr<WatchGroup>& group, const Cert
     stream->write(std::make_shared<const Secret>(error_json("removed", true)));
     stream->finish();
   }
-  logger()->info("watch ended certificate={} reason=removed_from_config watchers={}", group->name,
+  logger()->info("event=watch_ended certificate={} reason=removed_from_config watchers={}", group->name,
                  streams.size());
   // Each finished stream leaves through its on_close (remove_watcher), which drops the group.
 }
@@ -646,14 +646,14 @@ void SocketServer::log_denied(std::string_view what, const std::string& name,
                           .count();
   if (second != denied_second_) {
     if (denied_logged_ > kMaxDeniedLogs) {
-      logger()->warn("socket access denied: {} more denials not logged",
+      logger()->warn("event=socket_access_denied_unlogged count={}",
                      denied_logged_ - kMaxDeniedLogs);
     }
     denied_second_ = second;
     denied_logged_ = 0;
   }
   if (++denied_logged_ > kMaxDeniedLogs) return;
-  logger()->warn("socket access denied request={} certificate={} pid={} uid={} gid={}", what,
+  logger()->warn("event=socket_access_denied request={} certificate={} pid={} uid={} gid={}", what,
                  name, peer.known ? std::to_string(peer.pid) : "unknown",
                  peer.known ? std::to_string(peer.uid) : "unknown",
                  peer.known ? std::to_string(peer.gid) : "unknown");
@@ -685,7 +685,7 @@ Result<> MetricsListener::start() {
   boost::system::error_code ec;
   endpoint_ = acceptor->local_endpoint(ec);
   server_.serve(std::move(*acceptor));
-  logger()->info("metrics listening address={}", log::quote(listen_));
+  logger()->info("event=metrics_listening address={}", log::quote(listen_));
   return {};
 }
 

@@ -196,9 +196,11 @@ asio::awaitable<void> HaproxyReloader::abort_transaction(Deadline deadline) {
   auto r = co_await haproxy_admin_command(haproxy_.admin_socket, "abort ssl cert " + haproxy_.cert + "\n",
                                           std::max(deadline, steady_clock::now() + kAbortGrace));
   if (r) {
-    logger_->debug("abort name={} answer={}", haproxy_.cert, certagent::log::quote(summarize(*r)));
+    logger_->debug("event=haproxy_transaction_aborted name={} answer={}", haproxy_.cert,
+                   certagent::log::quote(summarize(*r)));
   } else {
-    logger_->warn("abort name={} error={}", haproxy_.cert, certagent::log::quote(r.error().message));
+    logger_->warn("event=haproxy_abort_failed name={} error={}", haproxy_.cert,
+                  certagent::log::quote(r.error().message));
   }
 }
 
@@ -247,7 +249,8 @@ asio::awaitable<ReloadOutcome> HaproxyReloader::transaction(const ReloadEvent& e
     if (!data) {
       // Stapling is lost for this certificate until the file is there; the rotation itself
       // must not fail for it (the certificate is what keeps clients working).
-      logger_->warn("side file skipped name={}{} error={}", name, side.suffix, certagent::log::quote(data.error().message));
+      logger_->warn("event=side_file_skipped name={}{} error={}", name, side.suffix,
+                    certagent::log::quote(data.error().message));
       extras += std::string("; ") + side.suffix + " not carried (" + data.error().message + ")";
       continue;
     }

@@ -1,5 +1,6 @@
 #include "reloaders/nginx_reloader.h"
 
+#include "core/logging.h"
 #include "reloaders/child_process.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -154,11 +155,13 @@ NginxReloader::NginxReloader(const config::ReloaderConfig& config, const NginxRe
       log_watch_(nginx.error_log),
       global_mutex_(named_mutex(instance_key(nginx.command))) {
   if (test_command_.empty()) {
-    logger_->info("no pre-check: test_command is not set and the command does not run nginx");
+    logger_->info("event=nginx_precheck_disabled reason={}",
+                  certagent::log::quote("test_command is not set and the command does not run nginx"));
   }
   if (!log_watch_.enabled()) {
-    logger_->warn("error_log is not set: a reload the master fails after `nginx -s reload` returned is "
-                  "seen only by verification");
+    logger_->warn("event=nginx_error_log_unset effect={}",
+                  certagent::log::quote("a reload the master fails after `nginx -s reload` returned is seen "
+                                        "only by verification"));
   }
 }
 

@@ -40,10 +40,10 @@ asio::awaitable<ReloadOutcome> ReloaderBase::reload(const ReloadEvent& event) {
       std::chrono::steady_clock::now() - start);
   const auto serial = event.material ? event.material->serial_hex : std::string();
   if (outcome.result == ReloadResult::success) {
-    logger_->info("reload cert={} serial={} result={} elapsed_ms={} detail={}", event.cert_name, serial,
+    logger_->info("event=reload cert={} serial={} result={} elapsed_ms={} detail={}", event.cert_name, serial,
                   to_string(outcome.result), elapsed.count(), log::quote(outcome.detail));
   } else {
-    logger_->warn("reload cert={} serial={} result={} elapsed_ms={} detail={}", event.cert_name, serial,
+    logger_->warn("event=reload cert={} serial={} result={} elapsed_ms={} detail={}", event.cert_name, serial,
                   to_string(outcome.result), elapsed.count(), log::quote(outcome.detail));
   }
   co_return outcome;

@@ -150,7 +150,7 @@ Result<LoadedCa> load_ca(const fs::path& dir) {
   const Secret key_pem(std::move(*key_text));
   struct stat st{};
   if (::stat(key_path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-    logger()->warn("development CA key is readable by others path={} mode={:04o}", log::quote(key_path.string()),
+    logger()->warn("event=development_ca_key_readable path={} mode={:04o}", log::quote(key_path.string()),
                    st.st_mode & 07777);
   }
   auto key = crypto::parse_private_key(key_pem.view());
@@ -221,8 +221,9 @@ Result<bool> create_ca(const fs::path& state_dir, const fs::path& dir, SystemTim
   }
   cleanup.armed = false;
   if (auto r = fsync_dir(state_dir); !r) return r.error();
-  logger()->warn("created development CA dir={} not_after={} (for development only, never for production)",
-                 log::quote(dir.string()), format_rfc3339(crypto::describe(root->get()).not_after));
+  logger()->warn("event=development_ca_created dir={} not_after={} note={}", log::quote(dir.string()),
+                 format_rfc3339(crypto::describe(root->get()).not_after),
+                 log::quote("for development only, never for production"));
   return true;
 }
 
@@ -272,9 +273,10 @@ Result<std::unique_ptr<LocalRenewer>> LocalRenewer::open(const fs::path& state_d
   auto ca = load_or_create(state_dir, *clock);
   if (!ca) return ca.error();
   const auto info = crypto::describe(ca->root.get());
-  logger()->warn("development CA in use: certificates from a broker of type local are for "
-                 "development only, never for production root={} not_after={}",
-                 log::quote(root_path(state_dir).string()), format_rfc3339(info.not_after));
+  logger()->warn("event=development_ca_in_use root={} not_after={} note={}",
+                 log::quote(root_path(state_dir).string()), format_rfc3339(info.not_after),
+                 log::quote("certificates from a broker of type local are for development only, never "
+                            "for production"));
   return std::unique_ptr<LocalRenewer>(
       new LocalRenewer(std::move(ca->key), std::move(ca->root), root_path(state_dir), clock));
 }
@@ -366,8 +368,9 @@ Result<IssueResult> LocalRenewer::issue_now(const IssueRequest& request) {
   if (X509_sign(leaf.get(), key_.get(), EVP_sha256()) <= 0) return crypto::openssl_error("local CA: signing");
 
   const auto info = crypto::describe(leaf.get());
-  logger()->info("issued cert={} serial={} not_before={} not_after={}", log::quote(request.cert_name),
-                 info.serial_hex, format_rfc3339(info.not_before), format_rfc3339(info.not_after));
+  logger()->info("event=local_issued cert={} serial={} not_before={} not_after={}",
+                 log::quote(request.cert_name), info.serial_hex, format_rfc3339(info.not_before),
+                 format_rfc3339(info.not_after));
   IssueResult result;
   result.chain_pem = crypto::to_pem(leaf.get());
   return result;

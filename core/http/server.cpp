@@ -201,7 +201,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     if (closed_ || finishing_) return false;
     if (!chunk || chunk->empty()) return true;  // an empty chunk would end the stream
     if (queue_.size() >= core_->limits.max_queued_chunks) {
-      logger()->debug("stream client too slow, closing pid={} uid={}", peer_.pid, peer_.uid);
+      logger()->debug("event=stream_client_too_slow action=closed pid={} uid={}", peer_.pid, peer_.uid);
       core_->reject("slow_consumer");
       close();
       return false;
@@ -316,7 +316,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     try {
       return core_->handler(request, peer_);
     } catch (const std::exception& e) {
-      logger()->error("handler failed target={} error={}", log::quote(request.target()),
+      logger()->error("event=handler_failed target={} error={}", log::quote(request.target()),
                       log::quote(e.what()));
       return error_reply(bhttp::status::internal_server_error, "internal_error");
     }
@@ -352,7 +352,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       co_await answer_error(bhttp::status::payload_too_large, "body_too_large");
     } else {
       core_->reject("bad_request");
-      logger()->debug("bad request pid={} uid={} error={}", peer_.pid, peer_.uid,
+      logger()->debug("event=bad_request pid={} uid={} error={}", peer_.pid, peer_.uid,
                       log::quote(ec.message()));
       co_await answer_error(bhttp::status::bad_request, "bad_request");
     }
@@ -405,7 +405,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     try {
       callback(self);
     } catch (const std::exception& e) {
-      logger()->error("stream handler failed error={}", log::quote(e.what()));
+      logger()->error("event=stream_handler_failed error={}", log::quote(e.what()));
       close();
     }
     callback = nullptr;
@@ -535,7 +535,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<ServerCore> core,
     if (core->stopped) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;
-      logger()->warn("accept failed error={}", log::quote(ec.message()));
+      logger()->warn("event=accept_failed error={}", log::quote(ec.message()));
       asio::steady_timer pause(acceptor->get_executor(), kAcceptBackoff);
       co_await pause.async_wait(kUseTuple);
       if (core->stopped) co_return;
