@@ -69,23 +69,31 @@ TestCert make_cert(const CertSpec& spec, const TestCert* issuer, crypto::EvpPkey
   out.key = subject_key ? std::move(subject_key) : generate_p256_key();
   out.cert.reset(X509_new());
   X509* c = out.cert.get();
-  check(X509_set_version(c, 2) == 1, "X509_set_version");
+  check(X509_set_version(c, X509_VERSION_3) == 1, "X509_set_version");
 
   std::vector<std::uint8_t> serial = spec.serial;
   if (serial.empty()) {
     serial.resize(16);
-    RAND_bytes(serial.data(), 16);
+    check(RAND_bytes(serial.data(), 16) == 1, "RAND_bytes");
     serial[0] &= 0x7f;
+    serial[0] |= 0x10;  // positive, no leading zero byte
   }
   crypto::BignumPtr bn(BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr));
   check(BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(c)) != nullptr, "BN_to_ASN1_INTEGER");
 
-  X509_gmtime_adj(X509_getm_notBefore(c), static_cast<long>(spec.not_before_offset.count()));
-  X509_gmtime_adj(X509_getm_notAfter(c), static_cast<long>((spec.not_before_offset + spec.lifetime).count()));
+  if (spec.not_before && spec.not_after) {
+    ASN1_TIME_set(X509_getm_notBefore(c), std::chrono::system_clock::to_time_t(*spec.not_before));
+    ASN1_TIME_set(X509_getm_notAfter(c), std::chrono::system_clock::to_time_t(*spec.not_after));
+  } else {
+    X509_gmtime_adj(X509_getm_notBefore(c), static_cast<long>(spec.not_before_offset.count()));
+    X509_gmtime_adj(X509_getm_notAfter(c), static_cast<long>((spec.not_before_offset + spec.lifetime).count()));
+  }
 
-  X509_NAME* name = X509_get_subject_name(c);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>(spec.common_name.c_str()), -1, -1, 0);
+  if (!spec.common_name.empty()) {
+    X509_NAME_add_entry_by_NID(X509_get_subject_name(c), NID_commonName, MBSTRING_UTF8,
+                               reinterpret_cast<const unsigned char*>(spec.common_name.data()),
+                               static_cast<int>(spec.common_name.size()), -1, 0);
+  }
   X509* issuer_cert = issuer ? issuer->cert.get() : c;
   EVP_PKEY* signing_key = issuer ? issuer->key.get() : out.key.get();
   check(X509_set_issuer_name(c, X509_get_subject_name(issuer_cert)) == 1, "X509_set_issuer_name");
@@ -110,9 +118,30 @@ TestCert make_cert(const CertSpec& spec, const TestCert* issuer, crypto::EvpPkey
     add_ext(c, issuer_cert, NID_key_usage, "critical,digitalSignature,keyEncipherment");
     add_ext(c, issuer_cert, NID_ext_key_usage, "serverAuth,clientAuth");
   }
-  std::string san = san_string(spec.dns_names, spec.ip_addresses);
+  std::string san;
+  auto add_san = [&](const std::string& entry) { san += (san.empty() ? "" : ",") + entry; };
+  for (const auto& d : spec.dns_names) add_san("DNS:" + d);
+  for (const auto& i : spec.ip_addresses) add_san("IP:" + i);
+  for (const auto& u : spec.uris) add_san("URI:" + u);
+  for (const auto& e : spec.extra_san_conf) add_san(e);
   if (!san.empty()) add_ext(c, issuer_cert, NID_subject_alt_name, san);
-  check(X509_sign(c, signing_key, EVP_sha256()) > 0, "X509_sign");
+  const bool no_digest = EVP_PKEY_is_a(signing_key, "ED25519") || EVP_PKEY_is_a(signing_key, "ED448");
+  check(X509_sign(c, signing_key, no_digest ? nullptr : EVP_sha256()) > 0, "X509_sign");
+  return out;
+}
+
+TestCert make_ca(const std::string& common_name, SystemTime not_before, SystemTime not_after,
+                 const TestCert* issuer) {
+  return make_cert(CertSpec{.common_name = common_name, .is_ca = true, .not_before = not_before,
+                            .not_after = not_after},
+                   issuer);
+}
+
+SystemTime fixed_now() { return std::chrono::system_clock::from_time_t(1772366400); }
+
+std::string pem_of(const std::vector<X509*>& certs) {
+  std::string out;
+  for (X509* c : certs) out += cert_pem(c);
   return out;
 }
 

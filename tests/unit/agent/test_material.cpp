@@ -1,139 +1,75 @@
 #include "tests/unit/agent/test_material.h"
 
 #include "core/crypto/ossl_ptr.h"
+#include "core/crypto/x509.h"
 #include "core/logging.h"
+#include "tests/support/test_pki.h"
 
-#include <openssl/bn.h>
-#include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
-#include <openssl/rand.h>
 
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 namespace certagent::test {
 namespace {
 
-using namespace certagent::crypto;
-
 void check(bool ok, const char* what) {
   if (!ok) throw std::runtime_error(std::string("test material: ") + what);
 }
 
-EvpPkeyPtr new_key() {
-  EvpPkeyPtr key(EVP_EC_gen("P-256"));
-  check(key != nullptr, "EVP_EC_gen");
-  return key;
-}
-
-std::string key_to_pem(EVP_PKEY* key) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  check(PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) == 1,
-        "PEM_write_bio_PrivateKey");
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(len));
-}
-
-std::string cert_to_pem(X509* cert) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  check(PEM_write_bio_X509(bio.get(), cert) == 1, "PEM_write_bio_X509");
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(len));
-}
-
-X509Ptr build_cert(EVP_PKEY* subject_key, const std::string& cn, std::chrono::seconds lifetime,
-                   X509* issuer, EVP_PKEY* issuer_key, bool is_ca) {
-  X509Ptr cert(X509_new());
-  check(cert != nullptr, "X509_new");
-  X509_set_version(cert.get(), 2);
-  unsigned char serial[16];
-  check(RAND_bytes(serial, sizeof serial) == 1, "RAND_bytes");
-  serial[0] &= 0x7f;
-  serial[0] |= 0x10;  // positive, no leading zero byte
-  BignumPtr bn(BN_bin2bn(serial, sizeof serial, nullptr));
-  BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
-  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(cert.get()), static_cast<long>(lifetime.count()));
-  X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-  X509_set_issuer_name(cert.get(), issuer ? X509_get_subject_name(issuer) : name);
-  X509_set_pubkey(cert.get(), subject_key);
-  if (is_ca) {
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, cert.get(), cert.get(), nullptr, nullptr, 0);
-    X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, &ctx, NID_basic_constraints, "critical,CA:TRUE"));
-    X509_add_ext(cert.get(), ext.get(), -1);
-  }
-  check(X509_sign(cert.get(), issuer_key ? issuer_key : subject_key, EVP_sha256()) > 0, "X509_sign");
-  return cert;
-}
-
+// Serial, SHA-256 and validity as validation reports them.
 void fill_facts(Material& m, X509* cert) {
-  BignumPtr bn(ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), nullptr));
-  char* hex = BN_bn2hex(bn.get());
-  m.serial_hex = hex;
-  OPENSSL_free(hex);
-  for (auto& c : m.serial_hex) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  X509_digest(cert, EVP_sha256(), md, &len);
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (unsigned int i = 0; i < len; ++i) {
-    m.sha256_hex.push_back(kHex[md[i] >> 4]);
-    m.sha256_hex.push_back(kHex[md[i] & 15]);
-  }
-  auto to_time = [](const ASN1_TIME* t) {
-    std::tm tm{};
-    ASN1_TIME_to_tm(t, &tm);
-    return std::chrono::system_clock::from_time_t(timegm(&tm));
-  };
-  m.not_before = to_time(X509_get0_notBefore(cert));
-  m.not_after = to_time(X509_get0_notAfter(cert));
+  const auto info = crypto::describe(cert);
+  m.serial_hex = info.serial_hex;
+  m.sha256_hex = info.sha256_hex;
+  m.not_before = info.not_before;
+  m.not_after = info.not_after;
 }
 
-X509Ptr read_cert(const std::string& pem) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  return X509Ptr(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+crypto::X509Ptr read_cert(const std::string& pem) {
+  crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  return crypto::X509Ptr(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
 }
 
-EvpPkeyPtr read_key(std::string_view pem) {
-  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  return EvpPkeyPtr(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, const_cast<char*>("")));
+crypto::EvpPkeyPtr read_key(std::string_view pem) {
+  crypto::BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  return crypto::EvpPkeyPtr(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, const_cast<char*>("")));
 }
+
+// Valid from an hour ago: a leaf is usable at once whatever the clock skew in the test.
+constexpr std::chrono::seconds kBackdate = std::chrono::hours(1);
 
 }  // namespace
 
 TestCa make_test_ca(const std::string& common_name) {
-  auto key = new_key();
-  auto cert = build_cert(key.get(), common_name, std::chrono::hours(24 * 365), nullptr, nullptr, true);
-  return TestCa{cert_to_pem(cert.get()), Secret(key_to_pem(key.get()))};
+  auto ca = make_cert(CertSpec{.common_name = common_name,
+                               .is_ca = true,
+                               .not_before_offset = -kBackdate,
+                               .lifetime = kBackdate + std::chrono::hours(24 * 365)});
+  return TestCa{ca.cert_pem(), Secret(ca.key_pem())};
 }
 
 Material make_test_material(const std::string& common_name, std::chrono::seconds lifetime,
                             const TestCa* ca) {
-  auto key = new_key();
-  X509Ptr ca_cert;
-  EvpPkeyPtr ca_key;
+  std::optional<TestCert> issuer;
   if (ca) {
-    ca_cert = read_cert(ca->cert_pem);
-    ca_key = read_key(ca->key_pem.view());
-    check(ca_cert && ca_key, "reading the test CA");
+    issuer = TestCert{read_cert(ca->cert_pem), read_key(ca->key_pem.view())};
+    check(issuer->cert && issuer->key, "reading the test CA");
   }
-  auto cert = build_cert(key.get(), common_name, lifetime, ca_cert.get(), ca_key.get(), false);
+  auto leaf = make_cert(
+      CertSpec{.common_name = common_name, .not_before_offset = -kBackdate, .lifetime = kBackdate + lifetime},
+      issuer ? &*issuer : nullptr);
   Material m;
-  m.cert_pem = cert_to_pem(cert.get());
+  m.cert_pem = leaf.cert_pem();
   m.chain_pem = ca ? ca->cert_pem : std::string();
-  m.key_pem = Secret(key_to_pem(key.get()));
+  m.key_pem = Secret(leaf.key_pem());
   m.broker = "dev";
-  fill_facts(m, cert.get());
+  fill_facts(m, leaf.cert.get());
   return m;
 }
 

@@ -1,5 +1,6 @@
 #pragma once
-// Test certificates for the file sink tests, made with OpenSSL directly (fast EC P-256 keys).
+// Materials for the file sink tests: P-256 leaves (and a CA) from the shared test PKI
+// (tests/support/test_pki.h), with the facts validation would report.
 
 #include "core/material.h"
 

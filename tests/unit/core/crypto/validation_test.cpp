@@ -1,7 +1,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "core/crypto/validation.h"
-#include "tests/unit/core/crypto/test_pki.h"
+#include "tests/support/test_pki.h"
 
 #include <gtest/gtest.h>
 #include <openssl/err.h>
@@ -11,12 +11,12 @@ namespace {
 
 using namespace std::chrono_literals;
 using crypto::SubjectNames;
-using crypto::testing::CertSpec;
-using crypto::testing::fixed_now;
-using crypto::testing::Issued;
-using crypto::testing::make_ca;
-using crypto::testing::make_cert;
-using crypto::testing::pem_of;
+using test::CertSpec;
+using test::fixed_now;
+using test::make_ca;
+using test::make_cert;
+using test::pem_of;
+using test::TestCert;
 
 crypto::EvpPkeyPtr new_key() {
   auto k = crypto::generate_key(crypto::KeyType::ecdsa_p256);
@@ -34,8 +34,7 @@ class ValidationTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = make_ca("Issuer Root", now_ - 24h * 30, now_ + 24h * 3650);
-    inter_ = make_ca("Issuer Intermediate", now_ - 24h * 30, now_ + 24h * 365, root_.cert.get(),
-                     root_.key.get());
+    inter_ = make_ca("Issuer Intermediate", now_ - 24h * 30, now_ + 24h * 365, &root_);
     auto store = crypto::trust_store_from_pem(crypto::to_pem(root_.cert.get()));
     ASSERT_TRUE(store);
     trust_ = std::move(*store);
@@ -44,14 +43,17 @@ class ValidationTest : public ::testing::Test {
 
   CertSpec good_spec() const {
     CertSpec spec;
-    spec.names = requested_;
+    spec.common_name = requested_.common_name;
+    spec.dns_names = requested_.dns_names;
+    spec.ip_addresses = requested_.ip_addresses;
+    spec.uris = requested_.uris;
     spec.not_before = now_ - 5min;
     spec.not_after = now_ - 5min + 96h;
     return spec;
   }
 
-  Issued leaf(const CertSpec& spec) {
-    return make_cert(spec, copy_of(key_.get()), inter_.cert.get(), inter_.key.get());
+  TestCert leaf(const CertSpec& spec) {
+    return make_cert(spec, &inter_, copy_of(key_.get()));
   }
 
   ValidationInput input(std::string chain_pem) const {
@@ -67,7 +69,7 @@ class ValidationTest : public ::testing::Test {
   }
 
   std::string chain_for(const CertSpec& spec) {
-    Issued l = leaf(spec);
+    TestCert l = leaf(spec);
     return pem_of({l.cert.get(), inter_.cert.get()});
   }
 
@@ -86,7 +88,7 @@ class ValidationTest : public ::testing::Test {
                    {"web.internal", "localhost"},
                    {"127.0.0.1", "::1"},
                    {"spiffe://example.org/web"}};
-  Issued root_, inter_;
+  TestCert root_, inter_;
   crypto::X509StorePtr trust_;
   crypto::EvpPkeyPtr key_;
 };
@@ -94,7 +96,7 @@ class ValidationTest : public ::testing::Test {
 bool contains(const std::string& s, std::string_view part) { return s.find(part) != std::string::npos; }
 
 TEST_F(ValidationTest, AcceptsAGoodChainWithAnIntermediate) {
-  Issued l = leaf(good_spec());
+  TestCert l = leaf(good_spec());
   auto m = validate_issued(input(pem_of({l.cert.get(), inter_.cert.get()})));
   ASSERT_TRUE(m) << m.error().message;
   const auto info = crypto::describe(l.cert.get());
@@ -112,19 +114,19 @@ TEST_F(ValidationTest, AcceptsAGoodChainWithAnIntermediate) {
 
 TEST_F(ValidationTest, AcceptsEquivalentSpellingsOfTheSameNames) {
   CertSpec spec = good_spec();
-  spec.names.dns_names = {"LOCALHOST", "web.internal"};         // order and case
-  spec.names.ip_addresses = {"0:0:0:0:0:0:0:1", "127.0.0.1"};  // IPv6 spelling
+  spec.dns_names = {"LOCALHOST", "web.internal"};         // order and case
+  spec.ip_addresses = {"0:0:0:0:0:0:0:1", "127.0.0.1"};  // IPv6 spelling
   EXPECT_TRUE(validate_issued(input(chain_for(spec))));
 }
 
 TEST_F(ValidationTest, AcceptsAnUnrequestedCnOnlyWhenItRepeatsARequestedName) {
   requested_.common_name.clear();
   CertSpec spec = good_spec();
-  spec.names.common_name = "localhost";  // ACME CAs copy a SAN into the CN
+  spec.common_name = "localhost";  // ACME CAs copy a SAN into the CN
   EXPECT_TRUE(validate_issued(input(chain_for(spec))));
-  spec.names.common_name = "";
+  spec.common_name = "";
   EXPECT_TRUE(validate_issued(input(chain_for(spec))));
-  spec.names.common_name = "admin.internal";
+  spec.common_name = "admin.internal";
   EXPECT_TRUE(contains(rejection(input(chain_for(spec))), "unexpected common name \"admin.internal\""));
 }
 
@@ -135,7 +137,7 @@ TEST_F(ValidationTest, RejectsGarbage) {
 }
 
 TEST_F(ValidationTest, RejectsALeafForAnotherKey) {
-  Issued other = make_cert(good_spec(), nullptr, inter_.cert.get(), inter_.key.get());
+  TestCert other = make_cert(good_spec(), &inter_);
   const auto msg = rejection(input(pem_of({other.cert.get(), inter_.cert.get()})));
   EXPECT_TRUE(contains(msg, "the leaf's public key is not the key this rotation generated")) << msg;
   EXPECT_TRUE(contains(msg, "(serial ")) << msg;
@@ -143,32 +145,32 @@ TEST_F(ValidationTest, RejectsALeafForAnotherKey) {
 
 TEST_F(ValidationTest, RejectsAnExtraName) {
   CertSpec spec = good_spec();
-  spec.names.dns_names.push_back("admin.internal");
+  spec.dns_names.push_back("admin.internal");
   const auto msg = rejection(input(chain_for(spec)));
   EXPECT_TRUE(contains(msg, "names differ from the request: unexpected DNS name admin.internal")) << msg;
 }
 
 TEST_F(ValidationTest, RejectsAMissingName) {
   CertSpec spec = good_spec();
-  spec.names.dns_names = {"web.internal"};
-  spec.names.uris.clear();
+  spec.dns_names = {"web.internal"};
+  spec.uris.clear();
   const auto msg = rejection(input(chain_for(spec)));
   EXPECT_TRUE(contains(msg, "missing DNS name localhost; missing URI spiffe://example.org/web")) << msg;
 }
 
 TEST_F(ValidationTest, RejectsAnExtraOrMissingIp) {
   CertSpec spec = good_spec();
-  spec.names.ip_addresses = {"127.0.0.1", "10.0.0.9"};
+  spec.ip_addresses = {"127.0.0.1", "10.0.0.9"};
   const auto msg = rejection(input(chain_for(spec)));
   EXPECT_TRUE(contains(msg, "missing IP address ::1; unexpected IP address 10.0.0.9")) << msg;
 }
 
 TEST_F(ValidationTest, RejectsAWrongCommonName) {
   CertSpec spec = good_spec();
-  spec.names.common_name = "evil.internal";
+  spec.common_name = "evil.internal";
   const auto msg = rejection(input(chain_for(spec)));
   EXPECT_TRUE(contains(msg, "common name is \"evil.internal\", requested \"web.internal\"")) << msg;
-  spec.names.common_name.clear();
+  spec.common_name.clear();
   EXPECT_TRUE(contains(rejection(input(chain_for(spec))), "missing common name \"web.internal\""));
 }
 
@@ -213,25 +215,24 @@ TEST_F(ValidationTest, AcceptsANotBeforeWithinTheClockSkewButItIsNotValidYet) {
 
 TEST_F(ValidationTest, RejectsAnOverLongLeaf) {
   CertSpec spec = good_spec();
-  spec.not_after = spec.not_before + 168h + 1s;
+  spec.not_after = *spec.not_before + 168h + 1s;
   const auto msg = rejection(input(chain_for(spec)));
   EXPECT_TRUE(contains(msg, "lives 604801s")) << msg;
   EXPECT_TRUE(contains(msg, "longer than max_lifetime 604800s")) << msg;
-  spec.not_after = spec.not_before + 168h;  // exactly max_lifetime is fine
+  spec.not_after = *spec.not_before + 168h;  // exactly max_lifetime is fine
   EXPECT_TRUE(validate_issued(input(chain_for(spec))));
 }
 
 TEST_F(ValidationTest, RejectsAnUntrustedIssuer) {
-  Issued rogue_root = make_ca("Issuer Root", now_ - 24h, now_ + 24h * 365);  // same name, other key
-  Issued rogue_inter = make_ca("Issuer Intermediate", now_ - 24h, now_ + 24h * 365,
-                               rogue_root.cert.get(), rogue_root.key.get());
-  Issued l = make_cert(good_spec(), copy_of(key_.get()), rogue_inter.cert.get(), rogue_inter.key.get());
+  TestCert rogue_root = make_ca("Issuer Root", now_ - 24h, now_ + 24h * 365);  // same name, other key
+  TestCert rogue_inter = make_ca("Issuer Intermediate", now_ - 24h, now_ + 24h * 365, &rogue_root);
+  TestCert l = make_cert(good_spec(), &rogue_inter, copy_of(key_.get()));
   const auto msg = rejection(input(pem_of({l.cert.get(), rogue_inter.cert.get()})));
   EXPECT_TRUE(contains(msg, "chain does not verify to the trust bundle")) << msg;
 }
 
 TEST_F(ValidationTest, RejectsAChainMissingItsIntermediate) {
-  Issued l = leaf(good_spec());
+  TestCert l = leaf(good_spec());
   const auto msg = rejection(input(pem_of({l.cert.get()})));
   EXPECT_TRUE(contains(msg, "chain does not verify to the trust bundle: unable to get local issuer "
                             "certificate (depth 0, CN=web.internal)"))
@@ -239,8 +240,8 @@ TEST_F(ValidationTest, RejectsAChainMissingItsIntermediate) {
 }
 
 TEST_F(ValidationTest, RejectsAnOutOfOrderOrStrayCertificate) {
-  Issued l = leaf(good_spec());
-  Issued stray = make_ca("Stray", now_ - 24h, now_ + 24h);
+  TestCert l = leaf(good_spec());
+  TestCert stray = make_ca("Stray", now_ - 24h, now_ + 24h);
   const auto msg = rejection(input(pem_of({l.cert.get(), stray.cert.get(), inter_.cert.get()})));
   EXPECT_TRUE(contains(msg, "chain certificate #2 (CN=Stray) did not issue certificate #1 (CN=web.internal)"))
       << msg;
@@ -253,15 +254,14 @@ TEST_F(ValidationTest, RejectsAnOutOfOrderOrStrayCertificate) {
 }
 
 TEST_F(ValidationTest, RejectsAnExpiredIntermediate) {
-  Issued old_inter = make_ca("Issuer Intermediate", now_ - 24h * 60, now_ - 24h, root_.cert.get(),
-                             root_.key.get());
-  Issued l = make_cert(good_spec(), copy_of(key_.get()), old_inter.cert.get(), old_inter.key.get());
+  TestCert old_inter = make_ca("Issuer Intermediate", now_ - 24h * 60, now_ - 24h, &root_);
+  TestCert l = make_cert(good_spec(), &old_inter, copy_of(key_.get()));
   const auto msg = rejection(input(pem_of({l.cert.get(), old_inter.cert.get()})));
   EXPECT_TRUE(contains(msg, "certificate has expired (depth 1, CN=Issuer Intermediate)")) << msg;
 }
 
 TEST_F(ValidationTest, RefusesIncompleteInput) {
-  Issued l = leaf(good_spec());
+  TestCert l = leaf(good_spec());
   ValidationInput in = input(pem_of({l.cert.get(), inter_.cert.get()}));
   in.max_lifetime = 0s;
   EXPECT_FALSE(validate_issued(in));

@@ -1,7 +1,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "tests/support/test_support.h"
-#include "tests/unit/core/crypto/test_pki.h"
+#include "tests/support/test_pki.h"
 
 #include <gtest/gtest.h>
 #include <openssl/err.h>
@@ -13,8 +13,8 @@ namespace certagent::crypto {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::fixed_now;
-using testing::Issued;
+using test::fixed_now;
+using test::TestCert;
 
 bool contains(const std::string& haystack, std::string_view needle) {
   return haystack.find(needle) != std::string::npos;
@@ -24,19 +24,21 @@ class X509Test : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto now = fixed_now();
-    root_ = testing::make_ca("Test Root", now - 24h, now + 24h * 365);
-    inter_ = testing::make_ca("Test Intermediate", now - 24h, now + 24h * 90, root_.cert.get(),
-                              root_.key.get());
-    testing::CertSpec spec;
-    spec.names = SubjectNames{"web.internal", {"web.internal"}, {"0:0::1", "10.1.2.3"}, {"spiffe://e/w"}};
+    root_ = test::make_ca("Test Root", now - 24h, now + 24h * 365);
+    inter_ = test::make_ca("Test Intermediate", now - 24h, now + 24h * 90, &root_);
+    test::CertSpec spec;
+    spec.common_name = "web.internal";
+    spec.dns_names = {"web.internal"};
+    spec.ip_addresses = {"0:0::1", "10.1.2.3"};
+    spec.uris = {"spiffe://e/w"};
     spec.extra_san_conf = {"email:ops@example.org"};
     spec.not_before = now - 1h;
     spec.not_after = now + 48h;
-    leaf_ = testing::make_cert(spec, nullptr, inter_.cert.get(), inter_.key.get());
+    leaf_ = test::make_cert(spec, &inter_);
   }
   std::string chain_pem() const { return to_pem(leaf_.cert.get()) + to_pem(inter_.cert.get()); }
 
-  Issued root_, inter_, leaf_;
+  TestCert root_, inter_, leaf_;
 };
 
 TEST_F(X509Test, ParsesAChainInOrderToleratingWhitespace) {
@@ -186,7 +188,7 @@ TEST_F(X509Test, AnIntermediateInTheBundleIsAnAnchor) {
 }
 
 TEST_F(X509Test, AnotherRootDoesNotVerify) {
-  const Issued other = testing::make_ca("Other Root", fixed_now() - 24h, fixed_now() + 24h);
+  const TestCert other = test::make_ca("Other Root", fixed_now() - 24h, fixed_now() + 24h);
   auto store = trust_store_from_pem(to_pem(other.cert.get()));
   ASSERT_TRUE(store);
   auto r = verify_chain(leaf_.cert.get(), {inter_.cert.get()}, store->get(), fixed_now());
