@@ -4,13 +4,13 @@
 #include "agent/file_sink.h"
 #include "reloaders/reloader_base.h"
 #include "reloaders/serving_probe.h"
+#include "tests/support/test_pki.h"
 
 #include <gtest/gtest.h>
 
 #include <netinet/in.h>
-#include <openssl/bn.h>
-#include <openssl/ec.h>
-#include <openssl/pem.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -25,70 +25,15 @@
 namespace certagent::test::reloaders {
 namespace {
 
-using crypto::BioPtr;
-using crypto::EvpPkeyPtr;
-using crypto::X509Ptr;
-
 void check(bool ok, const char* what) {
   if (!ok) throw std::runtime_error(std::string("OpenSSL: ") + what);
 }
 
-std::string bio_string(BIO* bio) {
-  char* data = nullptr;
-  long len = BIO_get_mem_data(bio, &data);
-  return std::string(data, static_cast<std::size_t>(len));
-}
-
-std::string cert_to_pem(X509* cert) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  check(PEM_write_bio_X509(bio.get(), cert) == 1, "PEM_write_bio_X509");
-  return bio_string(bio.get());
-}
-
-std::string key_to_pem(EVP_PKEY* key) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  check(PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) == 1,
-        "PEM_write_bio_PrivateKey");
-  return bio_string(bio.get());
-}
-
-void add_ext(X509* cert, X509* issuer, int nid, const char* value) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
-  crypto::X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value));
-  check(ext != nullptr, "X509V3_EXT_conf_nid");
-  check(X509_add_ext(cert, ext.get(), -1) == 1, "X509_add_ext");
-}
-
-X509Ptr make_cert(const std::string& cn, std::uint64_t serial, EVP_PKEY* subject_key, X509* issuer,
-                  EVP_PKEY* issuer_key, bool ca) {
-  X509Ptr cert(X509_new());
-  check(cert != nullptr, "X509_new");
-  X509_set_version(cert.get(), 2);
-  crypto::BignumPtr bn(BN_new());
-  BN_set_word(bn.get(), serial);
-  BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(cert.get()));
-  X509_gmtime_adj(X509_getm_notBefore(cert.get()), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(cert.get()), ca ? 7 * 86400 : 86400);
-  X509_NAME* name = X509_get_subject_name(cert.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
-  X509_set_issuer_name(cert.get(), issuer ? X509_get_subject_name(issuer) : name);
-  X509_set_pubkey(cert.get(), subject_key);
-  X509* iss = issuer ? issuer : cert.get();
-  if (ca) {
-    add_ext(cert.get(), iss, NID_basic_constraints, "critical,CA:TRUE");
-    add_ext(cert.get(), iss, NID_key_usage, "critical,keyCertSign,cRLSign");
-    add_ext(cert.get(), iss, NID_subject_key_identifier, "hash");
-  } else {
-    add_ext(cert.get(), iss, NID_basic_constraints, "critical,CA:FALSE");
-    add_ext(cert.get(), iss, NID_key_usage, "critical,digitalSignature");
-    add_ext(cert.get(), iss, NID_ext_key_usage, "serverAuth");
-    add_ext(cert.get(), iss, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
-    add_ext(cert.get(), iss, NID_authority_key_identifier, "keyid");
-  }
-  check(X509_sign(cert.get(), issuer_key, EVP_sha256()) > 0, "X509_sign");
-  return cert;
+// A sequential serial, big-endian.
+std::vector<std::uint8_t> serial_bytes(std::uint64_t serial) {
+  std::vector<std::uint8_t> out(8);
+  for (int i = 7; i >= 0; --i, serial >>= 8) out[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(serial);
+  return out;
 }
 
 bool port_open(int port) {
@@ -119,18 +64,19 @@ std::string hex_serial(std::uint64_t serial) {
 // ---- TestCa -----------------------------------------------------------------------------------
 
 struct TestCa::Impl {
-  EvpPkeyPtr key;
-  X509Ptr cert;
+  TestCert ca;
   std::string cert_pem;
   std::string key_pem;
 };
 
 TestCa::TestCa() : impl_(std::make_unique<Impl>()) {
-  impl_->key.reset(EVP_EC_gen("P-256"));
-  check(impl_->key != nullptr, "EVP_EC_gen");
-  impl_->cert = make_cert("certagent reloader test CA", 1, impl_->key.get(), nullptr, impl_->key.get(), true);
-  impl_->cert_pem = cert_to_pem(impl_->cert.get());
-  impl_->key_pem = key_to_pem(impl_->key.get());
+  impl_->ca = make_cert(CertSpec{.common_name = "certagent reloader test CA",
+                                 .is_ca = true,
+                                 .not_before_offset = std::chrono::hours(-1),
+                                 .lifetime = std::chrono::hours(1 + 7 * 24),
+                                 .serial = serial_bytes(1)});
+  impl_->cert_pem = impl_->ca.cert_pem();
+  impl_->key_pem = impl_->ca.key_pem();
 }
 
 TestCa::~TestCa() = default;
@@ -138,19 +84,23 @@ TestCa::~TestCa() = default;
 std::string TestCa::cert_pem() const { return impl_->cert_pem; }
 
 Material TestCa::issue(std::uint64_t serial) const {
-  EvpPkeyPtr key(EVP_EC_gen("P-256"));
-  check(key != nullptr, "EVP_EC_gen");
-  X509Ptr cert = make_cert("localhost", serial, key.get(), impl_->cert.get(), impl_->key.get(), false);
+  TestCert leaf = make_cert(CertSpec{.common_name = "localhost",
+                                     .dns_names = {"localhost"},
+                                     .ip_addresses = {"127.0.0.1"},
+                                     .not_before_offset = std::chrono::hours(-1),
+                                     .lifetime = std::chrono::hours(1 + 24),
+                                     .serial = serial_bytes(serial)},
+                            &impl_->ca);
   Material m;
-  m.cert_pem = cert_to_pem(cert.get());
-  m.key_pem = Secret(key_to_pem(key.get()));
+  m.cert_pem = leaf.cert_pem();
+  m.key_pem = Secret(leaf.key_pem());
   m.serial_hex = hex_serial(serial);
   const auto now = std::chrono::system_clock::now();
   m.not_before = std::chrono::time_point_cast<std::chrono::seconds>(now - std::chrono::hours(1));
   m.not_after = std::chrono::time_point_cast<std::chrono::seconds>(now + std::chrono::hours(24));
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int md_len = 0;
-  check(X509_digest(cert.get(), EVP_sha256(), md, &md_len) == 1, "X509_digest");
+  check(X509_digest(leaf.cert.get(), EVP_sha256(), md, &md_len) == 1, "X509_digest");
   static constexpr char kHex[] = "0123456789abcdef";
   for (unsigned i = 0; i < md_len; ++i) {
     m.sha256_hex += kHex[md[i] >> 4];
