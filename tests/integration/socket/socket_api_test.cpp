@@ -5,6 +5,8 @@
 #include "agent/cli_client.h"
 #include "agent/socket_server.h"
 
+#include "core/crypto/x509.h"
+#include "tests/support/test_pki.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/core/http/test_clients.h"
 
@@ -36,28 +38,20 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 namespace asio = boost::asio;
 
-// A real self-signed ECDSA certificate and key, made once by the openssl CLI.
-struct TestCert {
+// A real self-signed P-256 certificate and key from the test PKI, made once.
+struct WebCert {
   std::string cert_pem;
   std::string key_pem;
   std::string serial;
 };
 
-TestCert make_cert(const std::string& cn) {
-  TempDir dir("socket-cert");
-  const auto r = test::run({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                            "ec_paramgen_curve:P-256", "-nodes", "-keyout", (dir / "k").string(),
-                            "-out", (dir / "c").string(), "-days", "2", "-subj", "/CN=" + cn});
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  const auto s = test::run({"openssl", "x509", "-in", (dir / "c").string(), "-noout", "-serial"});
-  std::string serial = s.out.substr(s.out.find('=') + 1);
-  serial.erase(serial.find_last_not_of("\n") + 1);
-  for (auto& ch : serial) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  return TestCert{test::read_file(dir / "c"), test::read_file(dir / "k"), serial};
+WebCert make_web_cert(const std::string& cn) {
+  const test::TestCert c = test::make_cert(test::CertSpec{.common_name = cn, .lifetime = 48h});
+  return WebCert{c.cert_pem(), c.key_pem(), crypto::describe(c.cert.get()).serial_hex};
 }
 
-const TestCert& web_cert() {
-  static const TestCert cert = make_cert("web.internal");
+const WebCert& web_cert() {
+  static const WebCert cert = make_web_cert("web.internal");
   return cert;
 }
 
