@@ -299,6 +299,9 @@ class Daemon {
       poll.expires_after(20ms);
       co_await poll.async_wait(asio::as_tuple(asio::use_awaitable));
     }
+    // A rotation that was committing when the stop came has announced its material since the
+    // first write: state.json must say so (`certagent status` reads it while the daemon is down).
+    write_state_now();
     grace->cancel();
   }
 

@@ -160,7 +160,11 @@ TEST(FileSinkCrash, KilledWriterNeverLeavesAMismatch) {
 
   for (const auto& p : findings.problems) ADD_FAILURE() << p;
   EXPECT_EQ(findings.count(), 0u);
-  EXPECT_GT(generations_seen.size(), 100u) << "too few distinct generations: the kills hit too early";
+  // Every mid-loop kill came after a swap, so most rounds leave a new current generation; a
+  // loaded machine runs fewer rounds (at least 50), so the bound is relative to the kills made.
+  EXPECT_GE(kills_mid_loop, 30) << "too few kills inside the commit loop";
+  EXPECT_GE(generations_seen.size(), static_cast<std::size_t>(kills_mid_loop) * 3 / 4)
+      << "too few distinct generations: the kills hit too early";
 
   // A fresh commit cleans up whatever the kills left: only our links, ..data and `keep`
   // generations remain.
