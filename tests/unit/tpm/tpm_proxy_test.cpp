@@ -5,7 +5,7 @@
 #include "tests/support/tpm_proxy/tpm_proxy.h"
 
 #include "tests/support/test_support.h"
-#include "tests/unit/tpm/swtpm.h"
+#include "tests/support/swtpm.h"
 
 #include <tss2/tss2_esys.h>
 #include <tss2/tss2_rc.h>
