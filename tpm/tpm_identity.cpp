@@ -490,6 +490,10 @@ class TpmIdentity::Core {
   // loaded again (TPM2_ContextLoad, a symmetric check) until a TPM reset or TPM2_Clear makes
   // the saved context useless; then the primary is created once more.
   TssResult<TransientObject> srk() {
+    return with_room([&] { return srk_once(); });
+  }
+
+  TssResult<TransientObject> srk_once() {
     if (srk_context_) {
       ESYS_TR handle = ESYS_TR_NONE;
       TSS2_RC rc = run("Esys_ContextLoad", [&] { return Esys_ContextLoad(esys_.get(), srk_context_.get(), &handle); });
@@ -497,6 +501,11 @@ class TpmIdentity::Core {
       if (is_tcti_error(rc)) return tss_error("Esys_ContextLoad", rc);
       logger()->info("event=srk_context_stale rc={}", log::quote(describe("Esys_ContextLoad", rc)));
       srk_context_.reset();
+      // A reset or cleared TPM: our loaded objects are gone too, and their handle numbers may
+      // now name objects loaded since. Drop them without flushing; they load again on use.
+      identity_.forget();
+      for (auto& k : kept_) k.object.forget();
+      kept_.clear();
     }
     auto created = create_srk();
     if (!created) return created.error();
@@ -548,7 +557,8 @@ class TpmIdentity::Core {
       own_srk = std::move(*parent);
       srk_in = &own_srk;
     }
-    auto key = load(srk_in->get(), identity_blobs_);
+    identity_.reset();
+    auto key = with_room([&] { return load(srk_in->get(), identity_blobs_); });
     if (!key) return key.error();
     identity_ = std::move(*key);
     return {};
@@ -572,6 +582,31 @@ class TpmIdentity::Core {
     }
     if (auto c = connect(); !c) return c.error();
     return op();
+  }
+
+  // TPM_RC_OBJECT_MEMORY: without a resource manager another client may hold slots. Flush what
+  // we keep loaded (never `in_use`), kept objects before the identity; false when nothing is left
+  // to flush. What was flushed loads again on its next use.
+  bool make_room(ESYS_TR in_use = ESYS_TR_NONE) {
+    const auto before = kept_.size();
+    std::erase_if(kept_, [&](const Kept& k) { return k.object.get() != in_use; });
+    bool freed = kept_.size() != before;
+    if (!freed && identity_ && identity_.get() != in_use) {
+      identity_.reset();
+      freed = true;
+    }
+    if (freed) logger()->debug("event=tpm_slots_freed reason=object_memory");
+    return freed;
+  }
+  static bool out_of_slots(const TssError& e) { return tpm_base_code(e.rc) == TPM2_RC_OBJECT_MEMORY; }
+
+  // Runs a command that takes a slot, making room while the TPM has none.
+  template <class Attempt>
+  auto with_room(Attempt&& attempt, ESYS_TR in_use = ESYS_TR_NONE) -> decltype(attempt()) {
+    for (;;) {
+      auto r = attempt();
+      if (r || !out_of_slots(r.error()) || !make_room(in_use)) return r;
+    }
   }
 
   TssResult<TransientObject*> identity_key() {
@@ -661,7 +696,7 @@ class TpmIdentity::Core {
     }
     auto parent = srk();
     if (!parent) return parent.error();
-    auto obj = load(parent->get(), blobs);
+    auto obj = with_room([&] { return load(parent->get(), blobs); });
     if (!obj) return obj.error();
     parent->reset();  // the slot an HMAC sequence may need
     kept_.push_back(Kept{key, std::move(*id), std::move(*obj), ++uses_});
@@ -707,11 +742,18 @@ class TpmIdentity::Core {
       }
       TPM2B_AUTH auth{};
       ESYS_TR seq_handle = ESYS_TR_NONE;
-      TSS2_RC rc = run("Esys_HMAC_Start", [&] {
-        return Esys_HMAC_Start(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &auth,
-                               TPM2_ALG_SHA256, &seq_handle);
-      });
-      if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_HMAC_Start", rc);
+      TSS2_RC rc = TSS2_RC_SUCCESS;
+      auto started = with_room(
+          [&]() -> TssResult<> {
+            rc = run("Esys_HMAC_Start", [&] {
+              return Esys_HMAC_Start(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &auth,
+                                     TPM2_ALG_SHA256, &seq_handle);
+            });
+            if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_HMAC_Start", rc);
+            return {};
+          },
+          handle);
+      if (!started) return started.error();
       TransientObject seq = object(seq_handle);
       std::size_t offset = 0;
       // SequenceComplete takes the last chunk; everything before goes through SequenceUpdate.

@@ -96,6 +96,7 @@ TpmBrokerRig::TpmBrokerRig(std::set<Broker> brokers, tpm_proxy::LatencyModel mod
   if (brokers.count(Broker::acme)) {
     // VA always valid, no badNonce injection: the same requests every time (the count of
     // signatures per issuance is asserted against the renewer's own count of JWS requests).
+    fs::create_directories(dir_ / "pebble");
     pebble_.emplace(dir_ / "pebble", PebbleOptions{.always_valid = true,
                                                    .env = {{"PEBBLE_WFE_NONCEREJECT", "0"},
                                                            {"PEBBLE_AUTHZREUSE", "0"}}});

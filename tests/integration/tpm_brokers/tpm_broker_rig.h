@@ -63,7 +63,7 @@ class TpmBrokerRig {
  private:
   boost::asio::io_context ioc_;
   TempDir dir_{"certagent-tpmrig"};
-  std::optional<Swtpm> swtpm_;
+  std::optional<tpm::test::Swtpm> swtpm_;
   std::unique_ptr<tpm_proxy::TpmProxy> proxy_;
   std::unique_ptr<tpm::TpmIdentity> identity_;
   std::optional<Multirootca> cfssl_;

@@ -125,6 +125,7 @@ std::string ProxyStats::summary() const {
   std::string out;
   for (const auto& [cc, n] : executed) out += command_name(cc) + "=" + std::to_string(n) + " ";
   out += "total=" + std::to_string(executed_total);
+  if (upstream_warnings_total) out += " (" + std::to_string(upstream_warnings_total) + " answered busy by swtpm)";
   if (injected_total) {
     out += " injected:";
     for (const auto& [cc, n] : injected) out += " " + command_name(cc) + "=" + std::to_string(n);
@@ -141,6 +142,12 @@ ProxyStats ProxyStats::since(const ProxyStats& before) const {
     if (n > before.executed_count(cc)) d.executed[cc] = n - before.executed_count(cc);
   for (const auto& [cc, n] : injected)
     if (n > before.injected_count(cc)) d.injected[cc] = n - before.injected_count(cc);
+  for (const auto& [cc, n] : upstream_warnings) {
+    auto it = before.upstream_warnings.find(cc);
+    const std::uint64_t was = it == before.upstream_warnings.end() ? 0 : it->second;
+    if (n > was) d.upstream_warnings[cc] = n - was;
+  }
+  d.upstream_warnings_total = upstream_warnings_total - before.upstream_warnings_total;
   d.executed_total = executed_total - before.executed_total;
   d.injected_total = injected_total - before.injected_total;
   d.rm_context_loads = rm_context_loads - before.rm_context_loads;
@@ -406,6 +413,11 @@ void TpmProxy::serve_data(int fd) {
       } else {
         ++stats_.executed[cc];
         ++stats_.executed_total;
+        const std::uint32_t rc = be32(rsp, 6);
+        if (rc == kRcRetry || rc == kRcYielded || rc == kRcTesting) {
+          ++stats_.upstream_warnings[cc];
+          ++stats_.upstream_warnings_total;
+        }
         track_handles(cmd, rsp);
       }
       held_after = objects_.size();

@@ -33,8 +33,12 @@ namespace fs = std::filesystem;
 struct ProxyStats {
   std::map<std::uint32_t, std::uint64_t> executed;  // forwarded to swtpm, by command code
   std::map<std::uint32_t, std::uint64_t> injected;  // answered with a warning instead, by command code
+  // Forwarded commands that swtpm itself answered with RETRY / YIELDED / TESTING (libtpms does
+  // for an ECDSA signature now and then): ESAPI sends those again.
+  std::map<std::uint32_t, std::uint64_t> upstream_warnings;
   std::uint64_t executed_total{0};
   std::uint64_t injected_total{0};
+  std::uint64_t upstream_warnings_total{0};
   // Kernel resource manager emulation: commands the kernel would have added (not sent).
   std::uint64_t rm_context_loads{0};
   std::uint64_t rm_context_saves{0};
@@ -45,6 +49,12 @@ struct ProxyStats {
     auto it = executed.find(cc);
     return it == executed.end() ? 0 : it->second;
   }
+  // Commands the TPM ran to an answer other than a busy warning: what an issuance costs.
+  std::uint64_t completed_count(std::uint32_t cc) const {
+    auto it = upstream_warnings.find(cc);
+    return executed_count(cc) - (it == upstream_warnings.end() ? 0 : it->second);
+  }
+  std::uint64_t completed_total() const { return executed_total - upstream_warnings_total; }
   std::uint64_t injected_count(std::uint32_t cc) const {
     auto it = injected.find(cc);
     return it == injected.end() ? 0 : it->second;
