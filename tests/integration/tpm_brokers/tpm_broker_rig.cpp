@@ -5,7 +5,9 @@
 #include "core/crypto/keys.h"
 #include "renewers/acme_renewer.h"
 #include "renewers/broker_keys.h"
+#include "renewers/cfssl_config.h"
 #include "renewers/cfssl_renewer.h"
+#include "renewers/lemur_config.h"
 #include "renewers/lemur_renewer.h"
 #include "renewers/local_renewer.h"
 #include "tests/support/run_sync.h"
@@ -62,7 +64,7 @@ TpmBrokerRig::TpmBrokerRig(std::set<Broker> brokers, tpm_proxy::LatencyModel mod
     b.name = "pki";
     b.type = "cfssl";
     b.timeout = 20s;
-    config::CfsslBrokerConfig c;
+    renewers::CfsslRenewerConfig c;
     c.url = cfssl_->url();
     c.ca_bundle = cfssl_->tls_ca_file();
     b.settings = c;
@@ -83,7 +85,7 @@ TpmBrokerRig::TpmBrokerRig(std::set<Broker> brokers, tpm_proxy::LatencyModel mod
     b.name = "netflix";
     b.type = "lemur";
     b.timeout = 20s;
-    config::LemurBrokerConfig c;
+    renewers::LemurRenewerConfig c;
     c.url = lemur_->url();
     c.ca_bundle = dir_ / "lemur-ca.pem";
     c.token_file = dir_ / "lemur.jwt";
@@ -119,7 +121,7 @@ renewers::Renewer& TpmBrokerRig::renewer(Broker b) {
 }
 
 renewers::IssueRequest TpmBrokerRig::make_request(const std::string& name) const {
-  auto key = must(crypto::generate_key(config::KeyType::ecdsa_p256), "key");
+  auto key = must(crypto::generate_key(crypto::KeyType::ecdsa_p256), "key");
   const std::string host = name + ".certagent.test";
   crypto::SubjectNames names{.common_name = host, .dns_names = {host}};
   renewers::IssueRequest request;
