@@ -91,11 +91,10 @@ bool valid_name(std::string_view name) {
   });
 }
 
-// Why nothing valid can be handed out: "expired" or "not_issued".
+// Why nothing valid can be handed out: "expired", "not_yet_valid" or "not_issued".
 std::string_view unavailable_reason(const CertEntry& entry, SystemTime now) {
-  if (entry.material && now >= entry.material->not_after) return "expired";
-  if (!entry.material && entry.state == CertState::expired) return "expired";
-  return "not_issued";
+  const CertState state = effective_state(entry, now);
+  return to_string(state == CertState::valid ? CertState::not_issued : state);
 }
 
 // The bundle for one certificate. Every byte of it is wiped when freed.
