@@ -422,8 +422,13 @@ TEST_F(SocketApiTest, NothingInvalidIsEverHandedOut) {
 
 TEST_F(SocketApiTest, ALeafNotValidYetIsNamedSoAndNotHandedOut) {
   start();
-  auto early = std::make_shared<Material>(*material("e1"));
+  auto early = std::make_shared<Material>();
+  early->cert_pem = web_cert().cert_pem;
+  early->key_pem = Secret(web_cert().key_pem);
+  early->serial_hex = "e1";
   early->not_before = clock_.now() + 10min;  // a broker whose clock runs ahead of ours
+  early->not_after = clock_.now() + 24h;
+  early->broker = "dev";
   commit("api", early);
   auto r = get("/v1/certificates/api");
   ASSERT_TRUE(r);
