@@ -82,7 +82,8 @@ class Daemon {
         state_timer_(io_),
         watchdog_timer_(io_),
         ready_timer_(io_),
-        clock_watch_(io_.get_executor(), [this] {
+        clock_watch_(io_.get_executor(), clock_, [this](std::chrono::nanoseconds) {
+          metrics_.add(metric::kClockJumps, {});
           for (auto& [name, loop] : loops_) loop->wake();
         }) {}
 

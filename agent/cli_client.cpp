@@ -144,6 +144,8 @@ std::string describe_failure(unsigned status, std::string_view body, const std::
     case 503:
       if (code == "expired") return "certificate '" + name + "' has expired and no new one is held";
       if (code == "not_issued") return "certificate '" + name + "' has not been issued yet";
+      if (code == "not_yet_valid")
+        return "certificate '" + name + "' is not valid yet (is this host's clock behind? see certagent status)";
       return "daemon busy: " + code;
     default:
       return "daemon answered " + std::to_string(status) + ": " + code;
@@ -261,7 +263,7 @@ int cli_status(const std::filesystem::path& socket_path, bool as_json, std::ostr
 void print_status_table(const json::array& certs, std::ostream& out) {
   const auto now = std::chrono::system_clock::now();
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL"});
+  rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL", "CLOCK"});
   for (const auto& v : certs) {
     if (!v.is_object()) continue;
     const auto& o = v.as_object();
@@ -270,9 +272,16 @@ void print_status_table(const json::array& certs, std::ostream& out) {
       expires_in =
           format_remaining(std::chrono::duration_cast<std::chrono::seconds>(*not_after - now));
     }
+    // A host clock behind the broker's fails renewals closed: say so where people look first.
+    std::string clock = "ok";
+    if (const auto* skew = o.if_contains("clock_skew_seconds"); skew && skew->is_int64() && skew->as_int64() != 0) {
+      const auto seconds = skew->as_int64();
+      clock = seconds > 0 ? format_remaining(std::chrono::seconds(seconds)) + "_behind_broker"
+                          : format_remaining(std::chrono::seconds(-seconds)) + "_ahead_of_broker";
+    }
     rows.push_back({text_or_dash(o.if_contains("name")), text_or_dash(o.if_contains("state")),
                     text_or_dash(o.if_contains("serial")), text_or_dash(o.if_contains("not_after")),
-                    expires_in, text_or_dash(o.if_contains("next_renewal"))});
+                    expires_in, text_or_dash(o.if_contains("next_renewal")), clock});
   }
   std::vector<std::size_t> widths(rows.front().size(), 0);
   for (const auto& row : rows) {

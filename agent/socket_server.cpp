@@ -85,11 +85,10 @@ std::string serialize_wiped(const json::value& value, std::size_t size_hint, boo
 
 // ---- what a certificate looks like on the socket -------------------------------------------
 
-// Why nothing valid can be handed out: "expired" or "not_issued".
+// Why nothing valid can be handed out: "expired", "not_yet_valid" or "not_issued".
 std::string_view unavailable_reason(const CertEntry& entry, SystemTime now) {
-  if (entry.material && now >= entry.material->not_after) return "expired";
-  if (!entry.material && entry.state == CertState::expired) return "expired";
-  return "not_issued";
+  const CertState state = effective_state(entry, now);
+  return to_string(state == CertState::valid ? CertState::not_issued : state);
 }
 
 // The bundle for one certificate. Every byte of it is wiped when freed.

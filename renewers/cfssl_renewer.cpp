@@ -169,6 +169,7 @@ awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
   IssueResult out;
   out.chain_pem = std::move(certificate);
   if (out.chain_pem.back() != '\n') out.chain_pem += '\n';
+  out.broker_time = res->date();
   co_return out;
 }
 
