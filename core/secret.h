@@ -82,8 +82,9 @@ class Secret {
 };
 
 // An allocator that wipes memory before handing it back, for containers that hold secrets
-// they were not built for (HTTP header fields carrying a bearer token).
-template <class T, class Upstream = std::allocator<T>>
+// they were not built for (HTTP header fields carrying a bearer token). By default the memory
+// is locked too (locked_memory::LockedAllocator).
+template <class T, class Upstream = locked_memory::LockedAllocator<T>>
 struct CleansingAllocator {
   using value_type = T;
   template <class U>
