@@ -131,8 +131,8 @@ TEST(SecureHeap, PrivatePartsOfEveryKeyTypeGoThereAndSizingFollowsTheInFlightKey
   ASSERT_EQ(heap.bytes, 64u * 1024);
   EXPECT_TRUE(heap.locked);  // root, or RLIMIT_MEMLOCK >= 64 KiB
   EXPECT_EQ(init_secure_heap(1 << 20).bytes, heap.bytes);  // once only
-  for (auto type : {config::KeyType::ecdsa_p256, config::KeyType::ecdsa_p384, config::KeyType::ed25519,
-                    config::KeyType::rsa_2048}) {
+  for (auto type : {KeyType::ecdsa_p256, KeyType::ecdsa_p384, KeyType::ed25519,
+                    KeyType::rsa_2048}) {
     auto warm = generate_key(type);  // the generators' state is made on first use
     ASSERT_TRUE(warm);
     const std::size_t before = CRYPTO_secure_used();
@@ -152,21 +152,10 @@ TEST(SecureHeap, PrivatePartsOfEveryKeyTypeGoThereAndSizingFollowsTheInFlightKey
     EXPECT_EQ(CRYPTO_secure_used(), before) << static_cast<int>(type);
   }
 
-  config::Config c;
-  config::BrokerConfig ca;
-  ca.name = "ca";
-  ca.max_in_flight = 8;
-  c.brokers["ca"] = ca;
-  for (int i = 0; i < 1000; ++i) {
-    config::CertificateConfig cert;
-    cert.name = "c" + std::to_string(i);
-    cert.broker = "ca";
-    c.certificates.push_back(cert);
-  }
-  EXPECT_EQ(secure_heap_size(c), 64u * 1024);  // 1,000 ecdsa-p256 certificates, 8 in flight
-  c.brokers["ca"].max_in_flight = 1024;
-  for (auto& cert : c.certificates) cert.key = config::KeyType::rsa_4096;
-  EXPECT_EQ(secure_heap_size(c), 8u * 1024 * 1024);  // all 1,000 rsa-4096 in flight at once
+  // 1,000 ecdsa-p256 certificates on one broker, 8 in flight: the minimum.
+  EXPECT_EQ(secure_heap_size({{KeyType::ecdsa_p256, 8}}), 64u * 1024);
+  // All 1,000 in flight at once as rsa-4096.
+  EXPECT_EQ(secure_heap_size({{KeyType::rsa_4096, 1000}}), 8u * 1024 * 1024);
 }
 
 }  // namespace
