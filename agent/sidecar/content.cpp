@@ -1,6 +1,6 @@
 #include "agent/sidecar/content.h"
 
-#include "agent/crypto/x509.h"
+#include "core/crypto/x509.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -97,7 +97,7 @@ Result<std::string> pem_certs_to_der(std::string_view pem) {
     auto* out = reinterpret_cast<unsigned char*>(der.data() + at);
     i2d_X509(cert.get(), &out);
   }
-  return der;
+  return Result<std::string>(boost::system::in_place_value, std::move(der));
 }
 
 Result<Secret> pem_key_to_der(std::string_view pem) {

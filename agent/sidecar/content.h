@@ -6,10 +6,10 @@
 // key bytes (OPENSSL_cleanse) before the message is freed. gRPC's own transport buffers are
 // outside our reach.
 
-#include "agent/config.h"
-#include "agent/material.h"
-#include "agent/result.h"
-#include "agent/secret.h"
+#include "core/config/config.h"
+#include "core/material.h"
+#include "core/result.h"
+#include "core/secret.h"
 
 #include "envoy/extensions/transport_sockets/tls/v3/secret.pb.h"
 #include "envoy/service/discovery/v3/discovery.pb.h"
