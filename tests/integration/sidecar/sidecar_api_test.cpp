@@ -338,8 +338,8 @@ TEST_F(SidecarApiTest, SdsFailsClosedAtExpiryAndOnRemoval) {
   auto expired = c.messages()[1];
   EXPECT_EQ(resource(expired, "web"), nullptr) << json::serialize(expired);
   EXPECT_NE(resource(expired, "web/trust"), nullptr);
-  // A fresh web comes back.
-  commit("web", material("web"));
+  // A fresh web comes back (valid at the test clock, which is past the first one's expiry).
+  commit("web", material("web", 200h));
   ASSERT_TRUE(c.wait_messages(3));
   EXPECT_NE(resource(c.messages()[2], "web"), nullptr);
   // A config reload removes web: it disappears from the stream.
@@ -428,16 +428,17 @@ TEST_F(SidecarApiTest, WorkloadApiEndsTheStreamWhenTheLastSvidExpires) {
 // With the real clock and no word from the store: the expiry timer alone ends the stream.
 TEST_F(SidecarApiTest, ExpiryTimerFailsClosedWithoutTheStore) {
   SystemClock real;
-  auto config = api_config();
-  start(config, &real);
-  commit("web", material("web", 2s));  // make_test_material: valid from now - 1h
+  start(api_config(), &real);
   auto c = client({"svid"}, as_uid(kWebUid));
-  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
   auto s = client({"sds", "web"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
   ASSERT_TRUE(s.wait_messages(1)) << s.stderr_text();
-  EXPECT_EQ(c.wait_end(), "PERMISSION_DENIED");
+  commit("web", material("web", 3s));  // make_test_material: valid from now - 1h
+  ASSERT_TRUE(c.wait_messages(2));
   ASSERT_TRUE(s.wait_messages(2));
-  EXPECT_TRUE(s.messages()[1].at("resources").as_array().empty());
+  EXPECT_EQ(c.wait_end(), "PERMISSION_DENIED");
+  ASSERT_TRUE(s.wait_messages(3));
+  EXPECT_TRUE(s.messages()[2].at("resources").as_array().empty());
 }
 
 // ---- limits and garbage ------------------------------------------------------------------------
