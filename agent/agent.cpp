@@ -10,6 +10,7 @@
 #include "core/logging.h"
 #include "agent/metrics.h"
 #include "agent/sd_notify.h"
+#include "agent/sidecar/sidecar_server.h"
 #include "agent/socket_server.h"
 #include "agent/state_file.h"
 #include "agent/store.h"
@@ -45,26 +46,35 @@ constexpr auto kStopGrace = 5s;
 // state.json is written at most this often.
 constexpr auto kStateWriteDelay = 1s;
 
-// The socket API and the metrics listener, started and stopped together.
+// The socket API, the sidecar API and the metrics listener, started and stopped together.
 class ServerSet {
  public:
   ServerSet(asio::io_context& io, const config::Config& config, CertificateStore& store,
             Metrics& metrics, const Clock& clock, std::function<bool()> healthy)
       : socket_(io, config.socket, store, metrics, clock, healthy),
-        metrics_(io, config.metrics.listen, store, metrics, clock, healthy) {}
+        metrics_(io, config.metrics.listen, store, metrics, clock, healthy) {
+    // Without workload_api nothing of gRPC is even constructed: no threads, no memory.
+    if (!config.workload_api.path.empty())
+      sidecar_ = std::make_unique<sidecar::SidecarServer>(io, config.workload_api, store, metrics,
+                                                          clock);
+  }
 
   Result<> start() {
     if (auto r = socket_.start(); !r) return r;  // its message names the path
+    if (sidecar_)
+      if (auto r = sidecar_->start(); !r) return r;
     if (auto r = metrics_.start(); !r) return with_context("metrics listener", r.error());
     return {};
   }
   void stop() {
     socket_.stop();
+    if (sidecar_) sidecar_->stop();
     metrics_.stop();
   }
 
  private:
   SocketServer socket_;
+  std::unique_ptr<sidecar::SidecarServer> sidecar_;
   MetricsListener metrics_;
 };
 
@@ -107,7 +117,8 @@ class Daemon {
       logger()->error("event=start_failed error={}", log::quote(r.error().message));
       return 1;
     }
-    if (!config_.socket.path.empty() || !config_.metrics.listen.empty()) {
+    if (!config_.socket.path.empty() || !config_.workload_api.path.empty() ||
+        !config_.metrics.listen.empty()) {
       servers_ = std::make_unique<ServerSet>(io_, config_, store_, metrics_, clock_,
                                              [this] { return !stopping_; });
       if (auto r = servers_->start(); !r) {
@@ -243,9 +254,10 @@ class Daemon {
     }
     if (next->state_dir != config_.state_dir || next->identity.backend != config_.identity.backend ||
         next->identity.tcti != config_.identity.tcti || !(next->socket == config_.socket) ||
+        !(next->workload_api == config_.workload_api) ||
         next->metrics.listen != config_.metrics.listen)
-      logger()->warn("event=config_reload_partial effect=\"state_dir, identity, socket and metrics "
-                     "changes take effect at the next restart\"");
+      logger()->warn("event=config_reload_partial effect=\"state_dir, identity, socket, "
+                     "workload_api and metrics changes take effect at the next restart\"");
     if (needs_identity(*next) && !identity_) {
       logger()->error("event=config_reload_failed action=keeping_current error=\"the new config "
                       "needs the host identity, which needs a restart to open\"");
@@ -260,11 +272,13 @@ class Daemon {
       const auto keep_state = config_.state_dir;
       const auto keep_identity = config_.identity;
       const auto keep_socket = config_.socket;
+      const auto keep_workload_api = config_.workload_api;
       const auto keep_metrics = config_.metrics;
       config_ = std::move(*next);
       config_.state_dir = keep_state;
       config_.identity = keep_identity;
       config_.socket = keep_socket;
+      config_.workload_api = keep_workload_api;
       config_.metrics = keep_metrics;
       logger()->info("event=config_reloaded certificates={}", config_.certificates.size());
     }

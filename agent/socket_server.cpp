@@ -104,6 +104,8 @@ std::string error_json(std::string_view code, bool newline) {
   return out;
 }
 
+}  // namespace
+
 bool may_read_key(const config::SocketAccess& access, const http::Peer& peer) {
   if (!peer.known) return false;
   if (peer.uid == 0) return true;
@@ -114,6 +116,8 @@ bool may_read_key(const config::SocketAccess& access, const http::Peer& peer) {
   return std::any_of(access.allow_gids.begin(), access.allow_gids.end(),
                      [&](std::uint32_t g) { return peer.in_group(g); });
 }
+
+namespace {
 
 std::string_view path_of(std::string_view target) {
   return target.substr(0, target.find('?'));
@@ -166,7 +170,7 @@ std::optional<http::Reply> common_route(std::string_view path, const http::Reque
 
 // ---- the socket file -----------------------------------------------------------------------
 
-Result<std::optional<gid_t>> lookup_group(const std::string& name) {
+Result<std::optional<gid_t>> lookup_group(const std::string& name, std::string_view key) {
   if (name.empty()) return std::optional<gid_t>{};
   group grp{};
   group* found = nullptr;
@@ -176,10 +180,10 @@ Result<std::optional<gid_t>> lookup_group(const std::string& name) {
          buffer.size() < (1u << 20)) {
     buffer.resize(buffer.size() * 2);
   }
-  if (rc != 0) return make_error("socket.group '" + name + "': " + std::strerror(rc));
+  if (rc != 0) return make_error(std::string(key) + " '" + name + "': " + std::strerror(rc));
   if (!found) {
-    Error e = make_error("socket.group '" + name +
-                         "' does not exist: create the group or change socket.group");
+    Error e = make_error(std::string(key) + " '" + name + "' does not exist: create the group or change " +
+                         std::string(key));
     e.configuration = true;
     return e;
   }
@@ -192,14 +196,14 @@ bool fits_sun_path(const std::filesystem::path& p) {
 
 // An existing file at the socket path: a socket nobody answers on is stale and will be replaced
 // (by the rename that publishes the new one); anything else is left alone and is an error.
-Result<> check_existing(const std::filesystem::path& path) {
+Result<> check_existing(const std::filesystem::path& path, const std::string& key) {
   struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return {};
-    return fs_util::errno_error("socket.path " + path.string(), errno);
+    return fs_util::errno_error(key + " " + path.string(), errno);
   }
   if (!S_ISSOCK(st.st_mode)) {
-    return make_error("socket.path " + path.string() +
+    return make_error(key + " " + path.string() +
                       " exists and is not a socket; refusing to replace it (remove it or choose "
                       "another path)");
   }
@@ -210,11 +214,11 @@ Result<> check_existing(const std::filesystem::path& path) {
   std::memcpy(addr.sun_path, path.c_str(), path.native().size());
   if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0 ||
       errno == EAGAIN || errno == EINPROGRESS) {
-    return make_error("socket.path " + path.string() +
+    return make_error(key + " " + path.string() +
                       " is in use by a running process (another certagent?)");
   }
   if (errno != ECONNREFUSED) {
-    return fs_util::errno_error("socket.path " + path.string() + ": probing the existing socket",
+    return fs_util::errno_error(key + " " + path.string() + ": probing the existing socket",
                                 errno);
   }
   logger()->info("event=socket_stale_replaced path={}", log::quote(path.string()));
@@ -308,25 +312,25 @@ http::Chunk SocketServer::current_line(const CertEntry& entry, std::string* key)
 
 SocketServer::~SocketServer() { stop(); }
 
-Result<> SocketServer::start() {
-  if (config_.path.empty()) return {};
-  if (started_) return make_error("socket server already started");
-  const auto& path = config_.path;
-  auto gid = lookup_group(config_.group);
+Result<UnixSocketFile> create_unix_socket(boost::asio::io_context& io,
+                                          const std::filesystem::path& path, std::uint32_t mode,
+                                          const std::string& group, std::string_view what) {
+  const std::string key = std::string(what) + ".path";
+  auto gid = lookup_group(group, std::string(what) + ".group");
   if (!gid) return gid.error();
 
   std::filesystem::path parent = path.parent_path();
   if (parent.empty()) parent = ".";
   if (auto r = fs_util::make_directories(parent, 0755); !r) {
-    return with_context("socket.path " + path.string(), r.error());
+    return with_context(key + " " + path.string(), r.error());
   }
-  if (auto r = check_existing(path); !r) return r.error();
+  if (auto r = check_existing(path, key); !r) return r.error();
 
   // Bound in a private directory, given its mode and group there, then renamed into place:
   // the socket never shows at its path with the umask's permissions.
   std::string temp_dir = (parent / ".sock-XXXXXX").string();
   if (!::mkdtemp(temp_dir.data())) {
-    return fs_util::errno_error("socket.path " + path.string() + ": creating a temp directory in " +
+    return fs_util::errno_error(key + " " + path.string() + ": creating a temp directory in " +
                                     parent.string(),
                                 errno);
   }
@@ -337,42 +341,62 @@ Result<> SocketServer::start() {
   };
   if (!fits_sun_path(path) || !fits_sun_path(temp_path)) {
     cleanup();
-    return make_error("socket.path " + path.string() + " is too long for a Unix socket (at most " +
+    return make_error(key + " " + path.string() + " is too long for a Unix socket (at most " +
                       std::to_string(sizeof(sockaddr_un{}.sun_path) - 16) + " bytes)");
   }
-  local::acceptor acceptor(io_);
+  local::acceptor acceptor(io);
   boost::system::error_code ec;
   acceptor.open(local(), ec);
   if (!ec) acceptor.bind(local::endpoint(temp_path.string()), ec);
   if (!ec) acceptor.listen(boost::asio::socket_base::max_listen_connections, ec);
   if (ec) {
     cleanup();
-    return make_error("socket.path " + path.string() + ": " + ec.message());
+    return make_error(key + " " + path.string() + ": " + ec.message());
   }
-  if (::chmod(temp_path.c_str(), config_.mode & 07777) != 0) {
+  if (::chmod(temp_path.c_str(), mode & 07777) != 0) {
     const int err = errno;
     cleanup();
-    return fs_util::errno_error("socket.path " + path.string() + ": chmod", err);
+    return fs_util::errno_error(key + " " + path.string() + ": chmod", err);
   }
   if (*gid && ::chown(temp_path.c_str(), static_cast<uid_t>(-1), **gid) != 0) {
     const int err = errno;
     cleanup();
-    return fs_util::errno_error(
-        "socket.path " + path.string() + ": chown to group '" + config_.group + "'", err);
+    return fs_util::errno_error(key + " " + path.string() + ": chown to group '" + group + "'",
+                                err);
   }
   if (::rename(temp_path.c_str(), path.c_str()) != 0) {
     const int err = errno;
     cleanup();
-    return fs_util::errno_error("socket.path " + path.string() + ": rename into place", err);
+    return fs_util::errno_error(key + " " + path.string() + ": rename into place", err);
   }
   ::rmdir(temp_dir.c_str());
+  UnixSocketFile out{std::move(acceptor), 0, 0};
   struct stat st {};
-  if (::lstat(path.c_str(), &st) == 0) socket_file_ = std::make_pair(st.st_dev, st.st_ino);
+  if (::lstat(path.c_str(), &st) == 0) {
+    out.dev = st.st_dev;
+    out.ino = st.st_ino;
+  }
+  return out;
+}
 
-  server_.serve(std::move(acceptor));
+void remove_unix_socket(const std::filesystem::path& path, dev_t dev, ino_t ino) {
+  struct stat st {};
+  // Only our own socket: another daemon may have replaced it meanwhile.
+  if (::lstat(path.c_str(), &st) == 0 && st.st_dev == dev && st.st_ino == ino) {
+    ::unlink(path.c_str());
+  }
+}
+
+Result<> SocketServer::start() {
+  if (config_.path.empty()) return {};
+  if (started_) return make_error("socket server already started");
+  auto file = create_unix_socket(io_, config_.path, config_.mode, config_.group, "socket");
+  if (!file) return file.error();
+  socket_file_ = std::make_pair(file->dev, file->ino);
+  server_.serve(std::move(file->acceptor));
   started_ = true;
   set_watchers_metric();
-  logger()->info("event=socket_listening path={} mode={} group={}", log::quote(path.string()),
+  logger()->info("event=socket_listening path={} mode={} group={}", log::quote(config_.path.string()),
                  mode_string(config_.mode), log::quote(config_.group));
   return {};
 }
@@ -383,12 +407,7 @@ void SocketServer::stop() {
   bundles_.clear();
   watcher_count_ = 0;
   if (socket_file_) {
-    struct stat st {};
-    // Only our own socket: another daemon may have replaced it meanwhile.
-    if (::lstat(config_.path.c_str(), &st) == 0 && st.st_dev == socket_file_->first &&
-        st.st_ino == socket_file_->second) {
-      ::unlink(config_.path.c_str());
-    }
+    remove_unix_socket(config_.path, socket_file_->first, socket_file_->second);
     socket_file_.reset();
     logger()->info("event=socket_closed path={}", log::quote(config_.path.string()));
   }

@@ -27,6 +27,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/json/storage_ptr.hpp>
 
 #include <filesystem>
@@ -39,6 +40,25 @@
 
 namespace certagent {
 
+
+// Who may read a certificate's key over a socket (the HTTP API and the sidecar API alike): root,
+// uids in access.allow_uids, and peers whose gid or a supplementary group is in allow_gids.
+bool may_read_key(const config::SocketAccess& access, const http::Peer& peer);
+
+// A listening Unix socket at `path`, created the way SocketServer::start() describes; `what`
+// ("socket", "workload_api") names the config keys in messages.
+struct UnixSocketFile {
+  boost::asio::local::stream_protocol::acceptor acceptor;
+  dev_t dev;
+  ino_t ino;
+};
+[[nodiscard]] Result<UnixSocketFile> create_unix_socket(boost::asio::io_context& io,
+                                                        const std::filesystem::path& path,
+                                                        std::uint32_t mode,
+                                                        const std::string& group,
+                                                        std::string_view what);
+// Removes the socket at `path` if it is still the one created (dev, ino).
+void remove_unix_socket(const std::filesystem::path& path, dev_t dev, ino_t ino);
 
 // Storage for Boost.JSON values that hold key material: every block is wiped when freed.
 boost::json::storage_ptr json_wiping_storage();

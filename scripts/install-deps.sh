@@ -5,9 +5,11 @@
 set -euo pipefail
 
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
-  libtss2-dev libyaml-cpp-dev libspdlog-dev libgtest-dev)
+  libtss2-dev libyaml-cpp-dev libspdlog-dev libgtest-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc)
 test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
-  procps util-linux systemd dpkg-dev lintian man-db binutils prometheus)
+  procps util-linux systemd dpkg-dev lintian man-db binutils prometheus
+  python3-grpcio python3-protobuf)
 demo_pkgs=(openssl)
 bench_pkgs=(lego uacme certbot)
 

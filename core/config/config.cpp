@@ -125,6 +125,8 @@ class Schema {
   void log(const Field& f, LogConfig& out);
   void identity(const Field& f, IdentityConfig& out);
   void socket(const Field& f, SocketConfig& out);
+  void workload_api(const Field& f, WorkloadApiConfig& out);
+  void opt_mode(const MapView& m, std::uint32_t& out);
   void brokers(const Field& f, std::map<std::string, BrokerConfig>& out);
   std::optional<BrokerConfig> broker(const std::string& name, const Field& f);
   void knobs(MapView& m, Knobs& out);
@@ -143,14 +145,19 @@ class Schema {
 void Schema::root(const Field& f, Config& c) {
   MapView m(r_, f, "a mapping of top-level keys (state_dir, brokers, certificates, ...)");
   if (!m.valid()) return;
-  m.allow({"state_dir", "log", "identity", "socket", "metrics", "brokers", "defaults",
-           "certificates"});
+  m.allow({"state_dir", "log", "identity", "socket", "workload_api", "metrics", "brokers",
+           "defaults", "certificates"});
   if (auto sd = m.get("state_dir")) {
     if (auto p = r_.path(*sd, true)) c.state_dir = *p;
   }
   if (auto v = m.get("log")) log(*v, c.log);
   if (auto v = m.get("identity")) identity(*v, c.identity);
   if (auto v = m.get("socket")) socket(*v, c.socket);
+  if (auto v = m.get("workload_api")) {
+    workload_api(*v, c.workload_api);
+    if (!c.workload_api.path.empty() && c.workload_api.path == c.socket.path)
+      r_.fail(*v, "workload_api.path equal to socket.path", "a socket path of its own");
+  }
   if (auto v = m.get("metrics")) {
     MapView mm(r_, *v);
     mm.allow({"listen"});
@@ -195,11 +202,7 @@ void Schema::identity(const Field& f, IdentityConfig& out) {
       }, [&](std::string v) { out.tcti = std::move(v); });
 }
 
-void Schema::socket(const Field& f, SocketConfig& out) {
-  MapView m(r_, f);
-  m.allow({"path", "mode", "group", "admin_uids", "max_connections", "max_watchers",
-           "max_header_bytes", "request_timeout"});
-  m.opt_path("path", out.path);
+void Schema::opt_mode(const MapView& m, std::uint32_t& out) {
   if (auto mf = m.get("mode")) {
     constexpr std::string_view kExpected = "a quoted octal string like \"0660\"";
     if (auto s = r_.string(*mf, kExpected)) {
@@ -214,11 +217,37 @@ void Schema::socket(const Field& f, SocketConfig& out) {
           ok = ok && c >= '0' && c <= '7';
           mode = mode * 8 + static_cast<std::uint32_t>(c - '0');
         }
-        if (ok && mode <= 0777) out.mode = mode;
+        if (ok && mode <= 0777) out = mode;
         else r_.fail(*mf, "got " + describe(mf->value), "an octal mode from \"0000\" to \"0777\"");
       }
     }
   }
+}
+
+void Schema::workload_api(const Field& f, WorkloadApiConfig& out) {
+  MapView m(r_, f);
+  m.allow({"path", "mode", "group", "max_connections", "max_connections_per_uid", "max_streams",
+           "max_streams_per_uid", "max_request_bytes", "calls_per_second", "keepalive",
+           "idle_timeout"});
+  m.opt_path("path", out.path);
+  opt_mode(m, out.mode);
+  m.opt_string("group", out.group);
+  m.opt_int("max_connections", 1, 1'000'000, out.max_connections);
+  m.opt_int("max_connections_per_uid", 1, 1'000'000, out.max_connections_per_uid);
+  m.opt_int("max_streams", 1, 1'000'000, out.max_streams);
+  m.opt_int("max_streams_per_uid", 1, 1'000'000, out.max_streams_per_uid);
+  m.opt_int("max_request_bytes", 1024, 4 << 20, out.max_request_bytes);
+  m.opt_int("calls_per_second", 1, 1'000'000, out.calls_per_second);
+  m.opt_duration("keepalive", out.keepalive, true);
+  m.opt_duration("idle_timeout", out.idle_timeout, true);
+}
+
+void Schema::socket(const Field& f, SocketConfig& out) {
+  MapView m(r_, f);
+  m.allow({"path", "mode", "group", "admin_uids", "max_connections", "max_watchers",
+           "max_header_bytes", "request_timeout"});
+  m.opt_path("path", out.path);
+  opt_mode(m, out.mode);
   m.opt_string("group", out.group);
   m.opt("admin_uids", [&](const Field& x) { return r_.id_list(x); },
       [&](std::vector<std::uint32_t> v) { out.admin_uids = std::move(v); });

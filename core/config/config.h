@@ -51,6 +51,23 @@ struct SocketConfig {
   bool operator==(const SocketConfig&) const = default;
 };
 
+// The sidecar API (Envoy SDS and the SPIFFE Workload API over gRPC) on its own Unix socket.
+struct WorkloadApiConfig {
+  std::filesystem::path path;                // empty: no gRPC endpoint and no gRPC threads
+  std::uint32_t mode{0660};
+  std::string group;                         // empty: the daemon's own group
+  std::size_t max_connections{1024};
+  std::size_t max_connections_per_uid{64};
+  std::size_t max_streams{4096};             // open calls, every caller together
+  std::size_t max_streams_per_uid{256};
+  std::size_t max_request_bytes{64 * 1024};  // largest request message accepted
+  std::size_t calls_per_second{20};          // per uid, bursts of twice as many
+  Duration keepalive{std::chrono::minutes(1)};      // HTTP/2 PING to find dead peers
+  Duration idle_timeout{std::chrono::minutes(5)};   // a connection without calls is closed
+
+  bool operator==(const WorkloadApiConfig&) const = default;
+};
+
 struct MetricsConfig {
   std::string listen;                        // "127.0.0.1:9464"; empty: no TCP listener
 
@@ -149,6 +166,7 @@ struct Config {
   LogConfig log;
   IdentityConfig identity;
   SocketConfig socket;
+  WorkloadApiConfig workload_api;
   MetricsConfig metrics;
   std::map<std::string, BrokerConfig> brokers;
   CertDefaults defaults;

@@ -82,6 +82,24 @@ std::string dump_config(const Config& c) {
   w.duration("request_timeout", c.socket.request_timeout);
   w.end_map();
 
+  if (!c.workload_api.path.empty()) {
+    const auto& a = c.workload_api;
+    w.key("workload_api");
+    w.begin_map();
+    w.path("path", a.path);
+    w.quoted("mode", octal_mode(a.mode));
+    w.str("group", a.group);
+    w.integer("max_connections", a.max_connections);
+    w.integer("max_connections_per_uid", a.max_connections_per_uid);
+    w.integer("max_streams", a.max_streams);
+    w.integer("max_streams_per_uid", a.max_streams_per_uid);
+    w.integer("max_request_bytes", a.max_request_bytes);
+    w.integer("calls_per_second", a.calls_per_second);
+    w.duration("keepalive", a.keepalive);
+    w.duration("idle_timeout", a.idle_timeout);
+    w.end_map();
+  }
+
   w.key("metrics");
   w.begin_map();
   w.str("listen", c.metrics.listen);

@@ -53,9 +53,14 @@ void refuse_busy(Socket& socket) {
   socket.close(ec);
 }
 
-Peer peer_of(local::socket& socket) {
+Peer peer_of(local::socket& socket) { return peer_of_fd(socket.native_handle()); }
+
+Peer peer_of(tcp::socket&) { return Peer{}; }
+
+}  // namespace
+
+Peer peer_of_fd(int fd) {
   Peer peer;
-  const int fd = socket.native_handle();
   ucred cred{};
   socklen_t len = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) {
@@ -79,10 +84,6 @@ Peer peer_of(local::socket& socket) {
   }
   return peer;
 }
-
-Peer peer_of(tcp::socket&) { return Peer{}; }
-
-}  // namespace
 
 bool Peer::in_group(gid_t g) const {
   if (!known) return false;

@@ -57,6 +57,10 @@ struct Peer {
   bool in_group(gid_t g) const;
 };
 
+// The kernel's credentials of the process at the other end of a Unix socket (SO_PEERCRED,
+// SO_PEERGROUPS); `known` is false when the kernel gives none.
+Peer peer_of_fd(int fd);
+
 // One piece of a streamed response. Shared between many streams (one serialization for every
 // watcher) and wiped when the last holder lets go, since a bundle holds a private key.
 using Chunk = std::shared_ptr<const Secret>;

@@ -126,7 +126,7 @@ const ErrorCase kErrorCases[] = {
      "colour: blue\n",
      "2:1",
      "unknown key 'colour' at the top level; expected one of: state_dir, log, identity, socket, "
-     "metrics, brokers, defaults, certificates"},
+     "workload_api, metrics, brokers, defaults, certificates"},
     {"unknown key in a broker",
      "brokers:\n"
      "  dev:\n"
@@ -422,6 +422,20 @@ const ErrorCase kErrorCases[] = {
     {"socket mode not octal",
      "socket: { mode: \"0990\" }\n",
      "1:17", "expected an octal mode"},
+    {"workload_api mode without quotes",
+     "workload_api:\n"
+     "  mode: 0666\n",
+     "2:9", "workload_api.mode: got '0666' without quotes, expected a quoted octal string"},
+    {"workload_api on the HTTP socket's path",
+     "socket: { path: /run/a.sock }\n"
+     "workload_api: { path: /run/a.sock }\n",
+     "2:15", "workload_api.path equal to socket.path, expected a socket path of its own"},
+    {"workload_api unknown key",
+     "workload_api: { path: /run/w.sock, max_stream: 3 }\n",
+     "1:36", "unknown key 'max_stream'"},
+    {"workload_api zero streams",
+     "workload_api: { max_streams_per_uid: 0 }\n",
+     "1:38", "workload_api.max_streams_per_uid: got '0', expected a whole number from 1"},
     {"metrics listen without a port",
      "metrics: { listen: localhost }\n",
      "1:20", "metrics.listen: got 'localhost', expected host:port"},
@@ -463,6 +477,40 @@ TEST_P(ConfigErrors, NameTheLocationAndWhatWasExpected) {
 
 INSTANTIATE_TEST_SUITE_P(Table, ConfigErrors, ::testing::ValuesIn(kErrorCases),
                          [](const auto& info) { return "case" + std::to_string(info.index); });
+
+TEST(WorkloadApi, DefaultsOffAndEveryKeyParsesAndDumps) {
+  const std::string head = "brokers: { dev: { type: local } }\n";
+  EXPECT_TRUE(parse_ok(head).workload_api.path.empty());
+  auto c = parse_ok(head +
+                    "workload_api:\n"
+                    "  path: /run/certagent/workload.sock\n"
+                    "  mode: \"0666\"\n"
+                    "  group: nogroup\n"
+                    "  max_connections: 10\n"
+                    "  max_connections_per_uid: 2\n"
+                    "  max_streams: 30\n"
+                    "  max_streams_per_uid: 4\n"
+                    "  max_request_bytes: 2048\n"
+                    "  calls_per_second: 5\n"
+                    "  keepalive: 30s\n"
+                    "  idle_timeout: 2m\n");
+  const auto& a = c.workload_api;
+  EXPECT_EQ(a.path, "/run/certagent/workload.sock");
+  EXPECT_EQ(a.mode, 0666u);
+  EXPECT_EQ(a.group, "nogroup");
+  EXPECT_EQ(a.max_connections, 10u);
+  EXPECT_EQ(a.max_connections_per_uid, 2u);
+  EXPECT_EQ(a.max_streams, 30u);
+  EXPECT_EQ(a.max_streams_per_uid, 4u);
+  EXPECT_EQ(a.max_request_bytes, 2048u);
+  EXPECT_EQ(a.calls_per_second, 5u);
+  EXPECT_EQ(a.keepalive, std::chrono::seconds(30));
+  EXPECT_EQ(a.idle_timeout, std::chrono::minutes(2));
+  // The dump reads back to the same config.
+  auto again = parse_config(dump_config(c), kSource);
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->workload_api, a);
+}
 
 TEST(ConfigErrorsMisc, SeveralErrorsAreReportedTogether) {
   auto r = parse_config(HEAD

@@ -1,0 +1,527 @@
+// The sidecar API end to end: a real SidecarServer (gRPC) on a real Unix socket, the store on its
+// io_context thread, and an independent client — Debian's python3-grpcio (sidecar_client.py),
+// run as root or as other users with setpriv. Covers DESIGN.md "Sidecar API over gRPC": SDS
+// with xDS versions, nonces, ACK and NACK; the SPIFFE Workload API; authorization from the
+// kernel; fail-closed at expiry and removal; limits and garbage on the socket.
+
+#include "agent/sidecar/content.h"
+#include "agent/sidecar/sidecar_server.h"
+
+#include "tests/support/test_support.h"
+#include "tests/unit/agent/test_material.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+#include <openssl/sha.h>
+
+#include <future>
+#include <thread>
+
+namespace certagent {
+namespace {
+
+using namespace std::chrono_literals;
+using test::TempDir;
+using test::wait_until;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+namespace asio = boost::asio;
+
+constexpr uid_t kWebUid = 4242;   // may read "web"
+constexpr gid_t kApiGid = 4343;   // may read "api"
+constexpr uid_t kOtherUid = 4444; // may read nothing
+constexpr auto kWait = 20s;
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : md) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids,
+                                      std::vector<std::uint32_t> gids, std::string uri = {}) {
+  config::CertificateConfig c;
+  c.name = name;
+  c.broker = "dev";
+  c.common_name = name + ".internal";
+  if (!uri.empty()) c.uris = {std::move(uri)};
+  c.socket.allow_uids = std::move(uids);
+  c.socket.allow_gids = std::move(gids);
+  return c;
+}
+
+// One run of sidecar_client.py; its output is one JSON object per line.
+class PyClient {
+ public:
+  PyClient(const fs::path& dir, const fs::path& socket, std::vector<std::string> args,
+           std::vector<std::string> as_user = {}) {
+    static int n = 0;
+    out_ = dir / ("client-" + std::to_string(++n) + ".out");
+    err_ = dir / ("client-" + std::to_string(n) + ".err");
+    std::vector<std::string> argv;
+    if (!as_user.empty()) {
+      argv.push_back(test::require_program("setpriv").string());
+      argv.insert(argv.end(), as_user.begin(), as_user.end());
+    }
+    EXPECT_TRUE(fs::exists("/usr/bin/python3")) << "python3-grpcio needs Debian's python3";
+    argv.insert(argv.end(), {"/usr/bin/python3", CERTAGENT_SIDECAR_CLIENT, socket.string()});
+    argv.insert(argv.end(), args.begin(), args.end());
+    test::Process::Options options;
+    options.env["PYTHONPATH"] = CERTAGENT_SIDECAR_PY;
+    options.stdout_file = out_;
+    options.stderr_file = err_;
+    process_ = test::Process(argv, options);
+  }
+
+  std::vector<json::object> lines() const {
+    std::vector<json::object> out;
+    std::error_code ec;
+    if (!fs::exists(out_, ec)) return out;
+    std::istringstream in(test::read_file(out_));
+    std::string line;
+    while (std::getline(in, line)) {
+      boost::system::error_code jec;
+      auto v = json::parse(line, jec);
+      if (!jec && v.is_object()) out.push_back(v.as_object());
+    }
+    return out;
+  }
+  // The messages received (not the "started" and "end" lines).
+  std::vector<json::object> messages() const {
+    std::vector<json::object> out;
+    for (auto& l : lines())
+      if (l.contains("type")) out.push_back(l);
+    return out;
+  }
+  bool wait_messages(std::size_t n) {
+    return wait_until([&] { return messages().size() >= n; }, kWait);
+  }
+  bool started() {
+    return wait_until([&] { return !lines().empty(); }, kWait);
+  }
+  // The status that ended the call: "OK", "PERMISSION_DENIED", ...
+  std::string wait_end() {
+    std::string code;
+    wait_until([&] {
+      for (auto& l : lines())
+        if (l.contains("end")) code = std::string(l.at("end").as_string());
+      return !code.empty();
+    }, kWait);
+    return code;
+  }
+  std::string end_message() const {
+    for (auto& l : lines())
+      if (l.contains("message")) return std::string(l.at("message").as_string());
+    return {};
+  }
+  std::string stderr_text() const { return test::read_file(err_); }
+  void stop() { process_.stop(); }
+
+ private:
+  fs::path out_, err_;
+  test::Process process_;
+};
+
+std::vector<std::string> as_uid(uid_t uid, std::vector<gid_t> groups = {}) {
+  std::vector<std::string> a = {"--reuid", std::to_string(uid), "--regid", std::to_string(uid)};
+  if (groups.empty()) {
+    a.push_back("--clear-groups");
+  } else {
+    std::string g;
+    for (auto x : groups) g += (g.empty() ? "" : ",") + std::to_string(x);
+    a.insert(a.end(), {"--groups", g});
+  }
+  return a;
+}
+
+std::string str(const json::value& v) { return v.is_string() ? std::string(v.as_string()) : json::serialize(v); }
+
+class SidecarApiTest : public ::testing::Test {
+ protected:
+  SidecarApiTest()
+      : clock_(std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now())),
+        ca_(test::make_test_ca("Sidecar Test CA")) {
+    test::quiet_logs();
+  }
+
+  config::WorkloadApiConfig api_config() {
+    config::WorkloadApiConfig c;
+    c.path = dir_ / "run" / "workload.sock";
+    c.mode = 0666;  // other users connect; authorization is per certificate
+    c.calls_per_second = 1000;
+    return c;
+  }
+
+  void start(config::WorkloadApiConfig config, const Clock* clock = nullptr) {
+    store_.configure({cert_config("web", {kWebUid}, {}, "spiffe://example.org/web"),
+                      cert_config("api", {}, {kApiGid}, "spiffe://example.org/api"),
+                      cert_config("db", {}, {})});
+    for (const char* name : {"web", "api", "db"}) store_.find(name)->trust_bundle_pem = ca_.cert_pem;
+    commit("web", material("web"));
+    commit("api", material("api"));
+    commit("db", material("db"));
+    server_ = std::make_unique<sidecar::SidecarServer>(io_, config, store_, metrics_,
+                                                       clock ? *clock : clock_);
+    auto r = server_->start();
+    ASSERT_TRUE(r) << r.error().message;
+    path_ = config.path;
+    thread_ = std::thread([this] { io_.run(); });
+  }
+  void start() { start(api_config()); }
+
+  void TearDown() override {
+    if (thread_.joinable()) {
+      on_io([&] { server_->stop(); });
+      guard_.reset();
+      thread_.join();
+    }
+    server_.reset();
+  }
+
+  template <class F>
+  auto on_io(F f) -> decltype(f()) {
+    std::packaged_task<decltype(f())()> task(std::move(f));
+    auto result = task.get_future();
+    asio::post(io_, [&] { task(); });
+    return result.get();
+  }
+
+  MaterialPtr material(const std::string& name, std::chrono::seconds lifetime = 96h) {
+    auto m = std::make_shared<Material>(test::make_test_material(name + ".internal", lifetime, &ca_));
+    m->broker = "dev";
+    return m;
+  }
+
+  // Before start() directly; afterwards on the io thread, as the daemon does.
+  void commit(const std::string& name, MaterialPtr m) {
+    if (!thread_.joinable()) {
+      store_.commit(name, std::move(m), clock_.now());
+      return;
+    }
+    on_io([&] { store_.commit(name, std::move(m), clock_.now()); });
+  }
+
+  MaterialPtr held(const std::string& name) {
+    return on_io([&] { return store_.find(name)->material; });
+  }
+
+  PyClient client(std::vector<std::string> args, std::vector<std::string> as_user = {}) {
+    return PyClient(dir_.path(), path_, std::move(args), std::move(as_user));
+  }
+
+  double metric(std::string_view name, const Metrics::Labels& labels = {}) {
+    return metrics_.value(name, labels);
+  }
+
+  TempDir dir_{"sidecar-api"};
+  fs::path path_;
+  ManualClock clock_;
+  test::TestCa ca_;
+  CertificateStore store_;
+  Metrics metrics_;
+  asio::io_context io_;
+  asio::executor_work_guard<asio::io_context::executor_type> guard_{io_.get_executor()};
+  std::unique_ptr<sidecar::SidecarServer> server_;
+  std::thread thread_;
+};
+
+// The resource of `name` in an SDS message, or null.
+const json::object* resource(const json::object& message, const std::string& name) {
+  for (const auto& r : message.at("resources").as_array())
+    if (r.as_object().contains("name") && r.as_object().at("name").as_string() == name)
+      return &r.as_object();
+  return nullptr;
+}
+
+// ---- SDS -------------------------------------------------------------------------------------
+
+TEST_F(SidecarApiTest, SdsStreamGetsCertificateAndTrustThenEveryRotation) {
+  start();
+  auto c = client({"sds", "web", "web/trust"});
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  auto first = c.messages()[0];
+  EXPECT_EQ(str(first.at("type_url")), std::string(sidecar::kSecretTypeUrl));
+  const auto* tls = resource(first, "web");
+  ASSERT_NE(tls, nullptr) << json::serialize(first);
+  auto m1 = held("web");
+  EXPECT_EQ(str(tls->at("kind")), "tls");
+  EXPECT_EQ(str(tls->at("leaf_sha256")), m1->sha256_hex);
+  EXPECT_EQ(tls->at("chain_certs").as_int64(), 2);  // leaf, then the CA as chain
+  EXPECT_EQ(str(tls->at("key_sha256")), sha256_hex(m1->key_pem.view()));
+  const auto* trust = resource(first, "web/trust");
+  ASSERT_NE(trust, nullptr);
+  EXPECT_EQ(str(trust->at("trusted_ca_sha256")), sha256_hex(ca_.cert_pem));
+
+  // Two rotations, each pushed with a new version and nonce.
+  std::set<std::string> versions{str(first.at("version"))}, nonces{str(first.at("nonce"))};
+  for (int i = 2; i <= 3; ++i) {
+    commit("web", material("web"));
+    ASSERT_TRUE(c.wait_messages(static_cast<std::size_t>(i))) << c.stderr_text();
+    auto m = c.messages()[static_cast<std::size_t>(i - 1)];
+    const auto* r = resource(m, "web");
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(str(r->at("leaf_sha256")), held("web")->sha256_hex);
+    versions.insert(str(m.at("version")));
+    nonces.insert(str(m.at("nonce")));
+  }
+  EXPECT_EQ(versions.size(), 3u);
+  EXPECT_EQ(nonces.size(), 3u);
+  EXPECT_EQ(on_io([&] { return server_->streams(); }), 1u);
+  // ACKs are not answered and another certificate's rotation sends nothing: the next message
+  // is web's next rotation.
+  commit("db", material("db"));
+  commit("web", material("web"));
+  ASSERT_TRUE(c.wait_messages(4));
+  EXPECT_EQ(str(resource(c.messages()[3], "web")->at("leaf_sha256")), held("web")->sha256_hex);
+  EXPECT_GE(metric("certagent_sidecar_pushes_total", {{"api", "sds"}}), 4.0);
+}
+
+TEST_F(SidecarApiTest, SdsLeavesOutNamesTheCallerMayNotHaveOrThatDoNotExist) {
+  start();
+  // uid 4242 may read web, not db; "nope" does not exist.
+  auto c = client({"sds", "web", "db", "nope", "db/trust"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  auto m = c.messages()[0];
+  EXPECT_NE(resource(m, "web"), nullptr);
+  EXPECT_EQ(resource(m, "db"), nullptr);
+  EXPECT_EQ(resource(m, "db/trust"), nullptr);
+  EXPECT_EQ(resource(m, "nope"), nullptr);
+  EXPECT_EQ(m.at("resources").as_array().size(), 1u);
+  EXPECT_TRUE(wait_until([&] { return metric("certagent_sidecar_rejected_total", {{"reason", "forbidden"}}) >= 2; }, kWait));
+
+  // A group member gets "api"; the unary FetchSecrets follows the same rule.
+  auto g = client({"fetch", "api", "web"}, as_uid(kOtherUid, {kApiGid}));
+  ASSERT_EQ(g.wait_end(), "OK") << g.stderr_text();
+  auto f = g.messages().at(0);
+  ASSERT_EQ(f.at("resources").as_array().size(), 1u) << json::serialize(f);
+  EXPECT_NE(resource(f, "api"), nullptr);
+  // Nobody else gets anything.
+  auto o = client({"fetch", "web", "api", "db"}, as_uid(kOtherUid));
+  ASSERT_EQ(o.wait_end(), "OK") << o.stderr_text();
+  EXPECT_TRUE(o.messages().at(0).at("resources").as_array().empty());
+}
+
+TEST_F(SidecarApiTest, SdsNackIsLoggedAndCountedAndTheStreamGoesOn) {
+  start();
+  auto c = client({"sds-nack", "web"});
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  EXPECT_TRUE(wait_until([&] { return metric("certagent_sidecar_sds_nacks_total") == 1; }, kWait));
+  commit("web", material("web"));
+  ASSERT_TRUE(c.wait_messages(2));
+  EXPECT_EQ(str(resource(c.messages()[1], "web")->at("leaf_sha256")), held("web")->sha256_hex);
+}
+
+TEST_F(SidecarApiTest, SdsFailsClosedAtExpiryAndOnRemoval) {
+  start();
+  auto c = client({"sds", "web", "web/trust"});
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  ASSERT_NE(resource(c.messages()[0], "web"), nullptr);
+  // web expires (the store says so): the next response leaves it out, keeps its trust bundle.
+  on_io([&] {
+    clock_.set(store_.find("web")->material->not_after + 1s);
+    store_.mark_expired("web");
+  });
+  ASSERT_TRUE(c.wait_messages(2));
+  auto expired = c.messages()[1];
+  EXPECT_EQ(resource(expired, "web"), nullptr) << json::serialize(expired);
+  EXPECT_NE(resource(expired, "web/trust"), nullptr);
+  // A fresh web comes back (valid at the test clock, which is past the first one's expiry).
+  commit("web", material("web", 200h));
+  ASSERT_TRUE(c.wait_messages(3));
+  EXPECT_NE(resource(c.messages()[2], "web"), nullptr);
+  // A config reload removes web: it disappears from the stream.
+  on_io([&] { store_.configure({cert_config("api", {}, {kApiGid}, "spiffe://example.org/api")}); });
+  ASSERT_TRUE(c.wait_messages(4));
+  EXPECT_TRUE(c.messages()[3].at("resources").as_array().empty()) << json::serialize(c.messages()[3]);
+}
+
+TEST_F(SidecarApiTest, DeltaSecretsIsUnimplemented) {
+  start();
+  auto c = client({"delta", "web"});
+  EXPECT_EQ(c.wait_end(), "UNIMPLEMENTED") << c.stderr_text();
+}
+
+// ---- the SPIFFE Workload API ----------------------------------------------------------------
+
+TEST_F(SidecarApiTest, WorkloadApiStreamsSvidsAndTwoRotations) {
+  start();
+  auto c = client({"svid"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  auto first = c.messages()[0].at("svids").as_array();
+  ASSERT_EQ(first.size(), 1u);  // web only: api and db are not this caller's
+  auto svid = first[0].as_object();
+  EXPECT_EQ(str(svid.at("spiffe_id")), "spiffe://example.org/web");
+  EXPECT_EQ(str(svid.at("hint")), "web");
+  EXPECT_EQ(str(svid.at("leaf_sha256")), held("web")->sha256_hex);
+  EXPECT_EQ(svid.at("chain_certs").as_int64(), 2);
+  EXPECT_EQ(svid.at("bundle_certs").as_int64(), 1);
+  auto key_der = sidecar::pem_key_to_der(held("web")->key_pem.view());
+  ASSERT_TRUE(key_der);
+  EXPECT_EQ(str(svid.at("key_sha256")), sha256_hex(key_der->view()));
+  for (std::size_t i = 2; i <= 3; ++i) {
+    commit("web", material("web"));
+    ASSERT_TRUE(c.wait_messages(i)) << c.stderr_text();
+    EXPECT_EQ(str(c.messages()[i - 1].at("svids").as_array()[0].as_object().at("leaf_sha256")),
+              held("web")->sha256_hex);
+  }
+  // A rotation of a certificate this caller may not have sends nothing.
+  commit("db", material("db"));
+  commit("web", material("web"));
+  ASSERT_TRUE(c.wait_messages(4));
+  EXPECT_EQ(str(c.messages()[3].at("svids").as_array()[0].as_object().at("leaf_sha256")),
+            held("web")->sha256_hex);
+
+  // Root may have every SPIFFE certificate: api and web, by name (db has no SPIFFE ID).
+  auto root = client({"svid"});
+  ASSERT_TRUE(root.wait_messages(1)) << root.stderr_text();
+  auto all = root.messages()[0].at("svids").as_array();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(str(all[0].as_object().at("hint")), "api");
+  EXPECT_EQ(str(all[1].as_object().at("hint")), "web");
+}
+
+TEST_F(SidecarApiTest, WorkloadApiRefusesCallersByUidAndWithoutTheSecurityHeader) {
+  start();
+  auto other = client({"svid"}, as_uid(kOtherUid));
+  EXPECT_EQ(other.wait_end(), "PERMISSION_DENIED") << other.stderr_text();
+  EXPECT_NE(other.end_message().find("no identity"), std::string::npos) << other.end_message();
+  auto bundles = client({"bundles"}, as_uid(kOtherUid));
+  EXPECT_EQ(bundles.wait_end(), "PERMISSION_DENIED");
+  auto no_header = client({"svid", "--no-header"});
+  EXPECT_EQ(no_header.wait_end(), "INVALID_ARGUMENT");
+  auto jwt = client({"jwt"});
+  EXPECT_EQ(jwt.wait_end(), "UNIMPLEMENTED");
+  // The group member gets its bundle.
+  auto member = client({"bundles"}, as_uid(kOtherUid, {kApiGid}));
+  ASSERT_TRUE(member.wait_messages(1)) << member.stderr_text();
+  EXPECT_EQ(member.messages()[0].at("bundles").as_object().at("spiffe://example.org").as_int64(), 1);
+  EXPECT_TRUE(wait_until([&] { return metric("certagent_sidecar_rejected_total", {{"reason", "no_identity"}}) >= 1; }, kWait));
+  EXPECT_TRUE(wait_until([&] { return metric("certagent_sidecar_rejected_total", {{"reason", "missing_security_header"}}) >= 1; }, kWait));
+}
+
+TEST_F(SidecarApiTest, WorkloadApiEndsTheStreamWhenTheLastSvidExpires) {
+  start();
+  auto c = client({"svid"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  on_io([&] {
+    clock_.set(store_.find("web")->material->not_after + 1s);
+    store_.mark_expired("web");
+  });
+  EXPECT_EQ(c.wait_end(), "PERMISSION_DENIED");
+  EXPECT_NE(c.end_message().find("no valid X.509-SVID"), std::string::npos) << c.end_message();
+  EXPECT_EQ(c.messages().size(), 1u);
+}
+
+// With the real clock and no word from the store: the expiry timer alone ends the stream.
+TEST_F(SidecarApiTest, ExpiryTimerFailsClosedWithoutTheStore) {
+  SystemClock real;
+  start(api_config(), &real);
+  auto c = client({"svid"}, as_uid(kWebUid));
+  auto s = client({"sds", "web"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  ASSERT_TRUE(s.wait_messages(1)) << s.stderr_text();
+  commit("web", material("web", 3s));  // make_test_material: valid from now - 1h
+  ASSERT_TRUE(c.wait_messages(2));
+  ASSERT_TRUE(s.wait_messages(2));
+  EXPECT_EQ(c.wait_end(), "PERMISSION_DENIED");
+  ASSERT_TRUE(s.wait_messages(3));
+  EXPECT_TRUE(s.messages()[2].at("resources").as_array().empty());
+}
+
+// ---- limits and garbage ------------------------------------------------------------------------
+
+int connect_raw(const fs::path& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads until the server closes the connection; false if it is still open at the deadline.
+bool closed_by_server(int fd, std::chrono::milliseconds deadline) {
+  timeval tv{};
+  tv.tv_sec = static_cast<long>(deadline.count() / 1000);
+  tv.tv_usec = static_cast<long>((deadline.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[4096];
+  while (true) {
+    const auto n = ::recv(fd, buf, sizeof buf, 0);
+    if (n == 0) return true;
+    if (n < 0) return errno == ECONNRESET;
+  }
+}
+
+TEST_F(SidecarApiTest, GarbageOnTheSocketIsDroppedAndOthersCarryOn) {
+  start();
+  auto c = client({"sds", "web"});
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  int fd = connect_raw(path_);
+  ASSERT_GE(fd, 0);
+  const std::string junk = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL), static_cast<ssize_t>(junk.size()));
+  EXPECT_TRUE(closed_by_server(fd, kWait));
+  ::close(fd);
+  // A broken HTTP/2 frame after a valid preface.
+  fd = connect_raw(path_);
+  const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  const std::string bad_frame("\x00\x00\x04\x09\x00\x00\x00\x00\x01zzzz", 13);  // CONTINUATION first
+  ASSERT_GT(::send(fd, (preface + bad_frame).data(), preface.size() + bad_frame.size(), MSG_NOSIGNAL), 0);
+  EXPECT_TRUE(closed_by_server(fd, kWait));
+  ::close(fd);
+  commit("web", material("web"));
+  ASSERT_TRUE(c.wait_messages(2));
+}
+
+TEST_F(SidecarApiTest, ConnectionsWithoutCallsAreClosedAfterIdleTimeout) {
+  auto config = api_config();
+  config.idle_timeout = 500ms;
+  start(config);
+  int fd = connect_raw(path_);
+  ASSERT_GE(fd, 0);
+  EXPECT_TRUE(closed_by_server(fd, kWait));
+  ::close(fd);
+}
+
+TEST_F(SidecarApiTest, StreamLimitsAnswerUnavailable) {
+  auto config = api_config();
+  config.max_streams_per_uid = 1;
+  start(config);
+  auto first = client({"svid"}, as_uid(kWebUid));
+  ASSERT_TRUE(first.wait_messages(1)) << first.stderr_text();
+  auto second = client({"svid"}, as_uid(kWebUid));
+  EXPECT_EQ(second.wait_end(), "UNAVAILABLE");
+  EXPECT_NE(second.end_message().find("max_streams_per_uid"), std::string::npos);
+  // Another uid is not affected.
+  auto root = client({"svid"});
+  ASSERT_TRUE(root.wait_messages(1)) << root.stderr_text();
+}
+
+TEST_F(SidecarApiTest, StopEndsStreamsAndRemovesTheSocket) {
+  start();
+  auto c = client({"sds", "web"});
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  on_io([&] { server_->stop(); });
+  EXPECT_EQ(c.wait_end(), "UNAVAILABLE");
+  EXPECT_FALSE(fs::exists(fs::symlink_status(path_)));
+}
+
+}  // namespace
+}  // namespace certagent
