@@ -321,7 +321,11 @@ class Daemon {
     grace->cancel();
   }
 
+  // Every state change: the STATUS= line follows at once (it was only sent when a debounced
+  // write was first scheduled, so later changes in that window left `systemctl status` stale),
+  // state.json within kStateWriteDelay.
   void schedule_state_write() {
+    update_systemd_status();
     if (state_write_pending_ || stopping_) return;
     state_write_pending_ = true;
     state_timer_.expires_after(kStateWriteDelay);
@@ -329,7 +333,6 @@ class Daemon {
       state_write_pending_ = false;
       if (!ec) write_state_now();
     });
-    update_systemd_status();
   }
 
   void write_state_now() {
@@ -375,12 +378,16 @@ class Daemon {
       if (e.state == CertState::expired) ++expired;
       if (e.consecutive_failures > 0) ++failing;
     }
-    systemd::notify_status(std::to_string(valid) + "/" + std::to_string(store_.entries().size()) +
-                           " certificates valid, " + std::to_string(expired) + " expired, " +
-                           std::to_string(failing) + " retrying");
+    std::string status = std::to_string(valid) + "/" + std::to_string(store_.entries().size()) +
+                         " certificates valid, " + std::to_string(expired) + " expired, " +
+                         std::to_string(failing) + " retrying";
+    if (status == last_status_) return;  // a storm of 1,000 changes sends only new texts
+    systemd::notify_status(status);
+    last_status_ = std::move(status);
   }
 
   std::filesystem::path config_path_;
+  std::string last_status_;  // the STATUS= text systemd has
   config::Config config_;
   asio::io_context io_;
   asio::thread_pool workers_;
