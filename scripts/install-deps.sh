@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what certagent needs from Debian's packages: `build` for building it, `test` for the
-# real servers the tests start, `demo` for the demo, `bench` for the peers of the side-by-side
-# ACME benchmark (bench/acme). Run as root; only installs what is missing.
+# real servers the tests start, `image` for the booted-image test (tests/image: a Debian 12 root
+# filesystem from mmdebstrap, booted under qemu with a swtpm TPM), `demo` for the demo, `bench`
+# for the peers of the side-by-side ACME benchmark (bench/acme). Run as root; only installs what
+# is missing.
 set -euo pipefail
 
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
@@ -10,6 +12,8 @@ build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-
 test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
   procps util-linux systemd dpkg-dev lintian man-db binutils prometheus
   python3-grpcio python3-protobuf)
+# qemu-utils: qemu-img for the per-instance overlays; e2fsprogs: mkfs.ext4 -d and debugfs.
+image_pkgs=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs swtpm swtpm-tools golang-cfssl)
 demo_pkgs=(openssl)
 bench_pkgs=(lego uacme certbot)
 
@@ -18,9 +22,10 @@ for group in "$@"; do
   case "$group" in
     build) ;;
     test) want+=("${test_pkgs[@]}") ;;
+    image) want+=("${image_pkgs[@]}") ;;
     demo) want+=("${demo_pkgs[@]}") ;;
     bench) want+=("${bench_pkgs[@]}") ;;
-    *) echo "install-deps.sh: unknown group '$group' (build | test | demo | bench)" >&2; exit 2 ;;
+    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench)" >&2; exit 2 ;;
   esac
 done
 

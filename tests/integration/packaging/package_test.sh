@@ -121,7 +121,7 @@ check "Version: $version-1" test "$(field Version)" = "$version-1"
 check "Section: admin" test "$(field Section)" = admin
 check "Priority: optional" test "$(field Priority)" = optional
 check "Maintainer set" test -n "$(field Maintainer)"
-for dep in libc6 libssl3 libtss2-esys systemd init-system-helpers; do
+for dep in libc6 libssl3 libtss2-esys systemd init-system-helpers procps; do
   check "Depends names $dep" grep -q "$dep" <<<"$(field Depends)"
 done
 check "/etc/certagent/agent.yaml is a conffile" grep -qx /etc/certagent/agent.yaml "$tmp/control/conffiles"
