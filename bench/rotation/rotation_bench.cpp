@@ -246,7 +246,7 @@ int main(int argc, char** argv) {
     const double sys_per = (ru_end.sys_us - ru_start.sys_us) / (warmup + n);
     std::printf("%-11s %5d | %7.0fus %7.0fus | %7.0fus %7.0fus | %.0f %.0f %.0f %.0f %.0f %.0f  "
                 "(getrusage mean %.0fus)\n",
-                std::string(config::to_string(type)).c_str(), n, percentile(wall, 0.5), percentile(wall, 0.99),
+                std::string(crypto::to_string(type)).c_str(), n, percentile(wall, 0.5), percentile(wall, 0.99),
                 percentile(cpu, 0.5), percentile(cpu, 0.99), percentile(phases[0].cpu_us, 0.5),
                 percentile(phases[1].cpu_us, 0.5), percentile(phases[2].cpu_us, 0.5),
                 percentile(phases[3].cpu_us, 0.5), percentile(phases[4].cpu_us, 0.5),
