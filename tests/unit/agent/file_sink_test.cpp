@@ -82,6 +82,16 @@ struct ChildOutcome {
   std::string message;
 };
 
+// Secret memory is MADV_WIPEONFORK (keys never reach a forked child), so a child that commits
+// material restores its keys from plain copies taken before the fork (test keys only).
+struct KeysForChild {
+  std::vector<std::pair<Material*, std::string>> keys;
+  void add(Material& m) { keys.emplace_back(&m, std::string(m.key_pem.view())); }
+  void restore() {
+    for (auto& [m, k] : keys) m->key_pem = Secret(k);
+  }
+};
+
 ChildOutcome run_in_child(const std::function<std::string()>& body) {
   int pipefd[2];
   if (::pipe(pipefd) != 0) return {false, false, "pipe failed"};
@@ -599,7 +609,10 @@ TEST(FileSink, WriteErrorRemovesThePartialGenerationAndKeepsTheCurrent) {
   const rlim_t limit = big.fullchain_pem().size() - 1;
   ASSERT_LT(big.cert_pem.size(), limit);
 
+  KeysForChild keys;
+  keys.add(big);
   auto outcome = run_in_child([&]() -> std::string {
+    keys.restore();
     ::signal(SIGXFSZ, SIG_IGN);
     rlimit lim{limit, limit};  // cert.pem and chain.pem fit, fullchain.pem does not
     if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) return "setrlimit failed";
@@ -631,7 +644,11 @@ TEST(FileSink, NoSpaceLeftRemovesThePartialGenerationAndKeepsTheCurrent) {
   for (int i = 0; i < 4; ++i) materials.push_back(test::make_test_material("x", std::chrono::hours(1), &ca));
   const auto mnt = tmp / "mnt";
   fs::create_directories(mnt);
+  KeysForChild keys;
+  keys.add(materials[0]);
+  keys.add(materials[1]);
   auto outcome = run_in_child([&]() -> std::string {
+    keys.restore();
     if (::unshare(CLONE_NEWNS) != 0) return std::string("unshare(CLONE_NEWNS): ") + strerror(errno);
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return "mount private failed";
     // 8 pages: one generation takes 6 (one per file), the second cannot fit.
@@ -669,7 +686,10 @@ TEST(FileSink, PermissionDeniedIsAClearError) {
   fs::create_directories(ro);
   fs::permissions(ro, fs::perms(0555));
   auto m = test::make_test_material("x");
+  KeysForChild keys;
+  keys.add(m);
   auto outcome = run_in_child([&]() -> std::string {
+    keys.restore();
     if (::geteuid() == 0) {  // root ignores modes: become nobody
       if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) {
         return "dropping privileges failed";

@@ -175,7 +175,7 @@ TEST_F(ServerTest, SecretBodyIsSentFromItsChunkWithItsOwnLength) {
   auto r2 = c.read_response();
   ASSERT_TRUE(r1 && r2);
   EXPECT_EQ(r1->status, 200);
-  EXPECT_EQ(r1->header("content-length"), "19");
+  EXPECT_EQ(r1->header("content-length"), "17");
   EXPECT_EQ(r1->header("content-type"), "application/json");
   EXPECT_EQ(r1->body, "{\"key\":\"PRIVATE\"}");
   EXPECT_EQ(r2->status, 200);  // the connection carries on after it
