@@ -6,8 +6,10 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 
 #include <exception>
+#include <future>
 #include <optional>
 #include <utility>
 
@@ -32,6 +34,15 @@ T run_sync(boost::asio::io_context& ioc, boost::asio::awaitable<T> task) {
   ioc.run();
   if (error) std::rethrow_exception(error);
   return std::move(*out);
+}
+
+// Runs `f` on the thread that runs `ioc` (a server under test) and waits for its result.
+template <class F>
+auto run_on_io(boost::asio::io_context& ioc, F f) -> decltype(f()) {
+  std::packaged_task<decltype(f())()> task(std::move(f));
+  auto result = task.get_future();
+  boost::asio::post(ioc, [&] { task(); });
+  return result.get();
 }
 
 }  // namespace certagent::test

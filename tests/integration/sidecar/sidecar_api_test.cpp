@@ -7,6 +7,7 @@
 #include "agent/sidecar/content.h"
 #include "agent/sidecar/sidecar_server.h"
 
+#include "tests/support/run_sync.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/agent/test_material.h"
 
@@ -193,10 +194,7 @@ class SidecarApiTest : public ::testing::Test {
 
   template <class F>
   auto on_io(F f) -> decltype(f()) {
-    std::packaged_task<decltype(f())()> task(std::move(f));
-    auto result = task.get_future();
-    asio::post(io_, [&] { task(); });
-    return result.get();
+    return test::run_on_io(io_, std::move(f));
   }
 
   MaterialPtr material(const std::string& name, std::chrono::seconds lifetime = 96h) {

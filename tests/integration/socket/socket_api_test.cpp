@@ -7,6 +7,7 @@
 
 #include "core/crypto/x509.h"
 #include "tests/support/test_pki.h"
+#include "tests/support/run_sync.h"
 #include "tests/support/test_support.h"
 #include "tests/unit/core/http/test_clients.h"
 
@@ -111,10 +112,7 @@ class SocketApiTest : public ::testing::Test {
 
   template <class F>
   auto on_io(F f) -> decltype(f()) {
-    std::packaged_task<decltype(f())()> task(std::move(f));
-    auto result = task.get_future();
-    asio::post(io_, [&] { task(); });
-    return result.get();
+    return test::run_on_io(io_, std::move(f));
   }
 
   MaterialPtr material(const std::string& serial, SystemTime not_after = {}) {
