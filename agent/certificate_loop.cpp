@@ -341,14 +341,14 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
     if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
       logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",
                      broker_->config.name);
-    services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 0);
+    if (services_.broker_outcome) services_.broker_outcome(broker_->config.name, &issued.error());
     on_failure(issued.error(), false);
     co_return issued.error();
   }
   if (broker_->circuit_open())
     logger()->info("event=broker_circuit_closed broker={}", broker_->config.name);
   broker_->consecutive_failures = 0;
-  services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 1);
+  if (services_.broker_outcome) services_.broker_outcome(broker_->config.name, nullptr);
 
   // 5: validation, before anything is written.
   auto trust = trust_->current();
@@ -452,7 +452,7 @@ void CertificateLoop::on_failure(const Error& error, bool rejected) {
                 "holding_valid={} error={}{}",
                 config_.name, broker_->config.name, result, e.consecutive_failures,
                 config::format_duration(wait), holding_valid, log::quote(error.message),
-                error.configuration ? " hint=\"check the broker configuration and credentials\"" : "");
+                error.configuration ? " cause=" + std::string(to_string(error.cause)) : std::string());
   services_.audit->record("renewal_failed", {{"name", config_.name},
                                              {"broker", broker_->config.name},
                                              {"result", result},

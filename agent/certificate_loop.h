@@ -68,6 +68,9 @@ struct LoopServices {
   std::filesystem::path state_dir;
   std::function<void()> state_changed;   // persist state.json (debounced by the agent)
   std::shared_ptr<TrustBundles> trust_bundles{std::make_shared<TrustBundles>()};
+  // Each answer (or failure) of a broker to an issuance, null for a success: its health
+  // (agent/broker_health) follows from the error's Cause.
+  std::function<void(const std::string& broker, const Error* error)> broker_outcome;
 };
 
 // A broker as the loops see it: its client, its concurrency bound and its circuit state.

@@ -26,6 +26,11 @@ std::string_view effective_state(const CertEntry& e, SystemTime now) {
   return to_string(e.state);
 }
 
+boost::json::value tri_state(const std::optional<bool>& v) {
+  if (!v) return nullptr;
+  return *v;
+}
+
 }  // namespace
 
 boost::json::array describe_certificates(const CertificateStore& store, SystemTime now) {
@@ -51,6 +56,29 @@ boost::json::array describe_certificates(const CertificateStore& store, SystemTi
     o["last_success"] = time_or_null(e.last_success);
     o["reload_unverified"] = e.reload_unverified;
     if (e.config.files) o["dir"] = e.config.files->dir.string();
+    const BrokerStatus* b = store.broker(e.config.broker);
+    o["broker_up"] = b ? tri_state(b->up) : boost::json::value(nullptr);
+    o["broker_accepts"] = b ? tri_state(b->accepts) : boost::json::value(nullptr);
+    list.push_back(std::move(o));
+  }
+  return list;
+}
+
+boost::json::array describe_brokers(const CertificateStore& store) {
+  boost::json::array list;
+  for (const auto& [name, b] : store.brokers()) {
+    boost::json::object o;
+    o["name"] = name;
+    o["type"] = b.type;
+    o["up"] = tri_state(b.up);
+    o["accepts"] = tri_state(b.accepts);
+    const bool refusing = b.accepts && !*b.accepts;
+    o["cause"] = refusing ? boost::json::value(to_string(b.cause)) : boost::json::value(nullptr);
+    o["reason"] = refusing ? boost::json::value(b.reason) : boost::json::value(nullptr);
+    o["detail"] = refusing ? boost::json::value(b.detail) : boost::json::value(nullptr);
+    o["down_detail"] = b.up && !*b.up ? boost::json::value(b.down_detail) : boost::json::value(nullptr);
+    o["last_probe"] = time_or_null(b.last_probe);
+    o["next_probe"] = time_or_null(b.next_probe);
     list.push_back(std::move(o));
   }
   return list;
@@ -61,6 +89,7 @@ Result<> write_state_file(const std::filesystem::path& state_dir, const Certific
   boost::json::object root;
   root["written_at"] = format_rfc3339(now);
   root["certificates"] = describe_certificates(store, now);
+  root["brokers"] = describe_brokers(store);
   return write_file_atomic(state_dir / kStateFileName, boost::json::serialize(root) + "\n", 0600);
 }
 
