@@ -341,7 +341,8 @@ asio::awaitable<Result<MaterialPtr>> CertificateLoop::rotate() {
     if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
       logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",
                      broker_->config.name);
-    if (services_.broker_outcome) services_.broker_outcome(broker_->config.name, &issued.error());
+    const Error failure = issued.error();
+    if (services_.broker_outcome) services_.broker_outcome(broker_->config.name, &failure);
     on_failure(issued.error(), false);
     co_return issued.error();
   }

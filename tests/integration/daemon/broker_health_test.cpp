@@ -92,13 +92,15 @@ void check_brokers(DaemonFixture& d, const std::vector<Expect>& expects) {
     }
     const std::string label = "broker=\"" + e.broker + "\"";
     EXPECT_EQ(d.metric("certagent_broker_up", label), e.up ? std::optional<double>(*e.up ? 1 : 0) : std::nullopt);
-    if (e.accepts == true)
+    if (e.accepts == true) {
       EXPECT_EQ(d.metric("certagent_broker_accepts", label + ",cause=\"\",reason=\"\"").value_or(-1), 1);
-    if (e.accepts == false)
+    }
+    if (e.accepts == false) {
       EXPECT_EQ(d.metric("certagent_broker_accepts",
                          label + ",cause=\"" + e.cause + "\",reason=\"" + e.reason + "\"")
                     .value_or(-1),
                 0);
+    }
   }
 
   // The table: one row per certificate (named after its broker here) with both columns, and a
@@ -121,7 +123,9 @@ void check_brokers(DaemonFixture& d, const std::vector<Expect>& expects) {
   for (const auto& e : expects) {
     if (e.accepts != false && e.up != false) continue;
     EXPECT_NE(st.out.find("broker " + e.broker + " ("), std::string::npos) << st.out;
-    if (!e.detail.empty()) EXPECT_NE(st.out.find(e.detail), std::string::npos) << st.out;
+    if (!e.detail.empty()) {
+      EXPECT_NE(st.out.find(e.detail), std::string::npos) << st.out;
+    }
   }
 
   // Configuration-class failures wait the whole cap (30 s with nothing valid held), not the
