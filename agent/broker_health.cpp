@@ -74,34 +74,59 @@ bool BrokerHealth::failing() const {
 
 asio::awaitable<void> BrokerHealth::run() {
   auto self = shared_from_this();
+  using Steady = std::chrono::steady_clock;
   while (!stopping_) {
     probe_soon_ = false;
+    reschedule_ = false;
     auto result = co_await renewer_.probe();
     if (stopping_) break;
     ++probes_;
-    last_probe_steady_ = std::chrono::steady_clock::now();
+    last_probe_steady_ = Steady::now();
     status_.last_probe = clock_.now();
     apply_probe(result);
-    auto wait = next_interval();
-    status_.next_probe = clock_.now() + std::chrono::duration_cast<SystemTime::duration>(wait);
-    publish();
-    timer_.expires_after(wait);
-    boost::system::error_code ec;
-    std::tie(ec) = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-    // Woken early by a failed issuance: probe now, but never sooner than min_gap after the last.
-    while (ec && !stopping_ && probe_soon_) {
-      const auto since = std::chrono::steady_clock::now() - *last_probe_steady_;
-      if (since >= schedule_.min_gap) break;
-      timer_.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(schedule_.min_gap - since));
+    auto due = *last_probe_steady_ + next_interval();
+    auto set_due = [&](Steady::time_point at) {
+      due = at;
+      status_.next_probe = clock_.now() + std::chrono::duration_cast<SystemTime::duration>(at - Steady::now());
+      publish();
+    };
+    set_due(due);
+    // Wait for the next probe. Woken early: a failed issuance asks for a probe now (never
+    // sooner than min_gap after the last), or something started failing, which brings the
+    // next probe forward to the failing interval.
+    while (!stopping_) {
+      timer_.expires_at(due);
+      boost::system::error_code ec;
       std::tie(ec) = co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-      if (!ec) break;
+      if (!ec || stopping_) break;
+      if (probe_soon_) {
+        const auto earliest = *last_probe_steady_ + schedule_.min_gap;
+        if (Steady::now() >= earliest) break;
+        if (earliest < due) set_due(earliest);
+        probe_soon_ = false;
+      }
+      if (reschedule_) {
+        reschedule_ = false;
+        set_due(*last_probe_steady_ + next_interval());
+      }
     }
-    if (ec && !probe_soon_) break;  // stopped
   }
 }
 
 void BrokerHealth::record_issue(const Error* error) {
   if (stopping_) return;
+  const bool was_failing = failing();
+  // The next probe follows the state: the failing interval once something fails, the healthy
+  // one again once it works.
+  struct Reschedule {
+    BrokerHealth& self;
+    bool was;
+    ~Reschedule() {
+      if (self.failing() == was) return;
+      self.reschedule_ = true;
+      self.timer_.cancel();
+    }
+  } reschedule{*this, was_failing};
   if (!error) {
     last_issue_failed_ = false;
     status_.up = true;

@@ -84,6 +84,7 @@ class BrokerHealth : public std::enable_shared_from_this<BrokerHealth> {
   std::string last_said_;              // up/accepts as last logged
   bool last_issue_failed_{false};
   bool probe_soon_{false};             // a failed issuance asked for a probe
+  bool reschedule_{false};             // started failing: bring the next probe forward
   bool verdict_from_probe_{false};     // accepts=false came from a probe (cfssl label, TLS)
   bool stopping_{false};
   std::optional<std::chrono::steady_clock::time_point> last_probe_steady_;

@@ -5,6 +5,7 @@
 // with its reason and what to change; configuration-class errors wait the whole backoff cap;
 // a healthy broker is probed once, not on every renewal.
 
+#include "core/time_format.h"
 #include "tests/integration/lemur/lemur_test_server.h"
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/multirootca.h"
@@ -89,6 +90,17 @@ void check_brokers(DaemonFixture& d, const std::vector<Expect>& expects) {
     if (!e.detail.empty()) {
       const std::string said = e.accepts == false ? text(b, "detail") : text(b, "down_detail");
       EXPECT_NE(said.find(e.detail), std::string::npos) << said;
+    }
+    // The probe schedule: an hour ahead while all is well, two minutes while failing (±10 %).
+    const auto last = parse_rfc3339(text(b, "last_probe")), next = parse_rfc3339(text(b, "next_probe"));
+    ASSERT_TRUE(last && next) << json::serialize(b);
+    const auto ahead = std::chrono::duration_cast<std::chrono::seconds>(*next - *last);
+    if (e.up == true && e.accepts == true) {
+      EXPECT_GE(ahead, 53min) << json::serialize(b);
+      EXPECT_LE(ahead, 67min) << json::serialize(b);
+    } else {
+      EXPECT_GE(ahead, 100s) << json::serialize(b);
+      EXPECT_LE(ahead, 135s) << json::serialize(b);
     }
     const std::string label = "broker=\"" + e.broker + "\"";
     EXPECT_EQ(d.metric("certagent_broker_up", label), e.up ? std::optional<double>(*e.up ? 1 : 0) : std::nullopt);
