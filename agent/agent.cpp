@@ -6,6 +6,7 @@
 #include "agent/builtin_plugins.h"
 #include "agent/certificate_loop.h"
 #include "agent/clock_watch.h"
+#include "core/crypto/keys.h"
 #include "core/fs_util.h"
 #include "core/logging.h"
 #include "agent/metrics.h"
@@ -83,7 +84,8 @@ class Daemon {
         state_timer_(io_),
         watchdog_timer_(io_),
         ready_timer_(io_),
-        clock_watch_(io_.get_executor(), [this] {
+        clock_watch_(io_.get_executor(), clock_, [this](std::chrono::nanoseconds) {
+          metrics_.add(metric::kClockJumps, {});
           for (auto& [name, loop] : loops_) loop->wake();
         }) {}
 
@@ -451,6 +453,21 @@ int run_agent(const std::filesystem::path& config_path) {
     return 2;
   }
   log::init({config->log.level, config->log.format});
+  // Before the first key: the identity's, the local CA's and every issued one go there.
+  std::map<std::string, crypto::InFlightKeys> in_flight;  // per broker
+  for (const auto& c : config->certificates) {
+    auto& keys = in_flight[c.broker];
+    ++keys.count;
+    if (crypto::secure_heap_bytes_per_key(c.key) > crypto::secure_heap_bytes_per_key(keys.largest))
+      keys.largest = c.key;
+  }
+  std::vector<crypto::InFlightKeys> brokers;
+  for (auto& [name, keys] : in_flight) {
+    if (const auto* b = config->broker(name)) keys.count = std::min(keys.count, b->max_in_flight);
+    brokers.push_back(keys);
+  }
+  const auto heap = crypto::init_secure_heap(crypto::secure_heap_size(brokers));
+  logger()->info("event=secure_heap bytes={} locked={}", heap.bytes, heap.locked);
   for (const auto& [name, b] : config->brokers)
     if (b.type == "local")
       logger()->warn("event=development_ca broker={} effect=\"certificates from the embedded "

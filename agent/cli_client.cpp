@@ -144,6 +144,8 @@ std::string describe_failure(unsigned status, std::string_view body, const std::
     case 503:
       if (code == "expired") return "certificate '" + name + "' has expired and no new one is held";
       if (code == "not_issued") return "certificate '" + name + "' has not been issued yet";
+      if (code == "not_yet_valid")
+        return "certificate '" + name + "' is not valid yet (is this host's clock behind? see certagent status)";
       return "daemon busy: " + code;
     default:
       return "daemon answered " + std::to_string(status) + ": " + code;
@@ -290,7 +292,7 @@ std::string accepts_text(const json::value* v, const json::object* broker) {
 void print_status_table(const json::array& certs, std::ostream& out, const json::array* brokers) {
   const auto now = std::chrono::system_clock::now();
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL", "BROKER_UP",
+  rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL", "CLOCK", "BROKER_UP",
                   "BROKER_ACCEPTS"});
   for (const auto& v : certs) {
     if (!v.is_object()) continue;
@@ -300,11 +302,18 @@ void print_status_table(const json::array& certs, std::ostream& out, const json:
       expires_in =
           format_remaining(std::chrono::duration_cast<std::chrono::seconds>(*not_after - now));
     }
+    // A host clock behind the broker's fails renewals closed: say so where people look first.
+    std::string clock = "ok";
+    if (const auto* skew = o.if_contains("clock_skew_seconds"); skew && skew->is_int64() && skew->as_int64() != 0) {
+      const auto seconds = skew->as_int64();
+      clock = seconds > 0 ? format_remaining(std::chrono::seconds(seconds)) + "_behind_broker"
+                          : format_remaining(std::chrono::seconds(-seconds)) + "_ahead_of_broker";
+    }
     const json::object* broker = broker_named(brokers, string_field(o, "broker"));
     rows.push_back({text_or_dash(o.if_contains("name")), text_or_dash(o.if_contains("state")),
                     text_or_dash(o.if_contains("serial")), text_or_dash(o.if_contains("not_after")),
-                    expires_in, text_or_dash(o.if_contains("next_renewal")), up_text(o.if_contains("broker_up")),
-                    accepts_text(o.if_contains("broker_accepts"), broker)});
+                    expires_in, text_or_dash(o.if_contains("next_renewal")), clock,
+                    up_text(o.if_contains("broker_up")), accepts_text(o.if_contains("broker_accepts"), broker)});
   }
   std::vector<std::size_t> widths(rows.front().size(), 0);
   for (const auto& row : rows) {

@@ -57,7 +57,9 @@ Metrics::Metrics()
   using namespace metric;
   declare(kNotAfter, Type::gauge, "Expiry of the certificate currently held, Unix time.");
   declare(kExpired, Type::gauge, "1 when the certificate held has expired (fail-closed), else 0.");
-  declare(kRenewals, Type::counter, "Renewal attempts by result (success, failure, rejected).");
+  declare(kNotYetValid, Type::gauge,
+          "1 when the certificate held is not valid yet (its not_before is ahead of this host's clock), else 0.");
+  declare(kRenewals, Type::counter, "Renewal attempts by result (success, failure, rejected, clock_skew).");
   declare(kRenewalDuration, Type::histogram, "Time from key generation to commit, seconds.");
   declare(kNextRenewal, Type::gauge, "When the next renewal attempt is due, Unix time.");
   declare(kConsecutiveFailures, Type::gauge, "Failed renewal attempts since the last success.");
@@ -68,6 +70,10 @@ Metrics::Metrics()
           "1 when the broker accepted our last request; 0 when it refuses us (cause=\"refused\": credentials, "
           "account, authority, profile) or our own configuration for it is broken (cause=\"local_config\": "
           "ca_bundle, url, a secret not sealed); the reason label says which.");
+  declare(kClockSkew, Type::gauge,
+          "How far the broker's clock is ahead of this host's, seconds, as its last certificate showed "
+          "(0 when it agrees).");
+  declare(kClockJumps, Type::counter, "Wall-clock steps of a second or more (and resumes) seen.");
   declare(kBrokerInFlight, Type::gauge,
           "Issuances holding one of the broker's max_in_flight slots now (fresh key to the broker's answer).");
   declare(kBrokerInFlightMax, Type::gauge,

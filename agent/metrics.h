@@ -14,6 +14,7 @@ namespace certagent {
 namespace metric {
 inline constexpr const char* kNotAfter = "certagent_certificate_not_after_seconds";
 inline constexpr const char* kExpired = "certagent_certificate_expired";
+inline constexpr const char* kNotYetValid = "certagent_certificate_not_yet_valid";
 inline constexpr const char* kRenewals = "certagent_renewals_total";
 inline constexpr const char* kRenewalDuration = "certagent_renewal_duration_seconds";
 inline constexpr const char* kNextRenewal = "certagent_next_renewal_seconds";
@@ -21,6 +22,8 @@ inline constexpr const char* kConsecutiveFailures = "certagent_consecutive_failu
 inline constexpr const char* kReloads = "certagent_reloads_total";
 inline constexpr const char* kBrokerUp = "certagent_broker_up";
 inline constexpr const char* kBrokerAccepts = "certagent_broker_accepts";
+inline constexpr const char* kClockSkew = "certagent_clock_skew_seconds";
+inline constexpr const char* kClockJumps = "certagent_clock_jumps_total";
 inline constexpr const char* kBrokerInFlight = "certagent_broker_requests_in_flight";
 inline constexpr const char* kBrokerInFlightMax = "certagent_broker_requests_in_flight_max";
 inline constexpr const char* kSocketWatchers = "certagent_socket_watchers";

@@ -4,6 +4,7 @@
 #include "core/config/names.h"
 
 #include "core/fs_util.h"
+#include "core/locked_memory.h"
 #include "core/logging.h"
 
 #include <grp.h>
@@ -42,58 +43,44 @@ constexpr int kMaxDeniedLogs = 10;
 
 // ---- JSON without stray copies of the key --------------------------------------------------
 
-// Memory for JSON values that hold a private key: wiped before it is given back.
-class WipingResource final : public json::memory_resource {
+// Memory for JSON values that hold a private key: locked, out of core dumps, wiped before it
+// is given back.
+class LockedResource final : public json::memory_resource {
   void* do_allocate(std::size_t n, std::size_t align) override {
-    return ::operator new(n, std::align_val_t(align));
+    // Blocks are aligned to their (power-of-two) size, at least 32 bytes.
+    return locked_memory::allocate(std::max(n, align));
   }
   void do_deallocate(void* p, std::size_t n, std::size_t align) override {
-    OPENSSL_cleanse(p, n);
-    ::operator delete(p, n, std::align_val_t(align));
+    locked_memory::deallocate(p, std::max(n, align));
   }
   bool do_is_equal(const json::memory_resource& other) const noexcept override {
     return this == &other;
   }
 };
 
-
-// Appends without leaving an unwiped copy behind when the string has to grow.
-void append_wiped(std::string& out, std::string_view piece) {
-  if (out.size() + piece.size() > out.capacity()) {
-    std::string bigger;
-    bigger.reserve(std::max(out.capacity() * 2, out.size() + piece.size()));
-    bigger.append(out);
-    OPENSSL_cleanse(out.data(), out.size());
-    out = std::move(bigger);
-  }
-  out.append(piece);
-}
-
-// Serializes a value that may hold key material into a string whose every buffer is wiped
-// (the caller wipes the result itself).
-std::string serialize_wiped(const json::value& value, std::size_t size_hint, bool newline) {
-  std::string out;
+// Serializes a value that may hold key material straight into locked memory.
+Secret serialize_secret(const json::value& value, std::size_t size_hint, bool newline) {
+  Secret out;
   out.reserve(size_hint);
   json::serializer serializer;
   serializer.reset(&value);
   std::array<char, 4096> buffer;
-  while (!serializer.done()) append_wiped(out, serializer.read(buffer.data(), buffer.size()));
+  while (!serializer.done()) out.append(serializer.read(buffer.data(), buffer.size()));
   OPENSSL_cleanse(buffer.data(), buffer.size());
-  if (newline) append_wiped(out, "\n");
+  if (newline) out.append("\n");
   return out;
 }
 
 // ---- what a certificate looks like on the socket -------------------------------------------
 
-// Why nothing valid can be handed out: "expired" or "not_issued".
+// Why nothing valid can be handed out: "expired", "not_yet_valid" or "not_issued".
 std::string_view unavailable_reason(const CertEntry& entry, SystemTime now) {
-  if (entry.material && now >= entry.material->not_after) return "expired";
-  if (!entry.material && entry.state == CertState::expired) return "expired";
-  return "not_issued";
+  const CertState state = effective_state(entry, now);
+  return to_string(state == CertState::valid ? CertState::not_issued : state);
 }
 
-// The bundle for one certificate. Every byte of it is wiped when freed.
-std::string bundle_json(const CertEntry& entry, const Material& m, bool newline) {
+// The bundle for one certificate, in locked memory. Every byte of it is wiped when freed.
+Secret bundle_json(const CertEntry& entry, const Material& m, bool newline) {
   const auto storage = json_wiping_storage();
   json::object o(storage);
   o["name"] = entry.config.name;
@@ -108,7 +95,7 @@ std::string bundle_json(const CertEntry& entry, const Material& m, bool newline)
   const std::size_t hint = m.cert_pem.size() + m.chain_pem.size() + m.key_pem.size() +
                            entry.trust_bundle_pem.size() + 1024;
   // PEM newlines become two bytes each in JSON: the hint leaves room for them.
-  return serialize_wiped(json::value(std::move(o), storage), hint + hint / 32, newline);
+  return serialize_secret(json::value(std::move(o), storage), hint + hint / 32, newline);
 }
 
 std::string error_json(std::string_view code, bool newline) {
@@ -243,7 +230,7 @@ std::string mode_string(std::uint32_t mode) {
 }  // namespace
 
 json::storage_ptr json_wiping_storage() {
-  static WipingResource resource;
+  static LockedResource resource;
   return json::storage_ptr(&resource);
 }
 
@@ -466,12 +453,10 @@ http::Reply SocketServer::fetch(const std::string& name, const http::Peer& peer)
   if (!material) {
     return http::error_reply(bhttp::status::service_unavailable, unavailable_reason(*entry, now));
   }
-  const auto line = bundle_line(*entry, material);
-  std::string body;
-  body.reserve(line->size());
-  body.append(line->data(), line->size() - 1);  // without the newline
-  http::Reply reply = http::json_reply(bhttp::status::ok, std::move(body));
-  reply.sensitive = true;
+  // The watchers' line without its newline, sent from locked memory: no copy of the key.
+  http::Reply reply = http::json_reply(bhttp::status::ok, {});
+  reply.secret_body = bundle_line(*entry, material);
+  reply.secret_body_size = reply.secret_body->size() - 1;
   reply.response.set(bhttp::field::cache_control, "no-store");
   return reply;
 }

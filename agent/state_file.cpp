@@ -18,14 +18,6 @@ boost::json::value time_or_null(const std::optional<SystemTime>& t) {
   return boost::json::string(format_rfc3339(*t));
 }
 
-// The stored state, corrected by the clock: material past not_after is reported expired even
-// before its loop has marked it (fail-closed views never lag).
-std::string_view effective_state(const CertEntry& e, SystemTime now) {
-  if (e.state == CertState::valid && !e.valid_material(now))
-    return e.material && now >= e.material->not_after ? "expired" : "not_issued";
-  return to_string(e.state);
-}
-
 boost::json::value tri_state(const std::optional<bool>& v) {
   if (!v) return nullptr;
   return *v;
@@ -38,7 +30,7 @@ boost::json::array describe_certificates(const CertificateStore& store, SystemTi
   for (const auto& [name, e] : store.entries()) {
     boost::json::object o;
     o["name"] = name;
-    o["state"] = effective_state(e, now);
+    o["state"] = to_string(effective_state(e, now));
     o["broker"] = e.config.broker;
     if (e.material) {
       o["serial"] = e.material->serial_hex;
@@ -55,6 +47,10 @@ boost::json::array describe_certificates(const CertificateStore& store, SystemTi
     o["last_error"] = e.last_error.empty() ? boost::json::value(nullptr) : boost::json::value(e.last_error);
     o["last_success"] = time_or_null(e.last_success);
     o["reload_unverified"] = e.reload_unverified;
+    if (e.clock_skew)
+      o["clock_skew_seconds"] = e.clock_skew->count();  // the broker's clock minus ours
+    else
+      o["clock_skew_seconds"] = nullptr;
     if (e.config.files) o["dir"] = e.config.files->dir.string();
     const BrokerStatus* b = store.broker(e.config.broker);
     o["broker_up"] = b ? tri_state(b->up) : boost::json::value(nullptr);

@@ -7,10 +7,22 @@ namespace certagent {
 std::string_view to_string(CertState s) {
   switch (s) {
     case CertState::not_issued: return "not_issued";
+    case CertState::not_yet_valid: return "not_yet_valid";
     case CertState::valid: return "valid";
     case CertState::expired: return "expired";
   }
   return "unknown";
+}
+
+CertState state_at(const MaterialPtr& material, SystemTime now) {
+  if (!material) return CertState::not_issued;
+  if (now < material->not_before) return CertState::not_yet_valid;
+  return now < material->not_after ? CertState::valid : CertState::expired;
+}
+
+CertState effective_state(const CertEntry& e, SystemTime now) {
+  if (!e.material) return e.state;  // not_issued, or expired after a failure streak
+  return state_at(e.material, now);
 }
 
 void CertificateStore::Subscription::reset() {
@@ -49,11 +61,17 @@ void CertificateStore::commit(const std::string& name, MaterialPtr material, Sys
   CertEntry* e = find(name);
   if (!e) return;
   e->material = std::move(material);
-  if (!e->material || now < e->material->not_before)
-    e->state = CertState::not_issued;  // a leaf from a broker whose clock runs ahead
-  else
-    e->state = now < e->material->not_after ? CertState::valid : CertState::expired;
+  e->state = state_at(e->material, now);
   notify(*e, CertEvent::committed);
+}
+
+void CertificateStore::refresh_state(const std::string& name, SystemTime now) {
+  CertEntry* e = find(name);
+  if (!e || !e->material) return;
+  const CertState next = state_at(e->material, now);
+  if (next == e->state || next == CertState::expired) return;
+  e->state = next;
+  notify(*e, CertEvent::state_changed);
 }
 
 void CertificateStore::mark_expired(const std::string& name) {

@@ -19,9 +19,11 @@
 namespace certagent {
 
 enum class CertState {
-  not_issued,  // nothing valid held yet
-  valid,       // valid material held
-  expired,     // material held but past not_after (or nothing, after a failure streak)
+  not_issued,     // nothing held yet
+  not_yet_valid,  // material held whose not_before is still ahead (a broker clock ahead of
+                  // ours, or our clock stepped back): never handed out until it is valid
+  valid,          // valid material held
+  expired,        // material held but past not_after (or nothing, after a failure streak)
 };
 std::string_view to_string(CertState s);
 
@@ -37,6 +39,9 @@ struct CertEntry {
   std::optional<SystemTime> last_success;
   std::optional<SystemTime> last_attempt;
   bool reload_unverified{false};           // a reloader could not confirm the new serial
+  // The broker's clock minus ours, as its last answer showed it (HTTP Date, or a leaf that
+  // starts in our future): positive when this host's clock is behind. Unset when they agree.
+  std::optional<std::chrono::seconds> clock_skew;
 
   // Valid material at `now`, or null: the only accessor that hands material out.
   MaterialPtr valid_material(SystemTime now) const {
@@ -58,6 +63,12 @@ struct BrokerStatus {
   std::optional<SystemTime> last_probe;
   std::optional<SystemTime> next_probe;
 };
+
+// The state of `material` at `now` (null material: not_issued).
+CertState state_at(const MaterialPtr& material, SystemTime now);
+// The stored state, corrected by the clock: fail-closed views (status, socket, metrics) never
+// lag behind a loop that has not yet marked its material expired or valid.
+CertState effective_state(const CertEntry& entry, SystemTime now);
 
 // removed: a config reload dropped the certificate; sent while the entry still exists.
 enum class CertEvent { committed, expired, state_changed, removed };
@@ -99,6 +110,9 @@ class CertificateStore {
   void commit(const std::string& name, MaterialPtr material, SystemTime now);
   // The held material has passed not_after: state expired, listeners told.
   void mark_expired(const std::string& name);
+  // The clock moved past not_before (or back before it): the state follows, listeners told
+  // when it changed. Expiry goes through mark_expired().
+  void refresh_state(const std::string& name, SystemTime now);
   // Any other change (schedule, failure count): listeners may refresh views.
   void touch(const std::string& name);
 

@@ -122,8 +122,8 @@ Result<Bytes> ecdsa_der_to_raw(std::span<const std::uint8_t> der, std::size_t ha
   return out;
 }
 
-Result<std::string> sign_es256(tpm::Identity& identity, const Jwk& jwk, std::string_view kid,
-                               std::string_view nonce, std::string_view url, std::string_view payload_json) {
+JwsToSign jws_es256_input(const Jwk& jwk, std::string_view kid, std::string_view nonce, std::string_view url,
+                          std::string_view payload_json) {
   boost::json::object header;
   header["alg"] = "ES256";
   if (kid.empty()) {
@@ -133,14 +133,25 @@ Result<std::string> sign_es256(tpm::Identity& identity, const Jwk& jwk, std::str
   }
   header["nonce"] = nonce;
   header["url"] = url;
-  std::string protected_b64 = base64url(boost::json::serialize(header));
-  std::string payload_b64 = payload_json.empty() ? std::string() : base64url(payload_json);
-  Bytes digest = sha256(protected_b64 + "." + payload_b64);
-  auto der = identity.sign_digest(digest);
-  if (!der) return with_context("signing the ACME request with the identity", der.error());
-  auto raw = ecdsa_der_to_raw(*der);
+  JwsToSign out;
+  out.protected_b64 = base64url(boost::json::serialize(header));
+  out.payload_b64 = payload_json.empty() ? std::string() : base64url(payload_json);
+  out.digest = sha256(out.protected_b64 + "." + out.payload_b64);
+  return out;
+}
+
+Result<std::string> jws_es256_finish(const JwsToSign& input, std::span<const std::uint8_t> der) {
+  auto raw = ecdsa_der_to_raw(der);
   if (!raw) return raw.error();
-  return flattened(protected_b64, payload_b64, *raw);
+  return flattened(input.protected_b64, input.payload_b64, *raw);
+}
+
+Result<std::string> sign_es256(tpm::Identity& identity, const Jwk& jwk, std::string_view kid,
+                               std::string_view nonce, std::string_view url, std::string_view payload_json) {
+  JwsToSign input = jws_es256_input(jwk, kid, nonce, url, payload_json);
+  auto der = identity.sign_digest(input.digest);
+  if (!der) return with_context("signing the ACME request with the identity", der.error());
+  return jws_es256_finish(input, *der);
 }
 
 Result<std::string> eab_binding(tpm::Identity& identity, std::string_view hmac_key_name,

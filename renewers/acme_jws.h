@@ -43,6 +43,18 @@ struct Jwk {
                                              std::string_view nonce, std::string_view url,
                                              std::string_view payload_json);
 
+// sign_es256 in two halves, so the signature can be awaited off the event loop: the protected
+// header and payload (base64url) with the SHA-256 digest the identity signs, then the flattened
+// JWS from the identity's DER signature.
+struct JwsToSign {
+  std::string protected_b64;
+  std::string payload_b64;
+  Bytes digest;
+};
+JwsToSign jws_es256_input(const Jwk& jwk, std::string_view kid, std::string_view nonce, std::string_view url,
+                          std::string_view payload_json);
+[[nodiscard]] Result<std::string> jws_es256_finish(const JwsToSign& input, std::span<const std::uint8_t> der);
+
 // The externalAccountBinding member of newAccount (RFC 8555 §7.3.4): a JWS over the account
 // JWK, MACed (HS256) with the EAB key stored in the identity under `hmac_key_name`.
 [[nodiscard]] Result<std::string> eab_binding(tpm::Identity& identity, std::string_view hmac_key_name,

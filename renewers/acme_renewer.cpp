@@ -5,6 +5,7 @@
 #include "renewers/acme_http01_responder.h"
 #include "renewers/acme_jws.h"
 #include "renewers/broker_keys.h"
+#include "renewers/identity_calls.h"
 #include "tpm/identity.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -353,12 +354,17 @@ Error AcmeRenewer::step_error(const char* what, const Posted& posted) {
 }
 
 awaitable<Result<AcmeRenewer::Posted>> AcmeRenewer::post(const std::string& url, std::string payload, bool use_jwk,
-                                                         const char* what, std::string accept) {
+                                                         const char* what, Due due, std::string accept) {
   for (int attempt = 0;; ++attempt) {
     auto nonce = co_await take_nonce();
     if (!nonce) co_return with_context(what, nonce.error());
-    auto jws = acme::sign_es256(*context_.identity, *jwk_, use_jwk ? std::string_view{} : std::string_view(kid_),
-                                *nonce, url, payload);
+    // One TPM2_Sign per JWS, queued on the identity's thread; the loop runs on meanwhile.
+    auto to_sign = acme::jws_es256_input(*jwk_, use_jwk ? std::string_view{} : std::string_view(kid_), *nonce, url,
+                                         payload);
+    acme::Bytes digest = to_sign.digest;
+    auto der = co_await identity_sign(*context_.identity, context_.executor, std::move(digest), due);
+    if (!der) co_return with_context(what, with_context("signing the ACME request with the identity", der.error()));
+    auto jws = acme::jws_es256_finish(to_sign, *der);
     if (!jws) co_return with_context(what, jws.error());
     http::Request request{.method = "POST", .url = url, .headers = {{"Content-Type", "application/jose+json"}},
                           .body = std::move(*jws)};
@@ -409,7 +415,7 @@ Result<std::string> AcmeRenewer::eab_member() {
   return b;
 }
 
-awaitable<Result<>> AcmeRenewer::ensure_account() {
+awaitable<Result<>> AcmeRenewer::ensure_account(Due due) {
   if (!kid_.empty()) co_return Result<>{};
   json::object payload;
   payload["termsOfServiceAgreed"] = true;
@@ -422,7 +428,7 @@ awaitable<Result<>> AcmeRenewer::ensure_account() {
     co_return config_error(Cause::refused, "account",
                            "the ACME server requires External Account Binding: set eab.kid and eab.hmac_key_file");
   }
-  auto posted = co_await post(directory_->new_account, json::serialize(payload), true, "newAccount");
+  auto posted = co_await post(directory_->new_account, json::serialize(payload), true, "newAccount", due);
   if (!posted) co_return posted.error();
   if (posted->failed()) {
     Error e = step_error("newAccount", *posted);
@@ -493,7 +499,7 @@ awaitable<Result<>> AcmeRenewer::run_hook(const std::vector<std::string>& argv) 
   co_return Result<>{};
 }
 
-awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& authorization_urls) {
+awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& authorization_urls, Due due) {
   struct Pending {
     std::string authz_url;
     std::string name;
@@ -515,7 +521,7 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
 
   auto start_all = [&]() -> awaitable<Result<>> {
     for (const auto& url : authorization_urls) {
-      auto posted = co_await post(url, std::string(), false, "authorization");
+      auto posted = co_await post(url, std::string(), false, "authorization", due);
       if (!posted) co_return posted.error();
       if (posted->failed()) co_return step_error("authorization", *posted);
       const json::value& authz = posted->body;
@@ -567,7 +573,7 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
         if (!r) co_return r.error();
       }
       if (json_string(*chosen, "status") == "pending") {
-        auto answered = co_await post(challenge_url, std::string("{}"), false, "challenge");
+        auto answered = co_await post(challenge_url, std::string("{}"), false, "challenge", due);
         if (!answered) co_return answered.error();
         if (answered->failed()) co_return step_error("challenge", *answered);
       }
@@ -582,7 +588,7 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
       std::chrono::milliseconds delay = interval;
       for (;;) {
         co_await sleep_for(delay);
-        auto posted = co_await post(p.authz_url, std::string(), false, "authorization poll");
+        auto posted = co_await post(p.authz_url, std::string(), false, "authorization poll", due);
         if (!posted) co_return posted.error();
         if (posted->failed()) co_return step_error("authorization poll", *posted);
         std::string status = json_string(posted->body, "status");
@@ -616,9 +622,9 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
   co_return result;
 }
 
-awaitable<Result<std::string>> AcmeRenewer::download_chain(const std::string& certificate_url) {
+awaitable<Result<std::string>> AcmeRenewer::download_chain(const std::string& certificate_url, Due due) {
   auto fetch = [&](const std::string& url) -> awaitable<Result<Posted>> {
-    auto posted = co_await post(url, std::string(), false, "certificate download",
+    auto posted = co_await post(url, std::string(), false, "certificate download", due,
                                 std::string("application/pem-certificate-chain"));
     if (!posted) co_return posted.error();
     if (posted->failed() || posted->response.status != 200) co_return step_error("certificate download", *posted);
@@ -682,7 +688,8 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
   stale_account = false;
   if (auto r = co_await ensure_directory(); !r) co_return r.error();
   bool fresh_account = kid_.empty();
-  if (auto r = co_await ensure_account(); !r) co_return r.error();
+  const Due due = tpm_deadline(request, clock_->now());
+  if (auto r = co_await ensure_account(due); !r) co_return r.error();
 
   // Identifiers: every DNS name and IP (and the CN, which must be one of them for ACME).
   json::array identifiers;
@@ -711,7 +718,7 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
                                            std::chrono::duration_cast<std::chrono::seconds>(request.lifetime));
     }
     if (!replaces.empty()) payload["replaces"] = replaces;
-    auto posted = co_await post(directory_->new_order, json::serialize(payload), false, "newOrder");
+    auto posted = co_await post(directory_->new_order, json::serialize(payload), false, "newOrder", due);
     if (!posted) co_return posted.error();
     if (!posted->failed()) {
       order = std::move(*posted);
@@ -751,7 +758,7 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
   if (status == "invalid") co_return make_error("newOrder: the new order is invalid");
 
   if (status == "pending") {
-    if (auto r = co_await authorize(authz_urls); !r) co_return r.error();
+    if (auto r = co_await authorize(authz_urls, due); !r) co_return r.error();
   }
 
   // CSR as base64url DER.
@@ -787,7 +794,7 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
       try_finalize = false;
       json::object finalize_payload;
       finalize_payload["csr"] = csr_b64;
-      auto posted = co_await post(finalize_url, json::serialize(finalize_payload), false, "finalize");
+      auto posted = co_await post(finalize_url, json::serialize(finalize_payload), false, "finalize", due);
       if (!posted) co_return posted.error();
       if (posted->failed()) {
         // orderNotReady: an authorization is not valid yet; poll the order.
@@ -808,7 +815,7 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
     }
     co_await sleep_for(bounded_delay(retry_after, interval, deadline));
     interval = std::min(interval * 2, tuning_.max_poll);
-    auto posted = co_await post(order_url, std::string(), false, "order poll");
+    auto posted = co_await post(order_url, std::string(), false, "order poll", due);
     if (!posted) co_return posted.error();
     if (posted->failed()) co_return step_error("order poll", *posted);
     current = std::move(posted->body);
@@ -816,7 +823,7 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
 
   std::string certificate_url = json_string(current, "certificate");
   if (certificate_url.empty()) co_return make_error("order is valid but names no certificate URL");
-  auto chain = co_await download_chain(certificate_url);
+  auto chain = co_await download_chain(certificate_url, due);
   if (!chain) co_return chain.error();
 
   IssueResult result;

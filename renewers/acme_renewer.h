@@ -80,12 +80,14 @@ class AcmeRenewer final : public Renewer {
 
   boost::asio::awaitable<Result<>> ensure_directory();
   boost::asio::awaitable<Result<std::string>> take_nonce();
-  boost::asio::awaitable<Result<>> ensure_account();
+  // `due`: the issuance's deadline in the identity's queue (tpm_deadline), for every signature.
+  using Due = std::chrono::system_clock::time_point;
+  boost::asio::awaitable<Result<>> ensure_account(Due due);
   boost::asio::awaitable<Result<Posted>> post(const std::string& url, std::string payload, bool use_jwk,
-                                              const char* what, std::string accept = {});
+                                              const char* what, Due due, std::string accept = {});
   boost::asio::awaitable<Result<IssueResult>> issue_once(const IssueRequest& request, bool& stale_account);
-  boost::asio::awaitable<Result<>> authorize(const std::vector<std::string>& authorization_urls);
-  boost::asio::awaitable<Result<std::string>> download_chain(const std::string& certificate_url);
+  boost::asio::awaitable<Result<>> authorize(const std::vector<std::string>& authorization_urls, Due due);
+  boost::asio::awaitable<Result<std::string>> download_chain(const std::string& certificate_url, Due due);
   boost::asio::awaitable<std::optional<SystemTime>> renewal_hint(const std::string& leaf_pem);
   boost::asio::awaitable<Result<>> run_hook(const std::vector<std::string>& argv);
   boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d);

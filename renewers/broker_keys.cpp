@@ -2,6 +2,7 @@
 
 #include "core/encoding.h"
 #include "core/logging.h"
+#include "renewers/identity_calls.h"
 #include "tpm/identity.h"
 
 #include <openssl/crypto.h>
@@ -41,6 +42,15 @@ Result<std::vector<std::uint8_t>> broker_hmac(tpm::Identity& identity, const std
   log::get("renewer")->warn("event=hmac_key_imported name={} file={} hint={}", name, log::quote(key_file.string()),
                             log::quote("run `certagent enroll` to seal it and delete the file"));
   return identity.hmac(name, data);
+}
+
+boost::asio::awaitable<Result<std::vector<std::uint8_t>>> broker_hmac_async(
+    tpm::Identity& identity, boost::asio::any_io_executor ex, std::string name, std::filesystem::path key_file,
+    KeyFileParser parse, std::vector<std::uint8_t> data, tpm::Identity::Deadline deadline) {
+  auto mac = co_await identity_hmac(identity, ex, name, data, deadline);
+  if (mac) co_return mac;
+  // Not in the identity yet (no enroll): import it from the file, once, as broker_hmac does.
+  co_return broker_hmac(identity, name, key_file, parse, data);
 }
 
 Result<std::vector<std::uint8_t>> parse_hex_key_text(std::string_view text) {

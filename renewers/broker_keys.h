@@ -5,6 +5,10 @@
 // it on first use, so a development setup works without an enroll step.
 
 #include "core/result.h"
+#include "tpm/identity.h"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -13,10 +17,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-namespace certagent::tpm {
-class Identity;
-}
 
 namespace certagent::renewers {
 
@@ -28,6 +28,12 @@ using KeyFileParser = std::function<Result<std::vector<std::uint8_t>>(std::strin
                                                             const std::filesystem::path& key_file,
                                                             const KeyFileParser& parse,
                                                             std::span<const std::uint8_t> data);
+
+// The same from the event loop: the HMAC is queued on the identity's thread under `deadline`
+// and awaited (the one-time import from the key file still blocks).
+[[nodiscard]] boost::asio::awaitable<Result<std::vector<std::uint8_t>>> broker_hmac_async(
+    tpm::Identity& identity, boost::asio::any_io_executor ex, std::string name, std::filesystem::path key_file,
+    KeyFileParser parse, std::vector<std::uint8_t> data, tpm::Identity::Deadline deadline);
 
 // Hex text (cfssl auth keys), whitespace around it ignored.
 [[nodiscard]] Result<std::vector<std::uint8_t>> parse_hex_key_text(std::string_view text);

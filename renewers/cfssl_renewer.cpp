@@ -3,6 +3,7 @@
 #include "core/crypto/ossl_ptr.h"
 #include "core/logging.h"
 #include "renewers/broker_keys.h"
+#include "renewers/identity_calls.h"
 #include "tpm/identity.h"
 
 #include <boost/json.hpp>
@@ -113,11 +114,16 @@ std::string CfsslRenewer::sign_request_json(const IssueRequest& request) const {
 awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
   auto fail = [&](Error e) { return with_context("cfssl broker " + broker_name_, std::move(e)); };
   std::string r = sign_request_json(request);
-  auto mac = broker_hmac(*context_.identity, cfssl_auth_key_name(broker_name_), config_.auth_key_file,
-                         parse_hex_key_text,
-                         std::span(reinterpret_cast<const std::uint8_t*>(r.data()), r.size()));
-  if (!mac)
-    co_return fail(config_error(Cause::local_config, "secret", "auth token: " + mac.error().message));
+  // One TPM command (TPM2_HMAC with the kept auth key), queued under the certificate's deadline.
+  const auto deadline = tpm_deadline(request, context_.clock ? context_.clock->now() : std::chrono::system_clock::now());
+  std::vector<std::uint8_t> signed_bytes(r.begin(), r.end());
+  std::string key_name = cfssl_auth_key_name(broker_name_);
+  auto mac = co_await broker_hmac_async(*context_.identity, context_.executor, std::move(key_name),
+                                        config_.auth_key_file, parse_hex_key_text, std::move(signed_bytes), deadline);
+  if (!mac) {
+    const std::string reason = mac.error().reason.empty() ? "secret" : mac.error().reason;
+    co_return fail(config_error(Cause::local_config, reason, "auth token: " + mac.error().message));
+  }
   std::string token = base64(std::string_view(reinterpret_cast<const char*>(mac->data()), mac->size()));
   json::object body{{"token", token}, {"request", base64(r)}};
 
@@ -171,6 +177,7 @@ awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
   IssueResult out;
   out.chain_pem = std::move(certificate);
   if (out.chain_pem.back() != '\n') out.chain_pem += '\n';
+  out.broker_time = res->date();
   co_return out;
 }
 

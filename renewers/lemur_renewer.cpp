@@ -3,6 +3,7 @@
 #include "core/crypto/csr.h"
 #include "core/logging.h"
 #include "core/time_format.h"
+#include "renewers/identity_calls.h"
 #include "tpm/identity.h"
 
 #include <boost/asio/as_tuple.hpp>
@@ -391,7 +392,9 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
                                       request.cert_name + " to ecdsa-p256, ecdsa-p384 or rsa-*"));
   }
 
-  // The API key: unsealed for this issuance, wiped when it ends (Secret).
+  // The API key: unsealed for this issuance, wiped when it ends (Secret); never kept between
+  // issuances. The sealed object stays loaded in the TPM, so the unseal is the issuance's one
+  // TPM command, queued on the identity's thread under the certificate's deadline.
   const std::string token_name = lemur_token_name(broker_name_);
   if (!context_.identity->has_secret(token_name))
     co_return fail(config_error(Cause::local_config, "secret",
@@ -401,7 +404,9 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
                                     config_.token_file.string()));
   Secret token;
   {
-    auto unsealed = context_.identity->unseal(token_name);
+    const auto tpm_due = tpm_deadline(request, now());
+    std::string sealed_name = token_name;
+    auto unsealed = co_await identity_unseal(*context_.identity, context_.executor, std::move(sealed_name), tpm_due);
     if (!unsealed) co_return fail(with_context("unsealing " + token_name, unsealed.error()));
     ++stats_.unseals;
     std::string_view t = trim(unsealed->view());

@@ -43,6 +43,9 @@ struct IssueResult {
   // The broker's suggested renewal time (ACME ARI): used when earlier than our own point.
   std::optional<SystemTime> renew_hint;
   std::map<std::string, std::string> state;   // kept with the certificate, see previous_state
+  // The broker's clock when it answered (HTTP Date), when seen: the loop reports clock skew
+  // from it (certagent_clock_skew_seconds) and tells a skewed clock from a bad broker.
+  std::optional<SystemTime> broker_time;
 };
 
 class Renewer {

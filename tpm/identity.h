@@ -2,12 +2,16 @@
 // The host's long-lived identity. The rest of the daemon sees only this interface; the TPM
 // backend keeps the key inside the TPM, the file backend (development only) in state_dir.
 // All methods are thread-safe: the TPM backend runs every ESAPI call on its own thread.
+// The blocking methods wait for the TPM; code on the event loop uses the async_ forms, which
+// queue the work (earliest deadline first) and return at once.
 
 #include "core/crypto/ossl_ptr.h"
 #include "core/result.h"
 #include "core/secret.h"
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -48,6 +52,28 @@ class Identity {
   [[nodiscard]] virtual Result<> seal(std::string_view name, std::span<const std::uint8_t> bytes) = 0;
   [[nodiscard]] virtual Result<Secret> unseal(std::string_view name) = 0;
   virtual bool has_secret(std::string_view name) const = 0;
+
+  // ---- non-blocking forms, for the event loop ----
+  // A TPM runs one command at a time and a discrete one takes tens of milliseconds each: work
+  // waits in a queue ordered by deadline (the certificate's expiry: one close to expiry goes
+  // before a storm of others), equal deadlines in arrival order. The blocking methods queue as
+  // "due now". `done` is called exactly once, on the identity's thread (inline for backends
+  // without one); it must not block.
+  using Deadline = std::chrono::system_clock::time_point;
+  template <class T>
+  using Completion = std::function<void(Result<T>)>;
+  virtual void async_sign_digest(Bytes digest, Deadline deadline, Completion<Bytes> done) {
+    (void)deadline;
+    done(sign_digest(digest));
+  }
+  virtual void async_hmac(std::string name, Bytes data, Deadline deadline, Completion<Bytes> done) {
+    (void)deadline;
+    done(hmac(name, data));
+  }
+  virtual void async_unseal(std::string name, Deadline deadline, Completion<Secret> done) {
+    (void)deadline;
+    done(unseal(name));
+  }
 };
 
 // Opens the configured backend. Fails (never creates a new key) when no identity exists yet:

@@ -17,17 +17,20 @@
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <deque>
 #include <functional>
+#include <map>
 #include <future>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 namespace certagent::tpm {
 namespace {
@@ -264,10 +267,14 @@ Result<Secret> envelope_decrypt(std::span<const std::uint8_t> key, std::string_v
 
 // ---- the TPM thread ----------------------------------------------------------------------------
 
-// One thread runs every ESAPI call (ESAPI is blocking and not thread-safe). call() posts a task
-// and waits for its result; a task posted from the thread itself runs inline.
+// One thread runs every ESAPI call (ESAPI is blocking and not thread-safe), in deadline order:
+// the task due first runs next, equal deadlines in arrival order. call() queues a task as due
+// now and waits for its result (a task queued from the thread itself runs inline); post()
+// queues one with the caller's deadline and returns.
 class Worker {
  public:
+  using Deadline = Identity::Deadline;
+
   Worker() : thread_([this] { loop(); }) {}
   ~Worker() {
     {
@@ -286,31 +293,47 @@ class Worker {
     if (std::this_thread::get_id() == thread_.get_id()) return f();
     std::packaged_task<R()> task(std::ref(f));
     auto result = task.get_future();
-    {
-      std::lock_guard lock(mutex_);
-      queue_.emplace_back([&task] { task(); });
-    }
-    cv_.notify_one();
+    post(std::chrono::system_clock::now(), [&task] { task(); });
     return result.get();
   }
 
+  void post(Deadline due, std::function<void()> task) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.emplace(Key{due, ++arrivals_}, std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+  std::size_t queued() const {
+    std::lock_guard lock(mutex_);
+    return queue_.size();
+  }
+
  private:
+  struct Key {
+    Deadline due;
+    std::uint64_t arrival;
+    bool operator<(const Key& o) const { return due != o.due ? due < o.due : arrival < o.arrival; }
+  };
+
   void loop() {
     std::unique_lock lock(mutex_);
     while (true) {
       cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ and drained
-      auto task = std::move(queue_.front());
-      queue_.pop_front();
+      auto task = std::move(queue_.begin()->second);
+      queue_.erase(queue_.begin());
       lock.unlock();
       task();
       lock.lock();
     }
   }
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
+  std::map<Key, std::function<void()>> queue_;
+  std::uint64_t arrivals_{0};
   bool stop_{false};
   std::thread thread_;  // last: starts once the rest is constructed
 };
@@ -351,14 +374,32 @@ TPM2B_PUBLIC identity_key_template() {
   return t;
 }
 
+// TPM_RC_RETRY / YIELDED / TESTING still there after ESAPI's own five immediate resubmissions:
+// the TPM is busy (a self-test can take seconds). Back off and send again, within a budget.
+constexpr auto kFirstBackoff = std::chrono::milliseconds(5);
+constexpr auto kMaxBackoff = std::chrono::milliseconds(250);
+constexpr auto kBusyBudget = std::chrono::seconds(30);
+
+bool tpm_busy(TSS2_RC rc) {
+  const TSS2_RC code = tpm_base_code(rc);
+  return code == TPM2_RC_RETRY || code == TPM2_RC_YIELDED || code == TPM2_RC_TESTING;
+}
+
+// Objects kept loaded besides the identity key (HMAC keys, sealed objects), least recently
+// used out first. A TPM without a resource manager has three transient slots: the identity,
+// one kept object, and one free for the SRK while loading (or for an HMAC sequence).
+constexpr std::size_t kKeptObjects = 1;
+
 // Everything the TPM thread owns. Members marked "TPM thread" are touched only from tasks
 // run by worker_.
 class TpmIdentity::Core {
  public:
   explicit Core(TpmIdentityOptions options) : options_(std::move(options)) {}
   ~Core() {
+    closing_ = true;  // queued async work still runs, and fails at once
     // Flush and close on the TPM thread, then the worker joins.
     worker_.call([this] {
+      kept_.clear();
       identity_.reset();
       esys_.reset();
       tcti_.reset();
@@ -369,11 +410,38 @@ class TpmIdentity::Core {
   auto on_tpm(F&& f) {
     return worker_.call(std::forward<F>(f));
   }
+  void post(Deadline due, std::function<void()> task) { worker_.post(due, std::move(task)); }
+  std::size_t queued() const { return worker_.queued(); }
+  bool closing() const { return closing_; }
 
   // ---- TPM thread ----
 
+  // One TPM command through ESAPI: counted, and sent again with backoff while the TPM says it
+  // is busy.
+  template <class Call>
+  TSS2_RC run(std::string_view what, Call&& call) {
+    auto backoff = kFirstBackoff;
+    const auto give_up = std::chrono::steady_clock::now() + kBusyBudget;
+    for (;;) {
+      const TSS2_RC rc = call();
+      ++commands_;
+      if (!tpm_busy(rc) || closing_ || std::chrono::steady_clock::now() + backoff > give_up) {
+        if (tpm_busy(rc))
+          logger()->warn("event=tpm_busy_gave_up call={} rc={}", what, log::quote(Tss2_RC_Decode(rc)));
+        return rc;
+      }
+      ++retries_;
+      logger()->debug("event=tpm_busy call={} rc={} retry_in_ms={}", what, log::quote(Tss2_RC_Decode(rc)),
+                      backoff.count());
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, kMaxBackoff);
+    }
+  }
+
   TssResult<> connect() {
     identity_.forget();
+    for (auto& k : kept_) k.object.forget();
+    kept_.clear();
     esys_.reset();
     tcti_.reset();
     TSS2_TCTI_CONTEXT* tcti = nullptr;
@@ -388,8 +456,7 @@ class TpmIdentity::Core {
     }
     esys_.reset(esys);
     // Firmware (or swtpm's startup-clear) has normally started the TPM: TPM2_RC_INITIALIZE.
-    rc = Esys_Startup(esys_.get(), TPM2_SU_CLEAR);
-    ++commands_;
+    rc = run("Esys_Startup", [&] { return Esys_Startup(esys_.get(), TPM2_SU_CLEAR); });
     if (rc != TSS2_RC_SUCCESS && tpm_base_code(rc) != TPM2_RC_INITIALIZE) {
       if (is_tcti_error(rc)) {
         esys_.reset();
@@ -408,12 +475,46 @@ class TpmIdentity::Core {
     TPM2B_DATA outside{};
     TPML_PCR_SELECTION pcrs{};
     ESYS_TR handle = ESYS_TR_NONE;
-    TSS2_RC rc = Esys_CreatePrimary(esys_.get(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                                    ESYS_TR_NONE, &sensitive, &templ, &outside, &pcrs, &handle, nullptr,
-                                    nullptr, nullptr, nullptr);
-    ++commands_;
+    TSS2_RC rc = run("Esys_CreatePrimary", [&] {
+      return Esys_CreatePrimary(esys_.get(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                &sensitive, &templ, &outside, &pcrs, &handle, nullptr, nullptr, nullptr, nullptr);
+    });
     if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_CreatePrimary", rc);
+    ++primaries_;
     return object(handle);
+  }
+
+  // The SRK, loaded for the caller to use and flush. CreatePrimary is one of the slowest TPM
+  // commands (~240 ms on a discrete TPM), so it runs once: the SRK's context is saved and
+  // loaded again (TPM2_ContextLoad, a symmetric check) until a TPM reset or TPM2_Clear makes
+  // the saved context useless; then the primary is created once more.
+  TssResult<TransientObject> srk() {
+    return with_room([&] { return srk_once(); });
+  }
+
+  TssResult<TransientObject> srk_once() {
+    if (srk_context_) {
+      ESYS_TR handle = ESYS_TR_NONE;
+      TSS2_RC rc = run("Esys_ContextLoad", [&] { return Esys_ContextLoad(esys_.get(), srk_context_.get(), &handle); });
+      if (rc == TSS2_RC_SUCCESS) return object(handle);
+      if (is_tcti_error(rc)) return tss_error("Esys_ContextLoad", rc);
+      logger()->info("event=srk_context_stale rc={}", log::quote(describe("Esys_ContextLoad", rc)));
+      srk_context_.reset();
+      // A reset or cleared TPM: our loaded objects are gone too, and their handle numbers may
+      // now name objects loaded since. Drop them without flushing; they load again on use.
+      identity_.forget();
+      for (auto& k : kept_) k.object.forget();
+      kept_.clear();
+    }
+    auto created = create_srk();
+    if (!created) return created.error();
+    TPMS_CONTEXT* saved = nullptr;
+    TSS2_RC rc = run("Esys_ContextSave", [&] { return Esys_ContextSave(esys_.get(), created->get(), &saved); });
+    if (rc == TSS2_RC_SUCCESS)
+      srk_context_.reset(saved);
+    else
+      logger()->debug("event=srk_context_not_saved rc={}", log::quote(describe("Esys_ContextSave", rc)));
+    return created;
   }
 
   TssResult<KeyBlobs> create(ESYS_TR parent, const TPM2B_PUBLIC& templ, std::span<const std::uint8_t> data) {
@@ -425,35 +526,38 @@ class TpmIdentity::Core {
     TPML_PCR_SELECTION pcrs{};
     TPM2B_PRIVATE* priv = nullptr;
     TPM2B_PUBLIC* pub = nullptr;
-    TSS2_RC rc = Esys_Create(esys_.get(), parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive,
-                             &templ, &outside, &pcrs, &priv, &pub, nullptr, nullptr, nullptr);
+    TSS2_RC rc = run("Esys_Create", [&] {
+      return Esys_Create(esys_.get(), parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &sensitive, &templ,
+                         &outside, &pcrs, &priv, &pub, nullptr, nullptr, nullptr);
+    });
     EsysPtr<TPM2B_PRIVATE> priv_owner(priv);
     EsysPtr<TPM2B_PUBLIC> pub_owner(pub);
     OPENSSL_cleanse(&sensitive, sizeof sensitive);
-    ++commands_;
     if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_Create", rc);
     return KeyBlobs{*pub, *priv};
   }
 
   TssResult<TransientObject> load(ESYS_TR parent, const KeyBlobs& blobs) {
     ESYS_TR handle = ESYS_TR_NONE;
-    TSS2_RC rc = Esys_Load(esys_.get(), parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &blobs.priv,
-                           &blobs.pub, &handle);
-    ++commands_;
+    TSS2_RC rc = run("Esys_Load", [&] {
+      return Esys_Load(esys_.get(), parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &blobs.priv, &blobs.pub,
+                       &handle);
+    });
     if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_Load", rc);
     return object(handle);
   }
 
-  // SRK + Load + flush of the SRK: the identity key alone stays loaded.
+  // Loads the identity key under the SRK (given, or loaded here and flushed after).
   TssResult<> load_identity(TransientObject* srk_in = nullptr) {
     TransientObject own_srk;
     if (!srk_in) {
-      auto srk = create_srk();
-      if (!srk) return srk.error();
-      own_srk = std::move(*srk);
+      auto parent = srk();
+      if (!parent) return parent.error();
+      own_srk = std::move(*parent);
       srk_in = &own_srk;
     }
-    auto key = load(srk_in->get(), identity_blobs_);
+    identity_.reset();
+    auto key = with_room([&] { return load(srk_in->get(), identity_blobs_); });
     if (!key) return key.error();
     identity_ = std::move(*key);
     return {};
@@ -463,6 +567,7 @@ class TpmIdentity::Core {
   // (op reloads what it needs).
   template <class Op>
   auto with_reload(Op&& op) -> decltype(op()) {
+    if (closing_) return plain_error("the TPM identity is closing");
     if (!esys_) {
       if (auto c = connect(); !c) return c.error();
     }
@@ -470,9 +575,37 @@ class TpmIdentity::Core {
     if (first || !needs_reload(first.error().rc)) return first;
     ++reloads_;
     logger()->warn("event=tpm_reload reason={}", log::quote(first.error().message));
-    if (is_tcti_error(first.error().rc)) identity_.reset();  // may still be loaded: free the slot
+    if (is_tcti_error(first.error().rc)) {  // may still be loaded: free the slots
+      identity_.reset();
+      kept_.clear();
+    }
     if (auto c = connect(); !c) return c.error();
     return op();
+  }
+
+  // TPM_RC_OBJECT_MEMORY: without a resource manager another client may hold slots. Flush what
+  // we keep loaded (never `in_use`), kept objects before the identity; false when nothing is left
+  // to flush. What was flushed loads again on its next use.
+  bool make_room(ESYS_TR in_use = ESYS_TR_NONE) {
+    const auto before = kept_.size();
+    std::erase_if(kept_, [&](const Kept& k) { return k.object.get() != in_use; });
+    bool freed = kept_.size() != before;
+    if (!freed && identity_ && identity_.get() != in_use) {
+      identity_.reset();
+      freed = true;
+    }
+    if (freed) logger()->debug("event=tpm_slots_freed reason=object_memory");
+    return freed;
+  }
+  static bool out_of_slots(const TssError& e) { return tpm_base_code(e.rc) == TPM2_RC_OBJECT_MEMORY; }
+
+  // Runs a command that takes a slot, making room while the TPM has none.
+  template <class Attempt>
+  auto with_room(Attempt&& attempt, ESYS_TR in_use = ESYS_TR_NONE) -> decltype(attempt()) {
+    for (;;) {
+      auto r = attempt();
+      if (r || !out_of_slots(r.error()) || !make_room(in_use)) return r;
+    }
   }
 
   TssResult<TransientObject*> identity_key() {
@@ -497,10 +630,11 @@ class TpmIdentity::Core {
       validation.tag = TPM2_ST_HASHCHECK;
       validation.hierarchy = TPM2_RH_NULL;
       TPMT_SIGNATURE* sig = nullptr;
-      TSS2_RC rc = Esys_Sign(esys_.get(), (*key)->get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d,
-                             &scheme, &validation, &sig);
+      TSS2_RC rc = run("Esys_Sign", [&] {
+        return Esys_Sign(esys_.get(), (*key)->get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &d, &scheme,
+                         &validation, &sig);
+      });
       EsysPtr<TPMT_SIGNATURE> sig_owner(sig);
-      ++commands_;
       ++signs_;
       if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_Sign", rc);
       auto der = ecdsa_der(*sig);
@@ -514,85 +648,111 @@ class TpmIdentity::Core {
       auto key = identity_key();
       if (!key) return key.error();
       TPM2B_PUBLIC* pub = nullptr;
-      TSS2_RC rc = Esys_ReadPublic(esys_.get(), (*key)->get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub,
-                                   nullptr, nullptr);
+      TSS2_RC rc = run("Esys_ReadPublic", [&] {
+        return Esys_ReadPublic(esys_.get(), (*key)->get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &pub, nullptr,
+                               nullptr);
+      });
       EsysPtr<TPM2B_PUBLIC> owner(pub);
-      ++commands_;
       if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_ReadPublic", rc);
       return *pub;
     });
   }
 
-  // Creates an object under the SRK. TPM2_Create needs a free slot of its own, so the identity
-  // is flushed first: peak SRK + Create's slot, then SRK + identity.
+  // Creates an object under the SRK. TPM2_Create needs a free slot of its own besides the SRK's,
+  // so the kept objects and the identity are flushed first, and the identity loaded again after
+  // (enrolment and first use only).
   TssResult<KeyBlobs> create_under_srk(const TPM2B_PUBLIC& templ, std::span<const std::uint8_t> data) {
     return with_reload([&]() -> TssResult<KeyBlobs> {
+      kept_.clear();
       identity_.reset();
-      auto srk = create_srk();
-      if (!srk) return srk.error();
-      auto blobs = create(srk->get(), templ, data);
+      auto parent = srk();
+      if (!parent) return parent.error();
+      auto blobs = create(parent->get(), templ, data);
       if (!blobs) return blobs.error();
-      if (!identity_) (void)load_identity(&*srk);  // best effort; sign() reloads lazily
+      if (!identity_) (void)load_identity(&*parent);  // best effort; sign() reloads lazily
       return blobs;
     });
   }
 
-  // Loads `blobs` and runs op(handle) on it. The identity is flushed first so that at most two of
-  // our objects are loaded (SRK + object, or object + a sequence when extra_slot: the SRK goes
-  // before op then), and reloaded afterwards.
-  template <class Op>
-  auto with_object(const KeyBlobs& blobs, bool extra_slot, Op&& op) -> decltype(op(ESYS_TR{})) {
-    return with_reload([&]() -> decltype(op(ESYS_TR{})) {
-      identity_.reset();
-      auto srk = create_srk();
-      if (!srk) return srk.error();
-      auto obj = load(srk->get(), blobs);
-      if (!obj) return obj.error();
-      if (extra_slot) srk->reset();
-      auto result = op(obj->get());
-      obj->reset();
-      if (!result && needs_reload(result.error().rc)) return result;
-      if (!*srk) {
-        auto again = create_srk();
-        if (again) *srk = std::move(*again);
+  // The object for `key` ("hmac:<name>", "sealed:<name>") loaded from `blobs`: kept loaded
+  // from the first use, so an issuance in the steady state costs one TPM command (the HMAC or
+  // the unseal) instead of SRK + Load + op + flushes. A blob that changed on disk (re-enrolled)
+  // is loaded again.
+  TssResult<ESYS_TR> kept_object(const std::string& key, const KeyBlobs& blobs) {
+    auto id = marshal_pair(blobs);
+    if (!id) return id.error();
+    for (auto& k : kept_)
+      if (k.key == key && k.blob_id == *id) {
+        k.last_use = ++uses_;
+        return TssResult<ESYS_TR>(boost::system::in_place_value, k.object.get());
       }
-      if (*srk) (void)load_identity(&*srk);  // best effort; sign() reloads lazily
-      return result;
+    // Make room: a replaced blob of the same name first, then the least recently used.
+    std::erase_if(kept_, [&](const Kept& k) { return k.key == key; });
+    while (kept_.size() >= kKeptObjects) {
+      auto lru = std::min_element(kept_.begin(), kept_.end(),
+                                  [](const Kept& a, const Kept& b) { return a.last_use < b.last_use; });
+      kept_.erase(lru);  // flushes it
+    }
+    auto parent = srk();
+    if (!parent) return parent.error();
+    auto obj = with_room([&] { return load(parent->get(), blobs); });
+    if (!obj) return obj.error();
+    parent->reset();  // the slot an HMAC sequence may need
+    kept_.push_back(Kept{key, std::move(*id), std::move(*obj), ++uses_});
+    return TssResult<ESYS_TR>(boost::system::in_place_value, kept_.back().object.get());
+  }
+
+  template <class Op>
+  auto with_object(const std::string& key, const KeyBlobs& blobs, Op&& op) -> decltype(op(ESYS_TR{})) {
+    return with_reload([&]() -> decltype(op(ESYS_TR{})) {
+      auto handle = kept_object(key, blobs);
+      if (!handle) return handle.error();
+      return op(*handle);
     });
   }
 
-  TssResult<Secret> unseal(const KeyBlobs& blobs) {
-    return with_object(blobs, false, [&](ESYS_TR handle) -> TssResult<Secret> {
+  TssResult<Secret> unseal(const std::string& key, const KeyBlobs& blobs) {
+    return with_object(key, blobs, [&](ESYS_TR handle) -> TssResult<Secret> {
       TPM2B_SENSITIVE_DATA* out = nullptr;
-      TSS2_RC rc = Esys_Unseal(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &out);
+      TSS2_RC rc = run("Esys_Unseal", [&] {
+        return Esys_Unseal(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &out);
+      });
       EsysSecretPtr<TPM2B_SENSITIVE_DATA> owner(out);
-      ++commands_;
       if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_Unseal", rc);
       return Secret(reinterpret_cast<const char*>(out->buffer), out->size);
     });
   }
 
-  TssResult<Bytes> hmac(const KeyBlobs& blobs, std::span<const std::uint8_t> data) {
+  TssResult<Bytes> hmac(const std::string& key, const KeyBlobs& blobs, std::span<const std::uint8_t> data) {
     const bool sequence = data.size() > TPM2_MAX_DIGEST_BUFFER;
-    return with_object(blobs, sequence, [&](ESYS_TR handle) -> TssResult<Bytes> {
+    return with_object(key, blobs, [&](ESYS_TR handle) -> TssResult<Bytes> {
       TPM2B_MAX_BUFFER buffer{};
       TPM2B_DIGEST* out = nullptr;
       if (!sequence) {
         buffer.size = static_cast<UINT16>(data.size());
         if (!data.empty()) std::memcpy(buffer.buffer, data.data(), data.size());
-        TSS2_RC rc = Esys_HMAC(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer,
-                               TPM2_ALG_SHA256, &out);
+        TSS2_RC rc = run("Esys_HMAC", [&] {
+          return Esys_HMAC(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer,
+                           TPM2_ALG_SHA256, &out);
+        });
         EsysSecretPtr<TPM2B_DIGEST> owner(out);
-        ++commands_;
         if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_HMAC", rc);
         return Bytes(out->buffer, out->buffer + out->size);
       }
       TPM2B_AUTH auth{};
       ESYS_TR seq_handle = ESYS_TR_NONE;
-      TSS2_RC rc = Esys_HMAC_Start(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &auth,
-                                   TPM2_ALG_SHA256, &seq_handle);
-      ++commands_;
-      if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_HMAC_Start", rc);
+      TSS2_RC rc = TSS2_RC_SUCCESS;
+      auto started = with_room(
+          [&]() -> TssResult<> {
+            rc = run("Esys_HMAC_Start", [&] {
+              return Esys_HMAC_Start(esys_.get(), handle, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &auth,
+                                     TPM2_ALG_SHA256, &seq_handle);
+            });
+            if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_HMAC_Start", rc);
+            return {};
+          },
+          handle);
+      if (!started) return started.error();
       TransientObject seq = object(seq_handle);
       std::size_t offset = 0;
       // SequenceComplete takes the last chunk; everything before goes through SequenceUpdate.
@@ -600,18 +760,20 @@ class TpmIdentity::Core {
         buffer.size = TPM2_MAX_DIGEST_BUFFER;
         std::memcpy(buffer.buffer, data.data() + offset, TPM2_MAX_DIGEST_BUFFER);
         offset += TPM2_MAX_DIGEST_BUFFER;
-        rc = Esys_SequenceUpdate(esys_.get(), seq.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer);
-        ++commands_;
+        rc = run("Esys_SequenceUpdate", [&] {
+          return Esys_SequenceUpdate(esys_.get(), seq.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer);
+        });
         if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_SequenceUpdate", rc);
       }
       buffer.size = static_cast<UINT16>(data.size() - offset);
       std::memcpy(buffer.buffer, data.data() + offset, buffer.size);
       TPMT_TK_HASHCHECK* ticket = nullptr;
-      rc = Esys_SequenceComplete(esys_.get(), seq.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer,
-                                 ESYS_TR_RH_NULL, &out, &ticket);
+      rc = run("Esys_SequenceComplete", [&] {
+        return Esys_SequenceComplete(esys_.get(), seq.get(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buffer,
+                                     ESYS_TR_RH_NULL, &out, &ticket);
+      });
       EsysSecretPtr<TPM2B_DIGEST> owner(out);
       EsysPtr<TPMT_TK_HASHCHECK> ticket_owner(ticket);
-      ++commands_;
       if (rc != TSS2_RC_SUCCESS) return tss_error("Esys_SequenceComplete", rc);
       seq.release();  // completed: the TPM and ESAPI dropped the sequence
       return Bytes(out->buffer, out->buffer + out->size);
@@ -620,10 +782,10 @@ class TpmIdentity::Core {
 
   TssResult<> create_identity() {
     return with_reload([&]() -> TssResult<> {
-      auto srk = create_srk();
-      if (!srk) return srk.error();
+      auto parent = srk();
+      if (!parent) return parent.error();
       TPM2B_PUBLIC templ = identity_key_template();
-      auto blobs = create(srk->get(), templ, {});
+      auto blobs = create(parent->get(), templ, {});
       if (!blobs) return blobs.error();
       identity_blobs_ = *blobs;
       return {};
@@ -641,12 +803,34 @@ class TpmIdentity::Core {
   std::atomic<std::uint64_t> signs_{0};
   std::atomic<std::uint64_t> commands_{0};
   std::atomic<std::uint64_t> reloads_{0};
+  std::atomic<std::uint64_t> retries_{0};
+  std::atomic<std::uint64_t> primaries_{0};
 
  private:
+  struct Kept {
+    std::string key;
+    Bytes blob_id;  // marshalled public + private area
+    TransientObject object;
+    std::uint64_t last_use{0};
+  };
+
+  static TssResult<Bytes> marshal_pair(const KeyBlobs& blobs) {
+    auto pub = marshal(blobs, true);
+    if (!pub) return pub.error();
+    auto priv = marshal(blobs, false);
+    if (!priv) return priv.error();
+    pub->insert(pub->end(), priv->begin(), priv->end());
+    return std::move(*pub);
+  }
+
+  std::atomic<bool> closing_{false};
   // TPM thread. Declaration order = destruction order in reverse: the context outlives objects.
   TctiPtr tcti_;
   EsysContextPtr esys_;
+  EsysPtr<TPMS_CONTEXT> srk_context_;
   TransientObject identity_;
+  std::vector<Kept> kept_;
+  std::uint64_t uses_{0};
   Worker worker_;  // last member: destroyed (joined) first, after ~Core flushed on it
 };
 
@@ -694,6 +878,62 @@ bool is_refusal(const TssError& e) { return e.rc != 0 && !is_tcti_error(e.rc) &&
 std::string reenrol_hint(const TpmIdentityOptions& options) {
   return "move " + options.dir.string() + " aside and " + options.enroll_hint +
          " (then re-register the new public key with the brokers)";
+}
+
+}  // namespace
+
+// The work behind sign_digest, hmac and unseal, on a Core (the async forms run it on the TPM
+// thread without touching the TpmIdentity, which may be gone by then).
+namespace {
+
+Result<Bytes> sign_on(TpmIdentity::Core& core, std::span<const std::uint8_t> digest) {
+  if (digest.size() != 32)
+    return make_error("sign_digest: expected a 32-byte SHA-256 digest, got " + std::to_string(digest.size()) +
+                      " bytes");
+  auto r = core.on_tpm([&] { return core.sign(digest); });
+  if (!r) return make_error("TPM signature failed: " + r.error().message);
+  return std::move(*r);
+}
+
+Result<Bytes> hmac_on(TpmIdentity::Core& core, std::string_view name, std::span<const std::uint8_t> data) {
+  if (auto v = validate_secret_name(name); !v) return v.error();
+  const BlobPaths paths = hmac_paths(core.options_.dir, name);
+  BlobRead blobs = read_blobs(paths);
+  if (blobs.state == BlobState::missing)
+    return make_error("no HMAC key \"" + std::string(name) + "\" in " + core.options_.dir.string() + ": " +
+                      core.options_.enroll_hint + " with the key file named in the config");
+  if (blobs.state == BlobState::broken) return make_error("HMAC key \"" + std::string(name) + "\": " + blobs.problem);
+  auto r = core.on_tpm([&] { return core.hmac("hmac:" + std::string(name), blobs.blobs, data); });
+  if (!r) {
+    if (r.error().call == "Esys_Load" && is_refusal(r.error()))
+      return make_error("the TPM no longer accepts HMAC key \"" + std::string(name) + "\" (cleared?): " +
+                        r.error().message + ": " + reenrol_hint(core.options_));
+    return make_error("TPM HMAC with key \"" + std::string(name) + "\" failed: " + r.error().message);
+  }
+  return std::move(*r);
+}
+
+Result<Secret> unseal_on(TpmIdentity::Core& core, std::string_view name) {
+  if (auto v = validate_secret_name(name); !v) return v.error();
+  const fs::path& dir = core.options_.dir;
+  BlobRead blobs = read_blobs(sealed_paths(dir, name));
+  if (blobs.state == BlobState::missing)
+    return make_error("no sealed secret \"" + std::string(name) + "\" in " + dir.string() + ": " +
+                      core.options_.enroll_hint + " with the secret file named in the config");
+  if (blobs.state == BlobState::broken) return make_error("sealed secret \"" + std::string(name) + "\": " + blobs.problem);
+  auto envelope = read_file_bytes(envelope_path(dir, name), kMaxSealSize + 64);
+  if (!envelope) return envelope.error();
+  auto r = core.on_tpm([&] { return core.unseal("sealed:" + std::string(name), blobs.blobs); });
+  if (!r) {
+    if (r.error().call == "Esys_Load" && is_refusal(r.error()))
+      return make_error("the TPM no longer accepts sealed secret \"" + std::string(name) + "\" (cleared?): " +
+                        r.error().message + ": " + reenrol_hint(core.options_));
+    return make_error("unsealing \"" + std::string(name) + "\" failed: " + r.error().message);
+  }
+  if (!*envelope) return std::move(*r);
+  if (r->size() != kEnvelopeKeySize)
+    return make_error("sealed secret \"" + std::string(name) + "\" has an envelope but no 32-byte key");
+  return envelope_decrypt(as_bytes(r->view()), name, **envelope, envelope_path(dir, name));
 }
 
 }  // namespace
@@ -762,14 +1002,7 @@ Result<std::unique_ptr<TpmIdentity>> TpmIdentity::open(const TpmIdentityOptions&
 
 std::string TpmIdentity::public_key_pem() const { return core_->public_pem_; }
 
-Result<Bytes> TpmIdentity::sign_digest(std::span<const std::uint8_t> digest) {
-  if (digest.size() != 32)
-    return make_error("sign_digest: expected a 32-byte SHA-256 digest, got " + std::to_string(digest.size()) +
-                      " bytes");
-  auto r = core_->on_tpm([&] { return core_->sign(digest); });
-  if (!r) return make_error("TPM signature failed: " + r.error().message);
-  return std::move(*r);
-}
+Result<Bytes> TpmIdentity::sign_digest(std::span<const std::uint8_t> digest) { return sign_on(*core_, digest); }
 
 Result<crypto::EvpPkeyPtr> TpmIdentity::private_key() {
   if (EVP_PKEY_up_ref(core_->evp_key_.get()) != 1) return make_error("EVP_PKEY_up_ref failed");
@@ -797,21 +1030,7 @@ Result<> TpmIdentity::import_hmac_key(std::string_view name, std::span<const std
 }
 
 Result<Bytes> TpmIdentity::hmac(std::string_view name, std::span<const std::uint8_t> data) {
-  if (auto v = validate_secret_name(name); !v) return v.error();
-  const BlobPaths paths = hmac_paths(core_->options_.dir, name);
-  BlobRead blobs = read_blobs(paths);
-  if (blobs.state == BlobState::missing)
-    return make_error("no HMAC key \"" + std::string(name) + "\" in " + core_->options_.dir.string() + ": " +
-                      core_->options_.enroll_hint + " with the key file named in the config");
-  if (blobs.state == BlobState::broken) return make_error("HMAC key \"" + std::string(name) + "\": " + blobs.problem);
-  auto r = core_->on_tpm([&] { return core_->hmac(blobs.blobs, data); });
-  if (!r) {
-    if (r.error().call == "Esys_Load" && is_refusal(r.error()))
-      return make_error("the TPM no longer accepts HMAC key \"" + std::string(name) + "\" (cleared?): " +
-                        r.error().message + ": " + reenrol_hint(core_->options_));
-    return make_error("TPM HMAC with key \"" + std::string(name) + "\" failed: " + r.error().message);
-  }
-  return std::move(*r);
+  return hmac_on(*core_, name, data);
 }
 
 Result<> TpmIdentity::seal(std::string_view name, std::span<const std::uint8_t> bytes) {
@@ -852,28 +1071,7 @@ Result<> TpmIdentity::seal(std::string_view name, std::span<const std::uint8_t> 
   return {};
 }
 
-Result<Secret> TpmIdentity::unseal(std::string_view name) {
-  if (auto v = validate_secret_name(name); !v) return v.error();
-  const fs::path& dir = core_->options_.dir;
-  BlobRead blobs = read_blobs(sealed_paths(dir, name));
-  if (blobs.state == BlobState::missing)
-    return make_error("no sealed secret \"" + std::string(name) + "\" in " + dir.string() + ": " +
-                      core_->options_.enroll_hint + " with the secret file named in the config");
-  if (blobs.state == BlobState::broken) return make_error("sealed secret \"" + std::string(name) + "\": " + blobs.problem);
-  auto envelope = read_file_bytes(envelope_path(dir, name), kMaxSealSize + 64);
-  if (!envelope) return envelope.error();
-  auto r = core_->on_tpm([&] { return core_->unseal(blobs.blobs); });
-  if (!r) {
-    if (r.error().call == "Esys_Load" && is_refusal(r.error()))
-      return make_error("the TPM no longer accepts sealed secret \"" + std::string(name) + "\" (cleared?): " +
-                        r.error().message + ": " + reenrol_hint(core_->options_));
-    return make_error("unsealing \"" + std::string(name) + "\" failed: " + r.error().message);
-  }
-  if (!*envelope) return std::move(*r);
-  if (r->size() != kEnvelopeKeySize)
-    return make_error("sealed secret \"" + std::string(name) + "\" has an envelope but no 32-byte key");
-  return envelope_decrypt(as_bytes(r->view()), name, **envelope, envelope_path(dir, name));
-}
+Result<Secret> TpmIdentity::unseal(std::string_view name) { return unseal_on(*core_, name); }
 
 bool TpmIdentity::has_secret(std::string_view name) const {
   if (!validate_secret_name(name)) return false;
@@ -884,6 +1082,38 @@ bool TpmIdentity::has_secret(std::string_view name) const {
 std::uint64_t TpmIdentity::sign_count() const { return core_->signs_; }
 std::uint64_t TpmIdentity::command_count() const { return core_->commands_; }
 std::uint64_t TpmIdentity::reload_count() const { return core_->reloads_; }
+std::uint64_t TpmIdentity::busy_retry_count() const { return core_->retries_; }
+std::uint64_t TpmIdentity::primary_count() const { return core_->primaries_; }
+std::size_t TpmIdentity::queued() const { return core_->queued(); }
+
+// The async forms run the same work on the TPM thread, in deadline order (a blocking call made
+// from the TPM thread runs inline). A task holds the Core, never `this`: when the identity is
+// destroyed with work still queued, ~Core marks itself closing first and waits on the TPM
+// thread, so queued work fails at once and never outlives the Core (the worker drains and
+// joins before the Core's members go).
+void TpmIdentity::async_sign_digest(Bytes digest, Deadline deadline, Completion<Bytes> done) {
+  Core* core = core_.get();
+  core->post(deadline, [core, digest = std::move(digest), done = std::move(done)] {
+    if (core->closing()) return done(make_error("the TPM identity was closed"));
+    done(sign_on(*core, digest));
+  });
+}
+
+void TpmIdentity::async_hmac(std::string name, Bytes data, Deadline deadline, Completion<Bytes> done) {
+  Core* core = core_.get();
+  core->post(deadline, [core, name = std::move(name), data = std::move(data), done = std::move(done)] {
+    if (core->closing()) return done(make_error("the TPM identity was closed"));
+    done(hmac_on(*core, name, data));
+  });
+}
+
+void TpmIdentity::async_unseal(std::string name, Deadline deadline, Completion<Secret> done) {
+  Core* core = core_.get();
+  core->post(deadline, [core, name = std::move(name), done = std::move(done)] {
+    if (core->closing()) return done(make_error("the TPM identity was closed"));
+    done(unseal_on(*core, name));
+  });
+}
 
 Result<TPM2B_PUBLIC> TpmIdentity::read_public_from_tpm() {
   auto r = core_->on_tpm([&] { return core_->read_public(); });

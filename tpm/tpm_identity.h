@@ -1,14 +1,19 @@
 #pragma once
 // The TPM backend of the host identity (tpm2-tss ESAPI).
 //
-// - The storage root key (SRK) is re-derived from a fixed template whenever a parent is needed
-//   (CreatePrimary is deterministic until TPM2_Clear) and flushed right after use; nothing is
-//   made persistent (0x81000001 belongs to the OS).
+// - The storage root key (SRK) is derived from a fixed template (CreatePrimary is deterministic
+//   until TPM2_Clear) once per start, its context saved, and loaded from that context whenever a
+//   parent is needed (TPM2_ContextLoad, far cheaper than CreatePrimary on a discrete TPM), then
+//   flushed; nothing is made persistent (0x81000001 belongs to the OS).
 // - The identity key is ECC P-256, fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|sign,
 //   bound to ECDSA-SHA256. Only its marshalled TPM2B_PUBLIC/TPM2B_PRIVATE live on disk.
-// - At rest only the identity key is loaded; an operation on another object (HMAC, unseal)
-//   holds at most two of our objects at once (the TPM has three transient slots).
-// - Every ESAPI call runs on one dedicated thread; public methods post to it and wait.
+// - The identity key stays loaded, and so does the last HMAC key or sealed object used: in the
+//   steady state a signature, an HMAC or an unseal is one TPM command. At most two of our objects
+//   are loaded at rest, three while loading (a TPM without resource manager has three slots).
+// - Every ESAPI call runs on one dedicated thread, earliest deadline first; the blocking methods
+//   queue as due now and wait, the async_ ones queue with the caller's deadline.
+// - TPM_RC_RETRY / YIELDED / TESTING (a busy TPM, a self-test) are retried with a short backoff
+//   for up to 30 s, after ESAPI's own immediate resubmissions.
 // - When the TPM loses the key (TPM reset, simulator restart, broken connection) the
 //   connection is re-made, the SRK re-created, the blob reloaded and the command retried once.
 //
@@ -54,6 +59,9 @@ class TpmIdentity final : public Identity {
   [[nodiscard]] Result<> seal(std::string_view name, std::span<const std::uint8_t> bytes) override;
   [[nodiscard]] Result<Secret> unseal(std::string_view name) override;
   bool has_secret(std::string_view name) const override;
+  void async_sign_digest(Bytes digest, Deadline deadline, Completion<Bytes> done) override;
+  void async_hmac(std::string name, Bytes data, Deadline deadline, Completion<Bytes> done) override;
+  void async_unseal(std::string name, Deadline deadline, Completion<Secret> done) override;
 
   // This open created the key (first enrolment).
   bool created() const { return created_; }
@@ -62,6 +70,11 @@ class TpmIdentity final : public Identity {
   std::uint64_t sign_count() const;
   std::uint64_t command_count() const;
   std::uint64_t reload_count() const;
+  // Commands sent again because the TPM answered RETRY / YIELDED / TESTING; primary keys created.
+  std::uint64_t busy_retry_count() const;
+  std::uint64_t primary_count() const;
+  // Work waiting for the TPM thread.
+  std::size_t queued() const;
   // The identity key's public area as the TPM reports it (TPM2_ReadPublic), e.g. to check its
   // attributes.
   [[nodiscard]] Result<TPM2B_PUBLIC> read_public_from_tpm();

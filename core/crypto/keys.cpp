@@ -1,11 +1,18 @@
 #include "core/crypto/keys.h"
 
 #include "core/crypto/errors.h"
+#include "core/locked_memory.h"
+#include "core/logging.h"
 
 #include <openssl/buffer.h>
 #include <openssl/pem.h>
 
+#include <algorithm>
 #include <array>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
 #include <utility>
 
 namespace certagent::crypto {
@@ -26,7 +33,65 @@ constexpr std::array<std::pair<KeyType, std::string_view>, 6> kKeyTypes{{
 // Never prompt for a passphrase: an encrypted key is an error, not a question on a terminal.
 int refuse_passphrase(char*, int, int, void*) { return -1; }
 
+std::mutex g_secure_heap_mutex;
+SecureHeapState g_secure_heap;
+
+// When key generation fails with the secure heap nearly full, say so: OpenSSL only reports
+// "malloc failure".
+std::string secure_heap_hint() {
+  const SecureHeapState heap = secure_heap_state();
+  if (heap.bytes == 0 || CRYPTO_secure_used() < heap.bytes / 4 * 3) return {};
+  return " (OpenSSL's secure heap of " + std::to_string(heap.bytes / 1024) +
+         " KiB is full: it is sized at start from brokers' max_in_flight; restart the daemon "
+         "after raising max_in_flight)";
+}
+
 }  // namespace
+
+std::size_t secure_heap_bytes_per_key(KeyType type) {
+  // CRYPTO_secure_used() per live key, 16 keys at a time, OpenSSL 3.0.19 (buddy sizes included).
+  switch (type) {
+    case KeyType::ecdsa_p256: return 32;
+    case KeyType::ecdsa_p384: return 64;
+    case KeyType::ed25519: return 32;
+    case KeyType::rsa_2048: return 1152;
+    case KeyType::rsa_3072: return 1792;
+    case KeyType::rsa_4096: return 2304;
+  }
+  return 2304;
+}
+
+std::size_t secure_heap_size(const std::vector<InFlightKeys>& brokers) {
+  constexpr std::size_t kFixed = 32 * 1024;
+  constexpr std::size_t kMinimum = 64 * 1024;
+  std::size_t need = kFixed;
+  for (const auto& b : brokers) need += 2 * b.count * secure_heap_bytes_per_key(b.largest);
+  return std::bit_ceil(std::max(need, kMinimum));
+}
+
+SecureHeapState init_secure_heap(std::size_t bytes) {
+  std::lock_guard lock(g_secure_heap_mutex);
+  if (g_secure_heap.bytes != 0 || CRYPTO_secure_malloc_initialized()) return g_secure_heap;
+  bytes = std::bit_ceil(std::max<std::size_t>(bytes, 4096));
+  // Sets errno on the mlock() it tries: read right after.
+  errno = 0;
+  const int r = CRYPTO_secure_malloc_init(bytes, 16);
+  const int error = errno;
+  if (r == 0) {
+    log::get("crypto")->warn("event=secure_heap_unavailable bytes={} error={} effect=\"private "
+                             "keys being issued are held in the ordinary heap\"",
+                             bytes, log::quote(std::strerror(error ? error : ENOMEM)));
+    return g_secure_heap;
+  }
+  g_secure_heap = {bytes, r == 1};
+  if (r == 2) locked_memory::note_lock_failure("OpenSSL's secure heap", error ? error : ENOMEM);
+  return g_secure_heap;
+}
+
+SecureHeapState secure_heap_state() {
+  std::lock_guard lock(g_secure_heap_mutex);
+  return g_secure_heap;
+}
 
 std::string_view to_string(KeyType k) {
   for (const auto& [type, name] : kKeyTypes) {
@@ -65,7 +130,7 @@ Result<EvpPkeyPtr> generate_key(KeyType type) {
       break;
   }
   EvpPkeyPtr key(raw);
-  if (!key) return openssl_error("generating " + std::string(to_string(type)) + " key");
+  if (!key) return openssl_error("generating " + std::string(to_string(type)) + " key" + secure_heap_hint());
   return key;
 }
 

@@ -6,9 +6,11 @@
 #include "core/result.h"
 #include "core/secret.h"
 
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace certagent::crypto {
 
@@ -38,6 +40,37 @@ bool same_public_key(EVP_PKEY* a, EVP_PKEY* b);
 
 // True for keys signed without a separate digest (Ed25519, Ed448).
 bool signs_without_digest(EVP_PKEY* key);
+
+// ---- OpenSSL's secure heap -------------------------------------------------------------------
+// Once it is initialised, OpenSSL 3.0 puts the private parts of EC, RSA and Ed25519 keys (and its
+// random generators' state) in one locked, MADV_DONTDUMP arena with guard pages. It cannot grow:
+// when it is full, key generation fails. Keys live there only while they are being issued (the
+// PEM that is kept is a Secret), so its size follows the issuances in flight, not the number of
+// certificates.
+
+// Bytes of secure heap one key of `type` takes (measured on OpenSSL 3.0.19).
+std::size_t secure_heap_bytes_per_key(KeyType type);
+
+// Keys of one broker that may be alive at once: min(max_in_flight, its certificates), and the
+// largest key type among its certificates.
+struct InFlightKeys {
+  KeyType largest{KeyType::ecdsa_p256};
+  std::size_t count{0};
+};
+// The heap for those: twice each broker's keys (a key outlives its broker slot while it is
+// validated), plus 32 KiB for the random generators, PEM encoding and long-lived keys (local CA,
+// file identity); a power of two, at least 64 KiB.
+std::size_t secure_heap_size(const std::vector<InFlightKeys>& brokers);
+
+struct SecureHeapState {
+  std::size_t bytes{0};  // 0: not initialised
+  bool locked{false};    // false: initialised but not mlock()ed (RLIMIT_MEMLOCK)
+};
+// Initialises the secure heap once, before any key exists; later calls change nothing. When it
+// cannot be locked it is used anyway and one warning is logged (locked_memory::note_lock_failure);
+// when it cannot be made at all, keys stay in the ordinary heap and that is logged.
+SecureHeapState init_secure_heap(std::size_t bytes);
+SecureHeapState secure_heap_state();
 
 // Reads a whole memory BIO into a string.
 std::string bio_to_string(BIO* bio);

@@ -197,6 +197,12 @@ std::vector<std::string> Response::header_values(std::string_view name) const {
   return out;
 }
 
+std::optional<SystemTime> Response::date() const {
+  const std::string v = header("date");
+  if (v.empty()) return std::nullopt;
+  return parse_http_date(v);
+}
+
 std::optional<std::chrono::seconds> Response::retry_after(SystemTime now) const {
   std::string v = header("Retry-After");
   if (v.empty()) return std::nullopt;

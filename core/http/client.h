@@ -56,6 +56,8 @@ struct Response {
   std::vector<std::string> header_values(std::string_view name) const;
   // The Retry-After header, as a delay from `now`.
   std::optional<std::chrono::seconds> retry_after(SystemTime now) const;
+  // The Date header: the server's clock when it answered (to 1 s), when present and well-formed.
+  std::optional<SystemTime> date() const;
 };
 
 struct ClientOptions {

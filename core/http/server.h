@@ -81,6 +81,10 @@ class ResponseStream {
 struct Reply {
   Response response;
   bool sensitive{false};  // the body holds key material: wiped once it has been sent
+  // Set: the body is the first secret_body_size bytes of this chunk (response.body() is
+  // ignored), sent from where it lies: a key bundle is never copied out of locked memory.
+  Chunk secret_body;
+  std::size_t secret_body_size{0};
   // Set: the answer is a chunked stream. `response` gives the status and header fields (its body
   // is ignored); the callback receives the stream once the header has been sent.
   std::function<void(std::shared_ptr<ResponseStream>)> stream;

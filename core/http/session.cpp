@@ -187,7 +187,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
       const bool keep_alive = request.keep_alive();
       const unsigned version = request.version();
       request = {};
-      if (!co_await send(reply.response, version, keep_alive)) break;
+      if (!co_await send(reply, version, keep_alive)) break;
       if (!keep_alive) {
         boost::system::error_code ignored;
         socket_.shutdown(asio::socket_base::shutdown_send, ignored);
@@ -207,12 +207,28 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
   }
 
-  asio::awaitable<bool> send(Response& response, unsigned version, bool keep_alive) {
+  asio::awaitable<bool> send(Reply& reply, unsigned version, bool keep_alive) {
+    Response& response = reply.response;
     response.version(version);
     response.keep_alive(keep_alive);
-    response.prepare_payload();
     arm(Phase::writing, core_->limits.request_timeout);
-    auto [ec, n] = co_await bhttp::async_write(socket_, response, kUseTuple);
+    if (!reply.secret_body) {
+      response.prepare_payload();
+      auto [ec, n] = co_await bhttp::async_write(socket_, response, kUseTuple);
+      disarm();
+      co_return !ec && !closed_;
+    }
+    // A key bundle: sent from its locked chunk, never copied into the response body.
+    const Chunk body = reply.secret_body;
+    const std::size_t size = std::min(reply.secret_body_size, body->size());
+    response.body().clear();
+    response.content_length(size);
+    bhttp::response_serializer<bhttp::string_body> serializer(response);
+    auto [ec, n] = co_await bhttp::async_write_header(socket_, serializer, kUseTuple);
+    if (!ec && !closed_ && size > 0) {
+      auto [ec2, n2] = co_await asio::async_write(socket_, asio::buffer(body->data(), size), kUseTuple);
+      ec = ec2;
+    }
     disarm();
     co_return !ec && !closed_;
   }
@@ -247,7 +263,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
   // connection is closed (see kLingerBytes).
   asio::awaitable<void> answer_error(bhttp::status status, std::string_view code) {
     Reply reply = error_reply(status, code);
-    if (!co_await send(reply.response, 11, false)) co_return;
+    if (!co_await send(reply, 11, false)) co_return;
     boost::system::error_code ec;
     socket_.shutdown(asio::socket_base::shutdown_send, ec);
     buffer_.clear();

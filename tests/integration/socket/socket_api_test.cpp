@@ -414,6 +414,27 @@ TEST_F(SocketApiTest, NothingInvalidIsEverHandedOut) {
   EXPECT_EQ(get("/v1/certificates/web")->status, 200);
 }
 
+TEST_F(SocketApiTest, ALeafNotValidYetIsNamedSoAndNotHandedOut) {
+  start();
+  auto early = std::make_shared<Material>();
+  early->cert_pem = web_cert().cert_pem;
+  early->key_pem = Secret(web_cert().key_pem);
+  early->serial_hex = "e1";
+  early->not_before = clock_.now() + 10min;  // a broker whose clock runs ahead of ours
+  early->not_after = clock_.now() + 24h;
+  early->broker = "dev";
+  commit("api", early);
+  auto r = get("/v1/certificates/api");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(r->body, R"({"error":"not_yet_valid"})");
+  EXPECT_EQ(r->body.find("PRIVATE"), std::string::npos);
+  EXPECT_NE(get("/v1/certificates")->body.find(R"("name":"api","state":"not_yet_valid")"), std::string::npos);
+  // Valid once the clock reaches not_before, even before the loop has told the store.
+  on_io([&] { clock_.advance(10min); });
+  EXPECT_EQ(get("/v1/certificates/api")->status, 200);
+}
+
 // ---- watch ---------------------------------------------------------------------------------
 
 TEST_F(SocketApiTest, WatchGetsTheBundleEveryRotationAndTheExpiry) {

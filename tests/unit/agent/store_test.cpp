@@ -130,5 +130,29 @@ TEST(Store, RenewalRequestsReachTheHandlerForKnownNamesOnly) {
   EXPECT_FALSE(s.request_renewal("nope"));
 }
 
+TEST(Store, ALeafWhoseNotBeforeIsAheadIsNotYetValidUntilTheClockGetsThere) {
+  CertificateStore s;
+  s.configure({cert("a")});
+  int changes = 0;
+  auto sub = s.subscribe("a", [&](const CertEntry&, CertEvent e) { changes += e == CertEvent::state_changed; });
+  s.commit("a", material(kNow + 2min, kNow + 1h), kNow);
+  EXPECT_EQ(s.find("a")->state, CertState::not_yet_valid);
+  EXPECT_EQ(to_string(s.find("a")->state), "not_yet_valid");
+  EXPECT_EQ(effective_state(*s.find("a"), kNow), CertState::not_yet_valid);
+  EXPECT_EQ(effective_state(*s.find("a"), kNow + 2min), CertState::valid);
+  s.refresh_state("a", kNow + 1min);
+  EXPECT_EQ(changes, 0);
+  s.refresh_state("a", kNow + 2min);
+  EXPECT_EQ(s.find("a")->state, CertState::valid);
+  EXPECT_EQ(changes, 1);
+  // The clock steps back before not_before: not valid again.
+  s.refresh_state("a", kNow);
+  EXPECT_EQ(s.find("a")->state, CertState::not_yet_valid);
+  EXPECT_EQ(changes, 2);
+  std::vector<std::string> reasons;
+  EXPECT_FALSE(s.ready(kNow, &reasons));
+  EXPECT_EQ(reasons.at(0), "a: not yet valid");
+}
+
 }  // namespace
 }  // namespace certagent

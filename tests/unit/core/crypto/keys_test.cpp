@@ -2,6 +2,7 @@
 #include "core/crypto/keys.h"
 
 #include <gtest/gtest.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
@@ -121,6 +122,40 @@ TEST(Keys, OpensslErrorDrainsTheQueueIntoTheMessage) {
   EXPECT_NE(e.message.find("no start line"), std::string::npos) << e.message;
   EXPECT_EQ(ERR_peek_error(), 0u);
   EXPECT_EQ(openssl_error("nothing queued").message, "nothing queued: unknown OpenSSL error");
+}
+
+// The secure heap is process-wide and set once: this test initialises it for every test of this
+// binary that runs after it (they then run with keys in it, as the daemon does).
+TEST(SecureHeap, PrivatePartsOfEveryKeyTypeGoThereAndSizingFollowsTheInFlightKeys) {
+  const SecureHeapState heap = init_secure_heap(64 * 1024);
+  ASSERT_EQ(heap.bytes, 64u * 1024);
+  EXPECT_TRUE(heap.locked);  // root, or RLIMIT_MEMLOCK >= 64 KiB
+  EXPECT_EQ(init_secure_heap(1 << 20).bytes, heap.bytes);  // once only
+  for (auto type : {KeyType::ecdsa_p256, KeyType::ecdsa_p384, KeyType::ed25519,
+                    KeyType::rsa_2048}) {
+    auto warm = generate_key(type);  // the generators' state is made on first use
+    ASSERT_TRUE(warm);
+    const std::size_t before = CRYPTO_secure_used();
+    auto key = generate_key(type);
+    ASSERT_TRUE(key);
+    const std::size_t used = CRYPTO_secure_used() - before;
+    EXPECT_GE(used, secure_heap_bytes_per_key(type)) << static_cast<int>(type);
+    // Read back from PEM (the file sink checks keys on disk): there too.
+    auto pem = private_key_pem(key->get());
+    ASSERT_TRUE(pem);
+    const std::size_t before_parse = CRYPTO_secure_used();
+    auto parsed = parse_private_key(pem->view());
+    ASSERT_TRUE(parsed);
+    EXPECT_GT(CRYPTO_secure_used(), before_parse) << static_cast<int>(type);
+    key->reset();
+    parsed->reset();
+    EXPECT_EQ(CRYPTO_secure_used(), before) << static_cast<int>(type);
+  }
+
+  // 1,000 ecdsa-p256 certificates on one broker, 8 in flight: the minimum.
+  EXPECT_EQ(secure_heap_size({{KeyType::ecdsa_p256, 8}}), 64u * 1024);
+  // All 1,000 in flight at once as rsa-4096.
+  EXPECT_EQ(secure_heap_size({{KeyType::rsa_4096, 1000}}), 8u * 1024 * 1024);
 }
 
 }  // namespace

@@ -84,6 +84,12 @@ class ServerTest : public ::testing::Test {
       r.sensitive = true;
       return r;
     }
+    if (target == "/locked") {  // a bundle sent from where it lies, without its last byte
+      Reply r = json_reply(bhttp::status::ok, {});
+      r.secret_body = std::make_shared<const Secret>(std::string("{\"key\":\"PRIVATE\"}\n"));
+      r.secret_body_size = r.secret_body->size() - 1;
+      return r;
+    }
     if (target == "/stream") {
       Reply r = make_reply(bhttp::status::ok, "application/x-ndjson", {});
       r.stream = [this](std::shared_ptr<ResponseStream> s) {
@@ -159,6 +165,20 @@ TEST_F(ServerTest, KeepAliveAndPipelinedRequestsShareOneConnection) {
   EXPECT_EQ(r3->status, 404);
   EXPECT_EQ(r3->header("connection"), "close");
   EXPECT_TRUE(c.wait_closed(2s));
+}
+
+TEST_F(ServerTest, SecretBodyIsSentFromItsChunkWithItsOwnLength) {
+  start(test_limits());
+  auto c = RawClient::unix_socket(socket_path_);
+  ASSERT_TRUE(c.send(RawClient::get("/locked") + RawClient::get("/hello")));
+  auto r1 = c.read_response();
+  auto r2 = c.read_response();
+  ASSERT_TRUE(r1 && r2);
+  EXPECT_EQ(r1->status, 200);
+  EXPECT_EQ(r1->header("content-length"), "19");
+  EXPECT_EQ(r1->header("content-type"), "application/json");
+  EXPECT_EQ(r1->body, "{\"key\":\"PRIVATE\"}");
+  EXPECT_EQ(r2->status, 200);  // the connection carries on after it
 }
 
 TEST_F(ServerTest, PostBodyWithinTheLimitIsRead) {
