@@ -153,6 +153,9 @@ void BrokerHealth::record_issue(const Error* error) {
       break;
     case Cause::unreachable:
     case Cause::unspecified:
+      // Known down already (the last probe failed): the failing schedule probes again; asking
+      // now would only probe a dead broker every min_gap.
+      if (status_.up == false) break;
       // Down, or a passing fault? The probe tells.
       probe_soon_ = true;
       timer_.cancel();
