@@ -2,6 +2,7 @@
 
 #include "core/async/semaphore.h"
 #include "agent/audit_log.h"
+#include "agent/broker_health.h"
 #include "agent/builtin_plugins.h"
 #include "agent/certificate_loop.h"
 #include "agent/clock_watch.h"
@@ -201,7 +202,10 @@ class Daemon {
 
     store_.configure(next.certificates);
     LoopServices services{io_.get_executor(), &workers_, &clock_, &store_, &metrics_, audit_.get(),
-                          next.state_dir, [this] { schedule_state_write(); }, trust_bundles_};
+                          next.state_dir, [this] { schedule_state_write(); }, trust_bundles_,
+                          [this](const std::string& broker, const Error* error) {
+                            if (auto it = health_.find(broker); it != health_.end()) it->second->record_issue(error);
+                          }};
     for (auto& [c, reload, expiry] : prepared) {
       auto loop = std::make_shared<CertificateLoop>(services, *c, brokers.at(c->broker),
                                                     std::move(reload), std::move(expiry));
@@ -215,12 +219,25 @@ class Daemon {
       const auto kept = brokers.find(name);
       if (kept != brokers.end() && kept->second == handle) continue;
       handle->retired = true;
+      if (auto h = health_.find(name); h != health_.end()) {
+        h->second->forget();  // a successor of the same name publishes its own
+        health_.erase(h);
+      }
       if (kept == brokers.end())
-        for (const char* m : {metric::kBrokerUp, metric::kBrokerInFlight, metric::kBrokerInFlightMax})
+        for (const char* m : {metric::kBrokerInFlight, metric::kBrokerInFlightMax})
           metrics_.remove(m, {{"broker", name}});
     }
     loops_ = std::move(loops);
     brokers_ = std::move(brokers);
+    // Health of new (or changed) brokers, from the brokers themselves (agent/broker_health.h).
+    for (const auto& [name, handle] : brokers_) {
+      if (health_.count(name)) continue;
+      auto health = std::make_shared<BrokerHealth>(io_.get_executor(), clock_, metrics_, store_, name,
+                                                   handle->config.type, *handle->renewer, handle,
+                                                   [this] { schedule_state_write(); });
+      health_.emplace(name, health);
+      health->start();
+    }
     first_apply_ = false;
     return {};
   }
@@ -295,6 +312,7 @@ class Daemon {
     watchdog_timer_.cancel();
     ready_timer_.cancel();
     if (servers_) servers_->stop();
+    for (auto& [name, health] : health_) health->stop();
     for (auto& [name, loop] : loops_) loop->stop();
     write_state_now();
     // Loops in the middle of a broker request finish or are abandoned after the grace period.
@@ -354,6 +372,7 @@ class Daemon {
       logger()->warn("event=ready_without_material timeout={}s", kStartupReadyTimeout.count());
     });
     ready_subscription_ = store_.subscribe("", [this](const CertEntry&, CertEvent) {
+      update_systemd_status();  // commits and expiries, not only what schedules a state write
       if (!ready_sent_ && store_.ready(clock_.now())) {
         ready_sent_ = true;
         ready_timer_.cancel();
@@ -378,16 +397,22 @@ class Daemon {
       if (e.state == CertState::expired) ++expired;
       if (e.consecutive_failures > 0) ++failing;
     }
-    std::string status = std::to_string(valid) + "/" + std::to_string(store_.entries().size()) +
-                         " certificates valid, " + std::to_string(expired) + " expired, " +
-                         std::to_string(failing) + " retrying";
-    if (status == last_status_) return;  // a storm of 1,000 changes sends only new texts
-    systemd::notify_status(status);
-    last_status_ = std::move(status);
+    std::string text = std::to_string(valid) + "/" + std::to_string(store_.entries().size()) +
+                       " certificates valid, " + std::to_string(expired) + " expired, " +
+                       std::to_string(failing) + " retrying";
+    std::size_t down = 0, refusing = 0;
+    for (const auto& [name, b] : store_.brokers()) {
+      if (b.up == false) ++down;
+      if (b.accepts == false) ++refusing;
+    }
+    if (down) text += ", " + std::to_string(down) + " broker(s) down";
+    if (refusing) text += ", " + std::to_string(refusing) + " broker(s) refusing us";
+    if (text == systemd_status_) return;
+    systemd_status_ = text;
+    systemd::notify_status(text);
   }
 
   std::filesystem::path config_path_;
-  std::string last_status_;  // the STATUS= text systemd has
   config::Config config_;
   asio::io_context io_;
   asio::thread_pool workers_;
@@ -403,6 +428,7 @@ class Daemon {
   std::unique_ptr<AuditLog> audit_;
   std::unique_ptr<tpm::Identity> identity_;
   std::map<std::string, std::shared_ptr<BrokerHandle>> brokers_;
+  std::map<std::string, std::shared_ptr<BrokerHealth>> health_;
   // One parsed store per trust bundle file, shared by loops across configuration reloads.
   std::shared_ptr<TrustBundles> trust_bundles_{std::make_shared<TrustBundles>()};
   std::map<std::string, std::shared_ptr<CertificateLoop>> loops_;
@@ -412,6 +438,7 @@ class Daemon {
   bool first_apply_{true};
   bool state_write_pending_{false};
   bool ready_sent_{false};
+  std::string systemd_status_;  // last STATUS= sent
 };
 
 }  // namespace

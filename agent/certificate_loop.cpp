@@ -125,6 +125,15 @@ void CertificateLoop::publish_in_flight() {
                          static_cast<double>(broker_->in_flight.high_water()));
 }
 
+void CertificateLoop::report_to_broker_health(const Error* error) {
+  if (services_.broker_outcome) {
+    services_.broker_outcome(broker_->config.name, error);
+    return;
+  }
+  // No broker health in this process (unit tests): the issuance alone says whether it answers.
+  services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, error ? 0 : 1);
+}
+
 void CertificateLoop::request_renewal() {
   force_renewal_ = true;
   timer_->cancel();
@@ -323,7 +332,7 @@ asio::awaitable<Stage<CertificateLoop::Issued>> CertificateLoop::issue() {
   // The broker answered: whatever validation finds, the broker is up.
   if (broker_->circuit_open()) logger()->info("event=broker_circuit_closed broker={}", broker_->config.name);
   broker_->consecutive_failures = 0;
-  services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 1);
+  report_to_broker_health(nullptr);
   co_return issued;
 }
 
@@ -491,7 +500,7 @@ void CertificateLoop::fail(const RotationFailure& f) {
     if (++broker_->consecutive_failures == BrokerHandle::kOpenAfter)
       logger()->warn("event=broker_circuit_open broker={} effect=\"one request at a time until it answers\"",
                      broker_->config.name);
-    services_.metrics->set(metric::kBrokerUp, {{"broker", broker_->config.name}}, 0);
+    report_to_broker_health(&f.error);
   }
   if (!own_entry()) return;  // superseded by a configuration reload: its metrics are not ours
   const Error& error = f.error;
@@ -513,11 +522,16 @@ void CertificateLoop::fail(const RotationFailure& f) {
   services_.metrics->set(metric::kConsecutiveFailures, labels(), e.consecutive_failures);
   const bool holding_valid = e.material && e.material->valid_at(now);
   auto level = holding_valid ? spdlog::level::warn : spdlog::level::err;
-  const char* hint = "";
-  if (f.kind == FailureKind::clock_skew)
+  std::string hint;
+  if (f.kind == FailureKind::clock_skew) {
     hint = " hint=\"fix this host's time sync; the broker is not at fault\"";
-  else if (error.configuration)
+  } else if (error.configuration && error.cause != Cause::unspecified) {
+    // The message says what to change (core/result.h Cause); the cause says whose side it is.
+    hint = " cause=" + std::string(to_string(error.cause));
+    if (!error.reason.empty()) hint += " reason=" + error.reason;
+  } else if (error.configuration) {
     hint = " hint=\"check the broker configuration and credentials\"";
+  }
   logger()->log(level,
                 "event=renewal_failed name={} broker={} result={} attempt={} retry_in={} "
                 "holding_valid={} error={}{}",

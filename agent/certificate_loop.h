@@ -42,6 +42,9 @@ struct LoopServices {
   std::filesystem::path state_dir;
   std::function<void()> state_changed;   // persist state.json (debounced by the agent)
   std::shared_ptr<TrustBundles> trust_bundles{std::make_shared<TrustBundles>()};
+  // Each answer (or failure) of a broker to an issuance, null for a success: its health
+  // (agent/broker_health) follows from the error's Cause.
+  std::function<void(const std::string& broker, const Error* error)> broker_outcome;
   LoopTimerFactory timers;               // empty: system_loop_timers(*clock)
   std::optional<unsigned> seed;          // jitter and backoff randomness; empty: random_device
 };
@@ -131,6 +134,8 @@ class CertificateLoop : public std::enable_shared_from_this<CertificateLoop> {
   CertEntry* own_entry();
   Metrics::Labels labels() const;
   void publish_in_flight();  // the broker's in-flight gauge and its high-water mark
+  // An issuance's outcome to the broker's health (LoopServices::broker_outcome); null: success.
+  void report_to_broker_health(const Error* error);
 
   LoopServices services_;
   config::CertificateConfig config_;

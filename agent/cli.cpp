@@ -194,7 +194,9 @@ int cmd_status(const Args& a) {
   } else {
     std::cout << "(from " << (config->state_dir / kStateFileName).string() << ", written "
               << root->at("written_at").as_string().c_str() << "; the daemon's socket did not answer)\n";
-    cli::print_status_table(list->as_array(), std::cout);
+    const auto* brokers = root->if_contains("brokers");
+    cli::print_status_table(list->as_array(), std::cout,
+                            brokers && brokers->is_array() ? &brokers->as_array() : nullptr);
   }
   return 0;
 }

@@ -256,14 +256,44 @@ int cli_status(const std::filesystem::path& socket_path, bool as_json, std::ostr
     return 1;
   }
 
-  print_status_table(*certs, out);
+  const json::array* brokers = nullptr;
+  if (const auto* b = list.as_object().if_contains("brokers"); b && b->is_array()) brokers = &b->as_array();
+  print_status_table(*certs, out, brokers);
   return 0;
 }
 
-void print_status_table(const json::array& certs, std::ostream& out) {
+namespace {
+
+const json::object* broker_named(const json::array* brokers, std::string_view name) {
+  if (!brokers) return nullptr;
+  for (const auto& b : *brokers)
+    if (const auto* o = b.if_object(); o && string_field(*o, "name") == name) return o;
+  return nullptr;
+}
+
+// BROKER_UP: up | down | - (not known yet).
+std::string up_text(const json::value* v) {
+  if (!v || !v->is_bool()) return "-";
+  return v->get_bool() ? "up" : "down";
+}
+
+// BROKER_ACCEPTS: yes | no:<reason> (the broker refuses us) | config:<reason> (our own
+// configuration for it is broken) | - (not known yet).
+std::string accepts_text(const json::value* v, const json::object* broker) {
+  if (!v || !v->is_bool()) return "-";
+  if (v->get_bool()) return "yes";
+  std::string reason = broker ? string_field(*broker, "reason") : std::string();
+  const bool ours = broker && string_field(*broker, "cause") == "local_config";
+  return std::string(ours ? "config" : "no") + (reason.empty() ? "" : ":" + reason);
+}
+
+}  // namespace
+
+void print_status_table(const json::array& certs, std::ostream& out, const json::array* brokers) {
   const auto now = std::chrono::system_clock::now();
   std::vector<std::vector<std::string>> rows;
-  rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL", "CLOCK"});
+  rows.push_back({"NAME", "STATE", "SERIAL", "NOT_AFTER", "EXPIRES_IN", "NEXT_RENEWAL", "CLOCK", "BROKER_UP",
+                  "BROKER_ACCEPTS"});
   for (const auto& v : certs) {
     if (!v.is_object()) continue;
     const auto& o = v.as_object();
@@ -279,9 +309,11 @@ void print_status_table(const json::array& certs, std::ostream& out) {
       clock = seconds > 0 ? format_remaining(std::chrono::seconds(seconds)) + "_behind_broker"
                           : format_remaining(std::chrono::seconds(-seconds)) + "_ahead_of_broker";
     }
+    const json::object* broker = broker_named(brokers, string_field(o, "broker"));
     rows.push_back({text_or_dash(o.if_contains("name")), text_or_dash(o.if_contains("state")),
                     text_or_dash(o.if_contains("serial")), text_or_dash(o.if_contains("not_after")),
-                    expires_in, text_or_dash(o.if_contains("next_renewal")), clock});
+                    expires_in, text_or_dash(o.if_contains("next_renewal")), clock,
+                    up_text(o.if_contains("broker_up")), accepts_text(o.if_contains("broker_accepts"), broker)});
   }
   std::vector<std::size_t> widths(rows.front().size(), 0);
   for (const auto& row : rows) {
@@ -294,6 +326,23 @@ void print_status_table(const json::array& certs, std::ostream& out) {
       if (i + 1 < row.size()) line.append(widths[i] - row[i].size() + 2, ' ');
     }
     out << line << "\n";
+  }
+  // What is wrong with a broker, and what to change, in a sentence each.
+  if (!brokers) return;
+  for (const auto& v : *brokers) {
+    const auto* b = v.if_object();
+    if (!b) continue;
+    const std::string name = string_field(*b, "name"), type = string_field(*b, "type");
+    const auto* up = b->if_contains("up");
+    const auto* accepts = b->if_contains("accepts");
+    if (up && up->is_bool() && !up->get_bool())
+      out << "broker " << name << " (" << type << "): down: " << string_field(*b, "down_detail") << "\n";
+    if (accepts && accepts->is_bool() && !accepts->get_bool()) {
+      const bool ours = string_field(*b, "cause") == "local_config";
+      out << "broker " << name << " (" << type << "): "
+          << (ours ? "our configuration for it is broken" : "it answers but refuses us") << " ("
+          << string_field(*b, "reason") << "): " << string_field(*b, "detail") << "\n";
+    }
   }
 }
 

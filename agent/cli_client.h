@@ -32,14 +32,17 @@ struct SocketResponse {
                                                     std::chrono::milliseconds timeout =
                                                         kSocketTimeout);
 
-// Table: NAME STATE SERIAL NOT_AFTER EXPIRES_IN NEXT_RENEWAL; `json` prints the list as the
-// daemon sends it.
+// Table: NAME STATE SERIAL NOT_AFTER EXPIRES_IN NEXT_RENEWAL BROKER_UP BROKER_ACCEPTS, then
+// a line per broker that is down or refuses us; `json` prints the answer as the daemon sends
+// it ({"certificates": [...], "brokers": [...]}).
 int cli_status(const std::filesystem::path& socket_path, bool json, std::ostream& out,
                std::ostream& err);
 
-// The status table (NAME STATE SERIAL NOT_AFTER EXPIRES_IN NEXT_RENEWAL) of a certificate
-// list as GET /v1/certificates and state.json hold it.
-void print_status_table(const boost::json::array& certs, std::ostream& out);
+// The status table of a certificate list (and its brokers) as GET /v1/certificates and
+// state.json hold them. BROKER_UP: up | down | -; BROKER_ACCEPTS: yes | no:<reason> (the
+// broker refuses us) | config:<reason> (our own configuration for it is broken) | -.
+void print_status_table(const boost::json::array& certs, std::ostream& out,
+                        const boost::json::array* brokers = nullptr);
 
 // Without `out_dir`: prints the bundle JSON (certificate_pem, chain_pem, private_key_pem, ...)
 // to `out`. With it: writes the files in the file sink's atomic `..data` layout (key 0600) and

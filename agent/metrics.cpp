@@ -64,7 +64,12 @@ Metrics::Metrics()
   declare(kNextRenewal, Type::gauge, "When the next renewal attempt is due, Unix time.");
   declare(kConsecutiveFailures, Type::gauge, "Failed renewal attempts since the last success.");
   declare(kReloads, Type::counter, "Reloader runs by result (success, failure, unverified, timeout).");
-  declare(kBrokerUp, Type::gauge, "1 when the last request to the broker succeeded, else 0.");
+  declare(kBrokerUp, Type::gauge,
+          "1 when the broker answers (its health probe, or an issuance), 0 when it does not (agent/broker_health).");
+  declare(kBrokerAccepts, Type::gauge,
+          "1 when the broker accepted our last request; 0 when it refuses us (cause=\"refused\": credentials, "
+          "account, authority, profile) or our own configuration for it is broken (cause=\"local_config\": "
+          "ca_bundle, url, a secret not sealed); the reason label says which.");
   declare(kClockSkew, Type::gauge,
           "How far the broker's clock is ahead of this host's, seconds, as its last certificate showed "
           "(0 when it agrees).");

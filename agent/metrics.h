@@ -21,6 +21,7 @@ inline constexpr const char* kNextRenewal = "certagent_next_renewal_seconds";
 inline constexpr const char* kConsecutiveFailures = "certagent_consecutive_failures";
 inline constexpr const char* kReloads = "certagent_reloads_total";
 inline constexpr const char* kBrokerUp = "certagent_broker_up";
+inline constexpr const char* kBrokerAccepts = "certagent_broker_accepts";
 inline constexpr const char* kClockSkew = "certagent_clock_skew_seconds";
 inline constexpr const char* kClockJumps = "certagent_clock_jumps_total";
 inline constexpr const char* kBrokerInFlight = "certagent_broker_requests_in_flight";

@@ -455,7 +455,8 @@ http::Reply SocketServer::handle(const http::Request& request, const http::Peer&
 http::Reply SocketServer::list() const {
   return http::json_reply(bhttp::status::ok,
                           json::serialize(json::object{
-                              {"certificates", describe_certificates(store_, clock_.now())}}));
+                              {"certificates", describe_certificates(store_, clock_.now())},
+                              {"brokers", describe_brokers(store_)}}));
 }
 
 http::Reply SocketServer::fetch(const std::string& name, const http::Peer& peer) {

@@ -18,6 +18,11 @@ boost::json::value time_or_null(const std::optional<SystemTime>& t) {
   return boost::json::string(format_rfc3339(*t));
 }
 
+boost::json::value tri_state(const std::optional<bool>& v) {
+  if (!v) return nullptr;
+  return *v;
+}
+
 }  // namespace
 
 boost::json::array describe_certificates(const CertificateStore& store, SystemTime now) {
@@ -47,6 +52,29 @@ boost::json::array describe_certificates(const CertificateStore& store, SystemTi
     else
       o["clock_skew_seconds"] = nullptr;
     if (e.config.files) o["dir"] = e.config.files->dir.string();
+    const BrokerStatus* b = store.broker(e.config.broker);
+    o["broker_up"] = b ? tri_state(b->up) : boost::json::value(nullptr);
+    o["broker_accepts"] = b ? tri_state(b->accepts) : boost::json::value(nullptr);
+    list.push_back(std::move(o));
+  }
+  return list;
+}
+
+boost::json::array describe_brokers(const CertificateStore& store) {
+  boost::json::array list;
+  for (const auto& [name, b] : store.brokers()) {
+    boost::json::object o;
+    o["name"] = name;
+    o["type"] = b.type;
+    o["up"] = tri_state(b.up);
+    o["accepts"] = tri_state(b.accepts);
+    const bool refusing = b.accepts && !*b.accepts;
+    o["cause"] = refusing ? boost::json::value(to_string(b.cause)) : boost::json::value(nullptr);
+    o["reason"] = refusing ? boost::json::value(b.reason) : boost::json::value(nullptr);
+    o["detail"] = refusing ? boost::json::value(b.detail) : boost::json::value(nullptr);
+    o["down_detail"] = b.up && !*b.up ? boost::json::value(b.down_detail) : boost::json::value(nullptr);
+    o["last_probe"] = time_or_null(b.last_probe);
+    o["next_probe"] = time_or_null(b.next_probe);
     list.push_back(std::move(o));
   }
   return list;
@@ -57,6 +85,7 @@ Result<> write_state_file(const std::filesystem::path& state_dir, const Certific
   boost::json::object root;
   root["written_at"] = format_rfc3339(now);
   root["certificates"] = describe_certificates(store, now);
+  root["brokers"] = describe_brokers(store);
   return write_file_atomic(state_dir / kStateFileName, boost::json::serialize(root) + "\n", 0600);
 }
 

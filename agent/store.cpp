@@ -85,6 +85,18 @@ void CertificateStore::touch(const std::string& name) {
   if (const CertEntry* e = find(name)) notify(*e, CertEvent::state_changed);
 }
 
+void CertificateStore::set_broker(BrokerStatus status) {
+  const std::string name = status.name;
+  brokers_[name] = std::move(status);
+}
+
+void CertificateStore::remove_broker(const std::string& name) { brokers_.erase(name); }
+
+const BrokerStatus* CertificateStore::broker(const std::string& name) const {
+  auto it = brokers_.find(name);
+  return it == brokers_.end() ? nullptr : &it->second;
+}
+
 CertificateStore::Subscription CertificateStore::subscribe(const std::string& name,
                                                            Listener listener) {
   listeners_.emplace_back(name, std::move(listener));

@@ -6,6 +6,7 @@
 #include "core/clock.h"
 #include "core/config/config.h"
 #include "core/material.h"
+#include "core/result.h"
 
 #include <functional>
 #include <list>
@@ -46,6 +47,21 @@ struct CertEntry {
   MaterialPtr valid_material(SystemTime now) const {
     return material && material->valid_at(now) ? material : nullptr;
   }
+};
+
+// What the daemon knows of one broker (agent/broker_health): for `certagent status`,
+// GET /v1/certificates and state.json.
+struct BrokerStatus {
+  std::string name;
+  std::string type;
+  std::optional<bool> up;            // it answers (probe or issuance); nullopt: not known yet
+  std::optional<bool> accepts;       // it accepted our last request; nullopt: not known yet
+  Cause cause{Cause::unspecified};   // when !accepts: refused (its side) or local_config (ours)
+  std::string reason;                // when !accepts: "credentials", "authority", "tls_trust", ...
+  std::string detail;                // when !accepts: the error, saying what to change
+  std::string down_detail;           // when !up: why the probe failed
+  std::optional<SystemTime> last_probe;
+  std::optional<SystemTime> next_probe;
 };
 
 // The state of `material` at `now` (null material: not_issued).
@@ -100,6 +116,12 @@ class CertificateStore {
   // Any other change (schedule, failure count): listeners may refresh views.
   void touch(const std::string& name);
 
+  // Broker views (agent/broker_health). Listeners are not told: they follow certificates.
+  void set_broker(BrokerStatus status);
+  void remove_broker(const std::string& name);
+  const std::map<std::string, BrokerStatus>& brokers() const { return brokers_; }
+  const BrokerStatus* broker(const std::string& name) const;
+
   // Listen to one certificate ("" = all).
   [[nodiscard]] Subscription subscribe(const std::string& name, Listener listener);
 
@@ -116,6 +138,7 @@ class CertificateStore {
   void notify(const CertEntry& entry, CertEvent event);
 
   std::map<std::string, CertEntry> entries_;
+  std::map<std::string, BrokerStatus> brokers_;
   std::list<std::pair<std::string, Listener>> listeners_;
   std::function<void(const std::string&)> renewal_handler_;
 };

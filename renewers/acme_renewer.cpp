@@ -328,12 +328,26 @@ Error AcmeRenewer::step_error(const char* what, const Posted& posted) {
   if (posted.problem) {
     e.message = std::string(what) + ": " + status + ": " + posted.problem->describe();
     e.configuration = configuration_problem(posted.problem->type);
+    if (e.configuration) {
+      // The CA answered and refuses this request: say which part of ours it refuses.
+      const std::string& t = posted.problem->type;
+      e.cause = Cause::refused;
+      e.reason = t == "externalAccountRequired" || t == "invalidContact" || t == "unsupportedContact" ||
+                         t == "userActionRequired"
+                     ? "account"
+                     : t == "badSignatureAlgorithm" || t == "badPublicKey" ? "key" : "identifier";
+      e.message += e.reason == "account"   ? " (fix the broker's account settings: eab, contact, or accept the CA's terms)"
+                   : e.reason == "key"     ? " (set the certificate's key to a type this CA accepts)"
+                                           : " (the CA will not certify these names: fix the certificate's names or "
+                                             "the CA's policy)";
+    }
     if (posted.problem->type == "rateLimited" && !e.retry_after) e.retry_after = std::chrono::seconds(60);
   } else {
     std::string ct = posted.response.header("Content-Type");
     e.message = std::string(what) + ": unexpected " + status + (ct.empty() ? "" : " (" + ct + ")") +
                 (posted.response.body.empty() ? "" : ": " + log::excerpt(posted.response.body));
   }
+  if (!e.configuration && posted.response.status >= 500) e.cause = Cause::unreachable;
   logger()->warn("event=acme_problem broker={} step={} status={} error={}", broker_name_, what,
                  posted.response.status, log::quote(e.message));
   return e;
@@ -397,7 +411,7 @@ Result<std::string> AcmeRenewer::eab_member() {
     return acme::eab_binding(*context_.identity, name, *config_.eab_kid, d.new_account, *jwk_);
   };
   auto b = binding();
-  if (!b) return Error{"external account binding: " + b.error().message, {}, true};
+  if (!b) return config_error(Cause::local_config, "secret", "external account binding: " + b.error().message);
   return b;
 }
 
@@ -411,23 +425,31 @@ awaitable<Result<>> AcmeRenewer::ensure_account(Due due) {
     if (!eab) co_return eab.error();
     payload["externalAccountBinding"] = json::parse(*eab);
   } else if (directory_->external_account_required) {
-    co_return Error{"the ACME server requires External Account Binding: set eab.kid and eab.hmac_key_file", {},
-                    true};
+    co_return config_error(Cause::refused, "account",
+                           "the ACME server requires External Account Binding: set eab.kid and eab.hmac_key_file");
   }
   auto posted = co_await post(directory_->new_account, json::serialize(payload), true, "newAccount", due);
   if (!posted) co_return posted.error();
   if (posted->failed()) {
     Error e = step_error("newAccount", *posted);
     // A server that refuses our account (bad EAB, malformed contact) will refuse it again.
-    if (posted->problem && (posted->problem->type == "unauthorized" || posted->problem->type == "malformed"))
+    if (posted->problem && (posted->problem->type == "unauthorized" || posted->problem->type == "malformed")) {
       e.configuration = true;
+      e.cause = Cause::refused;
+      e.reason = "account";
+      e.message += " (the CA refuses our account: check eab.kid and the EAB key sealed by `certagent enroll`, "
+                   "and contact)";
+    }
     co_return e;
   }
   std::string location = posted->response.header("Location");
   if (location.empty()) co_return make_error("newAccount: no Location header in the answer");
   std::string status = json_string(posted->body, "status");
   if (!status.empty() && status != "valid")
-    co_return Error{"newAccount: the account is " + status + " (deactivated or revoked by the CA)", {}, true};
+    co_return config_error(Cause::refused, "account",
+                           "newAccount: the account is " + status +
+                               " (deactivated or revoked by the CA; its key is this host's identity): ask the "
+                               "CA's operator to reinstate it");
   kid_ = location;
   ++stats_.accounts_registered;
   logger()->info("event=acme_account broker={} account={} created={}", broker_name_, log::quote(kid_),
@@ -834,11 +856,18 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue(IssueRequest request) {
   co_return result;
 }
 
-awaitable<bool> AcmeRenewer::probe() {
+awaitable<Result<>> AcmeRenewer::probe() {
   auto res = co_await client_->get(config_.directory);
-  bool up = res && res->status == 200;
-  if (!up) directory_.reset();
-  co_return up;
+  if (res && res->status == 200) co_return Result<>{};
+  directory_.reset();
+  if (!res) co_return res.error();
+  Error e = make_error("GET " + config_.directory + ": HTTP " + std::to_string(res->status));
+  // A directory URL the server does not know is ours to fix; anything else is the server's.
+  if (res->status == 404)
+    co_return config_error(Cause::local_config, "url",
+                           e.message + ": the broker's directory must be the ACME server's directory URL");
+  e.cause = Cause::unreachable;
+  co_return e;
 }
 
 }  // namespace certagent::renewers

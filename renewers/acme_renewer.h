@@ -60,7 +60,7 @@ class AcmeRenewer final : public Renewer {
 
   std::string_view type() const override { return "acme"; }
   boost::asio::awaitable<Result<IssueResult>> issue(IssueRequest request) override;
-  boost::asio::awaitable<bool> probe() override;
+  boost::asio::awaitable<Result<>> probe() override;
 
   // For tests and the benchmark.
   const http::Client& client() const { return *client_; }

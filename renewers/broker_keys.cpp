@@ -23,14 +23,19 @@ Result<std::vector<std::uint8_t>> broker_hmac(tpm::Identity& identity, const std
   std::string text;
   {
     std::ifstream in(key_file, std::ios::binary);
-    if (!in) return make_error("cannot read key file " + key_file.string());
+    if (!in)
+      return config_error(Cause::local_config, "secret",
+                          "cannot read key file " + key_file.string() +
+                              ": seal it with `certagent enroll`, or make it readable by the daemon's user");
     std::ostringstream ss;
     ss << in.rdbuf();
     text = ss.str();
   }
   auto key = parse(text);
   OPENSSL_cleanse(text.data(), text.size());
-  if (!key) return with_context("key file " + key_file.string(), Error{key.error().message, {}, true});
+  if (!key)
+    return with_context("key file " + key_file.string(),
+                        config_error(Cause::local_config, "secret", key.error().message + ": fix the key file"));
   auto imported = identity.import_hmac_key(name, *key);
   OPENSSL_cleanse(key->data(), key->size());
   if (!imported) return with_context("importing HMAC key " + name, imported.error());

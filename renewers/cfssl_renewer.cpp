@@ -120,7 +120,10 @@ awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
   std::string key_name = cfssl_auth_key_name(broker_name_);
   auto mac = co_await broker_hmac_async(*context_.identity, context_.executor, std::move(key_name),
                                         config_.auth_key_file, parse_hex_key_text, std::move(signed_bytes), deadline);
-  if (!mac) co_return fail(Error{"auth token: " + mac.error().message, {}, true});
+  if (!mac) {
+    const std::string reason = mac.error().reason.empty() ? "secret" : mac.error().reason;
+    co_return fail(config_error(Cause::local_config, reason, "auth token: " + mac.error().message));
+  }
   std::string token = base64(std::string_view(reinterpret_cast<const char*>(mac->data()), mac->size()));
   json::object body{{"token", token}, {"request", base64(r)}};
 
@@ -151,8 +154,13 @@ awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
       for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       if (lower.find("token") != std::string::npos || lower.find("auth") != std::string::npos ||
           lower.find("profile") != std::string::npos || lower.find("label") != std::string::npos ||
-          lower.find("signer") != std::string::npos || res->status == 401 || res->status == 403)
-        error.configuration = true;
+          lower.find("signer") != std::string::npos || res->status == 401 || res->status == 403) {
+        auto retry_after = error.retry_after;
+        error = classify_refusal(error.message, errors);
+        error.retry_after = retry_after;
+      }
+    } else if (res->status >= 500) {
+      error.cause = Cause::unreachable;
     }
     logger()->warn("event=cfssl_error broker={} status={} error={}", broker_name_, res->status,
                    log::quote(error.message));
@@ -173,7 +181,7 @@ awaitable<Result<IssueResult>> CfsslRenewer::issue(IssueRequest request) {
   co_return out;
 }
 
-awaitable<bool> CfsslRenewer::probe() {
+awaitable<Result<>> CfsslRenewer::probe() {
   json::object body;
   if (!config_.label.empty()) body["label"] = config_.label;
   http::Request post{.method = "POST",
@@ -181,7 +189,42 @@ awaitable<bool> CfsslRenewer::probe() {
                      .headers = {{"Content-Type", "application/json"}},
                      .body = json::serialize(body)};
   auto res = co_await client_->send(std::move(post));
-  co_return res && res->status == 200;
+  if (!res) co_return res.error();
+  if (res->status == 200) co_return Result<>{};
+  // cfssl answered: a JSON error about our label or profile is a refusal that only a change of
+  // configuration fixes; anything else (a proxy's 502, a 404 for the path) says it is not up.
+  boost::system::error_code ec;
+  json::value v = json::parse(res->body, ec);
+  const std::string errors = ec ? std::string() : cfssl_errors(v);
+  const std::string said = "info: HTTP " + std::to_string(res->status) + ": " +
+                           (errors.empty() ? log::excerpt(res->body, 120) : errors);
+  if (!errors.empty() && res->status < 500) co_return classify_refusal(said, errors);
+  if (res->status == 404)
+    co_return config_error(Cause::local_config, "url",
+                           said + ": the broker's url must be the cfssl server (multirootca) itself");
+  Error e = make_error(said);
+  e.cause = Cause::unreachable;
+  co_return e;
+}
+
+Error CfsslRenewer::classify_refusal(std::string message, const std::string& errors) const {
+  std::string lower = errors;
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto has = [&](std::string_view w) { return lower.find(w) != std::string::npos; };
+  if (has("token") || has("auth") || has("hmac"))
+    return config_error(Cause::refused, "credentials",
+                        message + ": cfssl does not accept our auth key: put the key of the signer's auth_key "
+                                  "in auth_key_file and seal it with `certagent enroll`");
+  if (has("label") || has("signer"))
+    return config_error(Cause::refused, "label",
+                        message + ": cfssl has no signer labelled '" + config_.label +
+                            "': set the broker's label to one of multirootca's signers");
+  if (has("profile") || has("policy"))
+    return config_error(Cause::refused, "profile",
+                        message + ": the signer has no usable profile '" + config_.profile +
+                            "': set the broker's profile to one in the signer's configuration");
+  return config_error(Cause::refused, "request",
+                      message + ": check the broker's label and profile and the certificate's names");
 }
 
 }  // namespace certagent::renewers

@@ -22,7 +22,7 @@ class CfsslRenewer final : public Renewer {
                                                                     const RenewerContext& context);
   std::string_view type() const override { return "cfssl"; }
   boost::asio::awaitable<Result<IssueResult>> issue(IssueRequest request) override;
-  boost::asio::awaitable<bool> probe() override;
+  boost::asio::awaitable<Result<>> probe() override;
 
   const http::Client& client() const { return *client_; }
 
@@ -31,6 +31,8 @@ class CfsslRenewer final : public Renewer {
 
  private:
   CfsslRenewer(const config::BrokerConfig& broker, const RenewerContext& context);
+  // cfssl's own error about our request: credentials, label or profile, with what to change.
+  Error classify_refusal(std::string message, const std::string& errors) const;
 
   std::string broker_name_;
   CfsslRenewerConfig config_;

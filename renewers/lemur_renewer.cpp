@@ -213,7 +213,15 @@ std::optional<std::int64_t> LemurRenewer::previous_lemur_id(const IssueRequest& 
   const auto& state = request.previous_state;
   auto id = state.find("lemur_id");
   if (id == state.end() || !all_digits(id->second) || to_int(id->second) <= 0) return std::nullopt;
-  if (auto url = state.find("lemur_url"); url != state.end() && url->second != base_url_) return std::nullopt;
+  if (auto url = state.find("lemur_url"); url != state.end() && url->second != base_url_) {
+    // Another URL may be another Lemur (another id space) or the same one moved (http -> https):
+    // either way the rotation cannot name its predecessor, and Lemur's lineage restarts here.
+    logger()->warn("event=lemur_new_lineage broker={} cert={} lemur_id={} previous_url={} url={} effect={}",
+                   broker_name_, request.cert_name, id->second, log::quote(url->second), log::quote(base_url_),
+                   log::quote("the broker's url changed: this certificate starts a new lineage in Lemur (replaces "
+                              "is not sent); if it is the same Lemur, link them in Lemur's UI"));
+    return std::nullopt;
+  }
   return to_int(id->second);
 }
 
@@ -278,6 +286,8 @@ Error LemurRenewer::answer_error(std::string_view what, const http::Response& re
   Error e = make_error(std::string(what) + ": HTTP " + std::to_string(response.status) + ": " + said);
   e.retry_after = response.retry_after(now());
   std::string fix;
+  std::string reason = "credentials";
+  Cause cause = Cause::refused;
   switch (response.status) {
     case 401:
       fix = "Lemur saw no API key: make sure nothing between certagent and Lemur strips the Authorization header";
@@ -291,29 +301,39 @@ Error LemurRenewer::answer_error(std::string_view what, const http::Response& re
               "`certagent enroll`";
       else if (contains(said, "revoked"))
         fix = "the API key was revoked in Lemur: create a new one and seal it with `certagent enroll`";
-      else if (contains(said, "authority"))
+      else if (contains(said, "authority")) {
         fix = "the API key's user may not use authority " + config_.authority +
               ": give it the authority's owner role or one of the authority's roles in Lemur";
-      else if (contains(said, "create a new certificate"))
+        reason = "permissions";
+      } else if (contains(said, "create a new certificate")) {
         fix = "the API key's user only has read-only rights: give it a role that may create certificates";
-      else if (contains(said, "not currently active"))
-        fix = "the API key's user is deactivated in Lemur";
-      else
+        reason = "permissions";
+      } else if (contains(said, "not currently active")) {
+        fix = "the API key's user is deactivated in Lemur: reactivate it, or seal a key of an active user";
+      } else {
         fix = "check the API key's user, its roles and the domains it may issue for in Lemur";
+        reason = "permissions";
+      }
       break;
     case 400:
     case 412:
       fix = "fix the broker's owner, authority, destinations, notifications or roles, or the certificate's names";
+      reason = contains(said, "authority") ? "authority" : "request";
       break;
     case 404:
     case 405:
       fix = "check the broker's url: it must point at the Lemur server itself, without /api/1";
+      reason = "url";
+      cause = Cause::local_config;
       break;
     default:
+      if (response.status >= 500) e.cause = Cause::unreachable;  // refined by diagnose_server_error
       break;
   }
   if (!fix.empty()) {
     e.configuration = true;
+    e.cause = cause;
+    e.reason = reason;
     e.message += " (" + fix + ")";
   }
   logger()->warn("event=lemur_error broker={} status={} configuration={} error={}", broker_name_, response.status,
@@ -347,9 +367,10 @@ awaitable<Result<std::vector<std::int64_t>>> LemurRenewer::resolve_labels(std::s
             found = json_id(o->if_contains("id"));
     if (ec || !v.is_object()) co_return make_error(what + ": the answer is not JSON: " + log::excerpt(res->body, 120));
     if (!found)
-      co_return Error{"Lemur has no " + std::string(kind).substr(0, kind.size() - 1) + " labelled " +
-                          log::quote(label) + " (check " + std::string(kind) + " of broker " + broker_name_ + ")",
-                      {}, true};
+      co_return config_error(Cause::refused, "request",
+                             "Lemur has no " + std::string(kind).substr(0, kind.size() - 1) + " labelled " +
+                                 log::quote(label) + " (check " + std::string(kind) + " of broker " + broker_name_ +
+                                 ")");
     ids.push_back(*found);
   }
   co_return ids;
@@ -366,9 +387,9 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
     crypto::EvpPkeyPtr key(X509_REQ_get_pubkey(csr->get()));
     const int base = key ? EVP_PKEY_get_base_id(key.get()) : 0;
     if (base != EVP_PKEY_RSA && base != EVP_PKEY_EC)
-      co_return fail(Error{"Lemur issues for RSA and ECDSA keys only: set `key` of certificate " + request.cert_name +
-                               " to ecdsa-p256, ecdsa-p384 or rsa-*",
-                           {}, true});
+      co_return fail(config_error(Cause::local_config, "key",
+                                  "Lemur issues for RSA and ECDSA keys only: set `key` of certificate " +
+                                      request.cert_name + " to ecdsa-p256, ecdsa-p384 or rsa-*"));
   }
 
   // The API key: unsealed for this issuance, wiped when it ends (Secret); never kept between
@@ -376,10 +397,11 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
   // TPM command, queued on the identity's thread under the certificate's deadline.
   const std::string token_name = lemur_token_name(broker_name_);
   if (!context_.identity->has_secret(token_name))
-    co_return fail(Error{"no API key sealed in the identity as " + token_name +
-                             ": run `certagent enroll --config FILE` (FILE: this configuration) to seal token_file " +
-                             config_.token_file.string(),
-                         {}, true});
+    co_return fail(config_error(Cause::local_config, "secret",
+                                "no API key sealed in the identity as " + token_name +
+                                    ": run `certagent enroll --config FILE` (FILE: this configuration) to seal "
+                                    "token_file " +
+                                    config_.token_file.string()));
   Secret token;
   {
     const auto tpm_due = tpm_deadline(request, now());
@@ -389,10 +411,10 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
     ++stats_.unseals;
     std::string_view t = trim(unsealed->view());
     if (!token_charset_ok(t))
-      co_return fail(Error{"the sealed API key " + token_name +
-                               " is not a JWT (unexpected characters): seal the key Lemur showed with "
-                               "`certagent enroll` again",
-                           {}, true});
+      co_return fail(config_error(Cause::local_config, "secret",
+                                  "the sealed API key " + token_name +
+                                      " is not a JWT (unexpected characters): seal the key Lemur showed with "
+                                      "`certagent enroll` again"));
     token = t.size() == unsealed->size() ? std::move(*unsealed) : Secret(std::string(t));
   }
 
@@ -408,8 +430,8 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
     notification_ids = std::move(*ids);
   }
 
-  // The predecessor, if Lemur still has it: an unknown id in `replaces` makes Lemur 1.9 fail
-  // the whole request with a 500 (fetch_objects), and would do so at every later attempt.
+  // The predecessor, if Lemur still has it: an unknown id in `replaces` makes Lemur 1.9 refuse
+  // the whole request (400 "Unable to find ... with id"), and would do so at every later attempt.
   auto previous = previous_lemur_id(request);
   if (previous) {
     const std::string get_path = std::string(kCertificates) + "/" + std::to_string(*previous);
@@ -428,6 +450,17 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
                            token);
   const std::string what = "POST " + std::string(kCertificates);
   if (!res) co_return fail(with_context(what, res.error()));
+  if (res->status == 400 && previous && contains(res->body, "replaces") && contains(res->body, "Unable to find")) {
+    // The predecessor went between the look-up and the POST (or the look-up could not tell).
+    logger()->warn("event=lemur_predecessor_missing broker={} cert={} lemur_id={} effect={}", broker_name_,
+                   request.cert_name, *previous, log::quote("issued without replaces: the lineage restarts"));
+    previous.reset();
+    ++stats_.posts;
+    res = co_await call("POST", std::string(kCertificates),
+                        certificate_request_json(request, now(), previous, destination_ids, notification_ids), token);
+    if (!res) co_return fail(with_context(what, res.error()));
+  }
+  if (res->status >= 500) co_return fail(co_await diagnose_server_error(answer_error(what, *res), token));
   if (res->status != 200) co_return fail(answer_error(what, *res));
 
   boost::system::error_code ec;
@@ -527,9 +560,62 @@ awaitable<Result<IssueResult>> LemurRenewer::wait_pending(std::int64_t pending_i
   co_return e;
 }
 
-awaitable<bool> LemurRenewer::probe() {
+awaitable<Result<>> LemurRenewer::probe() {
   auto res = co_await client_->get(base_url_ + "/api/1/healthcheck");
-  co_return res && res->status == 200 && trim(res->body) == "ok";
+  if (!res) co_return res.error();
+  if (res->status == 200 && trim(res->body) == "ok") co_return Result<>{};
+  if (res->status == 404)
+    co_return config_error(Cause::local_config, "url",
+                           "GET /api/1/healthcheck: HTTP 404: check the broker's url: it must point at the Lemur "
+                           "server itself, without /api/1");
+  Error e = make_error("GET /api/1/healthcheck: HTTP " + std::to_string(res->status) + ": " +
+                       log::excerpt(trim(res->body), 120) +
+                       (contains(res->body, "db check failed") ? " (Lemur's database does not answer)" : ""));
+  e.cause = Cause::unreachable;
+  co_return e;
+}
+
+// Lemur answers 500 for causes no status tells apart (a Lemur bug each time): an unknown
+// authority, an API key whose row or user was deleted, its database down. Two cheap questions
+// do: the healthcheck, and the authority by name with our key (whose authentication alone
+// fails with a 500 for a deleted key or user).
+awaitable<Error> LemurRenewer::diagnose_server_error(Error original, const Secret& token) {
+  if (auto health = co_await probe(); !health) {
+    Error e = original;
+    e.message += "; and " + health.error().message;
+    e.cause = Cause::unreachable;
+    co_return e;
+  }
+  std::string path = "/api/1/authorities";
+  path += all_digits(config_.authority) ? "/" + config_.authority
+                                        : "?filter=name;" + percent_encode(config_.authority) + "&count=100";
+  auto res = co_await call("GET", path, "", token);
+  if (!res) co_return original;
+  if (res->status == 500)
+    co_return config_error(
+        Cause::refused, "credentials",
+        original.message + "; GET " + path + " answers 500 too, while Lemur is healthy: Lemur no longer knows the "
+                                             "API key (the key or its user was deleted): create a new API key in "
+                                             "Lemur and seal it with `certagent enroll`");
+  if (res->status == 401 || res->status == 403) co_return answer_error("GET " + path, *res);
+  if (res->status != 200 && res->status != 404) co_return original;
+  bool found = false;
+  boost::system::error_code ec;
+  json::value v = json::parse(res->body, ec);
+  if (!ec && v.is_object()) {
+    const auto& o = v.as_object();
+    if (all_digits(config_.authority)) {
+      found = res->status == 200 && json_id(o.if_contains("id")) == to_int(config_.authority);
+    } else if (const auto* items = o.if_contains("items"); items && items->is_array()) {
+      for (const auto& item : items->get_array())
+        if (const auto* a = item.if_object(); a && json_string(*a, "name") == config_.authority) found = true;
+    }
+  }
+  if (found || (ec && res->status == 200)) co_return original;
+  logger()->warn("event=lemur_unknown_authority broker={} authority={}", broker_name_, log::quote(config_.authority));
+  co_return config_error(Cause::refused, "authority",
+                         original.message + "; Lemur has no authority " + log::quote(config_.authority) +
+                             ": set the broker's authority to the name (or id) of one of Lemur's authorities");
 }
 
 }  // namespace certagent::renewers

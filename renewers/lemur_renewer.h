@@ -11,8 +11,10 @@
 // CA by a tenth of it, at most a minute), notify: false, replaces: [{"id": N}] with the Lemur
 // id of the certificate being rotated, and description/destinations/notifications/roles when
 // configured. Before sending `replaces` the renewer checks that Lemur still has that
-// certificate (GET /api/1/certificates/N): Lemur 1.9 answers 500 for an unknown id there, which
-// would fail every rotation after the predecessor was deleted. Roles are sent by name; Lemur looks destinations and notifications up by id
+// certificate (GET /api/1/certificates/N): Lemur 1.9 answers 400 "Unable to find ... with id"
+// for an unknown id there, which would fail every rotation after the predecessor was deleted
+// (such a 400 is also retried once without `replaces`). Roles are sent by name; Lemur looks
+// destinations and notifications up by id
 // only (their models have a label, no name), so labels are resolved to ids with
 // GET /api/1/destinations|notifications?filter=label;<label> (an all-digit entry is an id).
 //
@@ -24,8 +26,11 @@
 // with backoff until resolved (then GET /api/1/certificates/<resolvedCertId>), within the
 // broker's timeout; still pending then: cancelled (DELETE, best effort) and an Error with
 // retry_after. 400/412 (validation), 401/403 (token, permissions) and 404 are configuration
-// errors whose message says what to fix; 5xx, network failures and timeouts are plain broker
-// failures; Retry-After (429/503) becomes Error::retry_after.
+// errors whose message says what to fix; after a 5xx the renewer asks two cheap questions
+// (GET /api/1/healthcheck, GET /api/1/authorities?filter=name;<authority>) that tell Lemur's
+// 500s apart: database down (a broker failure), unknown authority, deleted API key or user
+// (configuration errors); network failures and timeouts are broker failures; Retry-After
+// (429/503) becomes Error::retry_after. A change of `url` starts a new lineage, with a warning.
 
 #include "core/http/client.h"
 #include "core/secret.h"
@@ -68,7 +73,7 @@ class LemurRenewer final : public Renewer {
   std::string_view type() const override { return "lemur"; }
   boost::asio::awaitable<Result<IssueResult>> issue(IssueRequest request) override;
   // GET /api/1/healthcheck answers 200 "ok" (200 "db check failed" when its database is down).
-  boost::asio::awaitable<bool> probe() override;
+  boost::asio::awaitable<Result<>> probe() override;
 
   // The JSON body of the POST (exposed for tests): `replaces` is the Lemur id of the certificate
   // being rotated, the ids are the resolved destinations and notifications.
@@ -96,6 +101,7 @@ class LemurRenewer final : public Renewer {
   boost::asio::awaitable<Result<IssueResult>> wait_pending(std::int64_t pending_id, const Secret& token,
                                                            std::chrono::steady_clock::time_point deadline);
   Error answer_error(std::string_view what, const http::Response& response) const;
+  boost::asio::awaitable<Error> diagnose_server_error(Error original, const Secret& token);
 
   std::string broker_name_;
   LemurRenewerConfig config_;

@@ -57,8 +57,11 @@ class Renewer {
   // configuration=true when retrying cannot help until someone fixes something.
   virtual boost::asio::awaitable<Result<IssueResult>> issue(IssueRequest request) = 0;
 
-  // Cheap liveness probe for certagent_broker_up (directory fetch, healthcheck, ...).
-  virtual boost::asio::awaitable<bool> probe() { co_return true; }
+  // "The broker answers": one cheap, unauthenticated request (ACME directory, cfssl info,
+  // Lemur healthcheck) for certagent_broker_up, asked by agent/broker_health on its schedule.
+  // An error says why: Cause::unreachable (down, unhealthy) or Cause::local_config (we cannot
+  // trust its TLS certificate: ca_bundle, url).
+  virtual boost::asio::awaitable<Result<>> probe() { co_return Result<>{}; }
 };
 
 // What a renewer may use besides its own config.

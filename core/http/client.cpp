@@ -92,12 +92,17 @@ Result<std::shared_ptr<asio::ssl::context>> make_tls_context(const std::filesyst
   // X509_STORE_load_file accepts a file with no certificate at all: count them ourselves.
   X509_STORE* store = SSL_CTX_get_cert_store(raw);
   if (X509_STORE_load_file(store, ca_bundle.c_str()) != 1)
-    return crypto::openssl_error("loading ca_bundle " + ca_bundle.string());
+    return config_error(Cause::local_config, "ca_bundle",
+                        crypto::openssl_error("loading ca_bundle " + ca_bundle.string()).message +
+                            ": the broker's ca_bundle must be a readable PEM file of CA certificates");
   auto objects = X509_STORE_get0_objects(store);
   bool any = false;
   for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i)
     if (X509_OBJECT_get_type(sk_X509_OBJECT_value(objects, i)) == X509_LU_X509) any = true;
-  if (!any) return make_error("loading ca_bundle " + ca_bundle.string() + ": no certificate in it");
+  if (!any)
+    return config_error(Cause::local_config, "ca_bundle",
+                        "loading ca_bundle " + ca_bundle.string() +
+                            ": no certificate in it: put the CA that issued the broker's TLS certificate there");
   return ctx;
 }
 
@@ -115,6 +120,13 @@ std::optional<SystemTime> parse_http_date(std::string_view value) {
     return std::chrono::system_clock::from_time_t(t);
   }
   return std::nullopt;
+}
+
+// The broker did not answer: waiting may help.
+Error unreachable(std::string message) {
+  Error e = make_error(std::move(message));
+  e.cause = Cause::unreachable;
+  return e;
 }
 
 }  // namespace
@@ -254,6 +266,7 @@ class Client::Impl {
   template <class Stream>
   awaitable<Exchange> exchange(Stream& stream, const Url& url, const Request& request);
   std::string describe(const Request& request, const Url& url, const char* step, const error_code& ec);
+  Error tls_verify_error(std::string message, long verify, const Url& url) const;
   void remember_session(const Url& url);
 
   // Serializes requests on the one connection: a channel with room for one token.
@@ -302,6 +315,22 @@ std::string Client::Impl::describe(const Request& request, const Url& url, const
   return request.method + " " + url.origin() + url.target + ": " + step + ": " + what;
 }
 
+// A broker whose TLS certificate we cannot verify answers, but no retry will make us trust it:
+// a configuration error naming what to change (the trust file, or the URL's host name).
+Error Client::Impl::tls_verify_error(std::string message, long verify, const Url& url) const {
+  if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH)
+    return config_error(Cause::local_config, "tls_hostname",
+                        message + ": the broker's TLS certificate is not issued for " + url.host +
+                            ": set the broker's url to a name (or address) its certificate carries");
+  const std::string trust = options_.ca_bundle.empty()
+                                ? "the system trust store: set the broker's ca_bundle to a file holding the CA "
+                                  "that issued the broker's TLS certificate"
+                                : "ca_bundle " + options_.ca_bundle.string() +
+                                      ": put the CA that issued the broker's TLS certificate in that file";
+  return config_error(Cause::local_config, "tls_trust",
+                      message + ": the broker's TLS certificate does not verify against " + trust);
+}
+
 awaitable<Result<>> Client::Impl::refresh_trust() {
   if (options_.ca_bundle.empty()) co_return Result<>{};
   auto stamp = stamp_of(options_.ca_bundle);
@@ -332,14 +361,14 @@ awaitable<Result<>> Client::Impl::connect(const Url& url) {
   timer.cancel();
   if (rec) {
     if (timed_out) rec = beast::error::timeout;
-    co_return make_error(describe(dummy, url, "resolve", rec));
+    co_return unreachable(describe(dummy, url, "resolve", rec));
   }
 
   auto tcp = std::make_unique<beast::tcp_stream>(executor_);
   tcp->expires_after(options_.timeout);
   auto [cec, ep] = co_await tcp->async_connect(endpoints, kUseTuple);
   (void)ep;
-  if (cec) co_return make_error(describe(dummy, url, "connect", cec));
+  if (cec) co_return unreachable(describe(dummy, url, "connect", cec));
   tcp->socket().set_option(asio::ip::tcp::no_delay(true));
   ++stats_.connections;
 
@@ -369,8 +398,11 @@ awaitable<Result<>> Client::Impl::connect(const Url& url) {
   auto [hec] = co_await tls_stream_->async_handshake(asio::ssl::stream_base::client, kUseTuple);
   if (hec) {
     std::string message = describe(dummy, url, "TLS handshake", hec);
+    const long verify = SSL_get_verify_result(tls_stream_->native_handle());
     close();
-    co_return make_error(std::move(message));
+    if (hec.category() == asio::error::get_ssl_category() && verify != X509_V_OK)
+      co_return tls_verify_error(std::move(message), verify, url);
+    co_return unreachable(std::move(message));
   }
   if (SSL_session_reused(tls_stream_->native_handle())) ++stats_.resumed;
   stream_context_ = tls_context_;
@@ -487,7 +519,7 @@ awaitable<Result<Response>> Client::Impl::send(Request request) {
       log::get("http")->debug("event=reconnect origin={} reason={}", url->origin(), log::quote(ex.ec.message()));
       continue;
     }
-    co_return make_error(std::move(message));
+    co_return unreachable(std::move(message));
   }
 }
 

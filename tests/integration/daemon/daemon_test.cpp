@@ -5,11 +5,15 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <sstream>
 #include <random>
 #include <set>
 #include <thread>
@@ -247,6 +251,50 @@ TEST(Daemon, SighupRemovingCertificatesMidStormKeepsRunning) {
   EXPECT_EQ(st.exit_code, 0) << st.err;
   EXPECT_EQ(st.out.find("\"c2\""), std::string::npos) << "a removed certificate is still listed";
   EXPECT_EQ(d.metric("certagent_certificate_expired", "name=\"c299\""), std::nullopt);
+  EXPECT_EQ(d.stop(), 0);
+}
+
+// A datagram socket standing in for systemd's notification socket: what the daemon sent.
+class NotifyReceiver {
+ public:
+  explicit NotifyReceiver(const fs::path& path) : path_(path) {
+    fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+  }
+  ~NotifyReceiver() { ::close(fd_); }
+  // Reads what arrived; returns the last STATUS= value seen so far.
+  std::string last_status() {
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd_, buf, sizeof buf, 0)) > 0;) {
+      std::istringstream lines(std::string(buf, static_cast<std::size_t>(n)));
+      for (std::string line; std::getline(lines, line);)
+        if (line.rfind("STATUS=", 0) == 0) status_ = line.substr(7);
+    }
+    return status_;
+  }
+
+ private:
+  fs::path path_;
+  int fd_{-1};
+  std::string status_;
+};
+
+// STATUS= (the `Status:` line of `systemctl status`) follows every change: both certificates
+// issued within the same second must show as "2/2 certificates valid", not as the count at the
+// first change of that second (issue 15: "0/2" for hours).
+TEST(Daemon, SystemdStatusFollowsEveryChange) {
+  DaemonFixture d;
+  d.write_config("defaults: { lifetime: 1h, max_lifetime: 2h }\n"
+                 "certificates:\n"
+                 "  - { name: one, broker: dev, common_name: one.internal }\n"
+                 "  - { name: two, broker: dev, common_name: two.internal }\n");
+  NotifyReceiver notify(d.dir() / "notify.sock");
+  d.start({"/usr/bin/env", "NOTIFY_SOCKET=" + (d.dir() / "notify.sock").string()});
+  EXPECT_TRUE(wait_until([&] { return notify.last_status().rfind("2/2 certificates valid", 0) == 0; }, 20s))
+      << "last STATUS=" << notify.last_status() << "\n" << d.log();
   EXPECT_EQ(d.stop(), 0);
 }
 

@@ -3,11 +3,14 @@
 // within seconds; the server's record shows every rotation naming its predecessor in
 // `replaces`, and meta.json keeps the Lemur id of the current certificate.
 
+#include "tests/support/test_pki.h"
 #include "tests/support/test_support.h"
 
 #include <boost/json.hpp>
 
 #include <gtest/gtest.h>
+
+#include <openssl/x509v3.h>
 
 #include <sstream>
 
@@ -119,6 +122,16 @@ TEST(LemurDaemon, RotationsAreLinkedByReplaces) {
     EXPECT_EQ(serial.substr(serial.find_first_not_of('0')), hex);
   }
   EXPECT_TRUE(found) << "meta.json names lemur_id " << lemur_id;
+
+  // What it validated and serves is what Lemur's cryptography issuer makes: a leaf with only the
+  // SAN extension, issued by the root itself.
+  auto served = parse_pem_chain(read_file(dir / "live" / "web" / "cert.pem"));
+  ASSERT_EQ(served.size(), 1u);
+  EXPECT_EQ(X509_get_ext_count(served[0].get()), 1);
+  EXPECT_GE(X509_get_ext_by_NID(served[0].get(), NID_subject_alt_name, -1), 0);
+  auto root = parse_pem_chain(read_file(lemur_dir / "issuer-root.pem"));
+  ASSERT_EQ(root.size(), 1u);
+  EXPECT_EQ(X509_check_issued(root[0].get(), served[0].get()), X509_V_OK);
 
   EXPECT_EQ(daemon.stop(), 0);
   lemur.stop();

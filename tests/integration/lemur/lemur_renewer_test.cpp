@@ -18,6 +18,7 @@
 #include "tests/support/test_support.h"
 #include "tests/support/swtpm.h"
 #include "agent/builtin_plugins.h"
+#include "tests/support/test_pki.h"
 #include "agent/enroll.h"
 #include "tpm/identity.h"
 
@@ -281,14 +282,36 @@ TEST_F(LemurRenewerTest, EachRotationReplacesThePreviousOne) {
 TEST_F(LemurRenewerTest, AVanishedOrForeignPredecessorIsNotNamed) {
   start();
   const auto first = issue_ok();
-  // Lemur 1.9 answers 500 for an unknown id in `replaces`: the renewer drops it instead.
+  // Lemur 1.9 refuses an unknown id in `replaces` (400): the renewer drops it instead.
   issue_ok({{"lemur_id", "99999"}, {"lemur_url", server.url()}});
   auto posted = server.posted();
   EXPECT_EQ(posted.back().at("replaces"), json::array{});
-  // State written for another Lemur: not this server's id space.
-  issue_ok({{"lemur_id", std::to_string(first)}, {"lemur_url", "https://other-lemur.example"}});
+  EXPECT_NE(log_text.str().find("event=lemur_predecessor_missing"), std::string::npos) << log_text.str();
+  // State written for another URL (another Lemur, or this one moved from http:// to https://):
+  // not this server's id space, so the lineage restarts, and a warning says so.
+  const std::string moved = "http://" + server.url().substr(std::string("https://").size());
+  issue_ok({{"lemur_id", std::to_string(first)}, {"lemur_url", moved}});
   EXPECT_EQ(server.posted().back().at("replaces"), json::array{});
   EXPECT_FALSE(server.replaced_by(first));
+  const std::string logged = log_text.str();
+  const auto warning = logged.find("event=lemur_new_lineage");
+  ASSERT_NE(warning, std::string::npos) << logged;
+  const std::string line = logged.substr(warning, logged.find('\n', warning) - warning);
+  EXPECT_NE(line.find(moved), std::string::npos) << line;
+  EXPECT_NE(line.find("lemur_id=" + std::to_string(first)), std::string::npos) << line;
+}
+
+TEST_F(LemurRenewerTest, AnUnknownIdLemurStillListsIsDroppedOnItsFourHundred) {
+  start();
+  // The look-up cannot tell (a Lemur answering 200 for a deleted row): the POST's 400 does.
+  server.add_fault({.method = "GET", .path_prefix = "/api/1/certificates/99999",
+                    .reply = {.status = 200, .headers = {{"Content-Type", "application/json"}}, .body = "{}"}});
+  issue_ok({{"lemur_id", "99999"}, {"lemur_url", server.url()}});
+  auto posted = server.posted();
+  ASSERT_EQ(posted.size(), 2u);
+  EXPECT_EQ(posted[0].at("replaces"), (json::array{json::object{{"id", 99999}}}));
+  EXPECT_EQ(posted[1].at("replaces"), json::array{});
+  EXPECT_NE(log_text.str().find("event=lemur_predecessor_missing"), std::string::npos) << log_text.str();
 }
 
 TEST_F(LemurRenewerTest, TpmIdentityOnSwtpm) {
@@ -388,12 +411,86 @@ TEST_F(LemurRenewerTest, ASealedValueThatIsNoJwtIsRefusedUnsent) {
 }
 
 TEST_F(LemurRenewerTest, ValidationErrorsAreSurfacedAsConfiguration) {
+  server.add_authority("RetiredCA", "pki@example.com").active = false;
+  start(BrokerSetup{.authority = "RetiredCA"});
+  auto e = issue_error();
+  EXPECT_TRUE(e.configuration);
+  EXPECT_EQ(e.cause, Cause::refused);
+  EXPECT_EQ(e.reason, "authority");
+  EXPECT_NE(e.message.find("HTTP 400: Validation Error. (authority: The authority is inactive.)"), std::string::npos)
+      << e.message;
+  EXPECT_NE(e.message.find("fix the broker's owner, authority"), std::string::npos) << e.message;
+}
+
+// Lemur 1.9 answers 500 for an unknown authority (a bug): one cheap look-up tells it apart
+// from a broken server, and the error says what to change.
+TEST_F(LemurRenewerTest, AnUnknownAuthorityIsAConfigurationErrorDespiteTheFiveHundred) {
   start(BrokerSetup{.authority = "NoSuchCA"});
   auto e = issue_error();
   EXPECT_TRUE(e.configuration);
-  EXPECT_NE(e.message.find("HTTP 400: Validation Error. (Schema.rule: Missing Authority.)"), std::string::npos)
-      << e.message;
-  EXPECT_NE(e.message.find("fix the broker's owner, authority"), std::string::npos) << e.message;
+  EXPECT_EQ(e.cause, Cause::refused);
+  EXPECT_EQ(e.reason, "authority");
+  EXPECT_NE(e.message.find("HTTP 500"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("Lemur has no authority"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("set the broker's authority"), std::string::npos) << e.message;
+  auto reqs = server.requests();
+  EXPECT_NE(std::find(reqs.begin(), reqs.end(), "GET /api/1/authorities?filter=name;NoSuchCA&count=100"), reqs.end());
+}
+
+TEST_F(LemurRenewerTest, AnUnknownAuthorityIdIsAConfigurationErrorToo) {
+  start(BrokerSetup{.authority = "77"});
+  auto e = issue_error();
+  EXPECT_TRUE(e.configuration);
+  EXPECT_EQ(e.reason, "authority") << e.message;
+  auto reqs = server.requests();
+  EXPECT_NE(std::find(reqs.begin(), reqs.end(), "GET /api/1/authorities/77"), reqs.end());
+}
+
+TEST_F(LemurRenewerTest, FiveHundredsAreToldApartByCause) {
+  start();
+  // A deleted API key (its row gone): Lemur's authentication itself fails with a 500.
+  const std::string gone = server.create_api_key(user);
+  server.delete_api_key(gone);
+  reseal(gone);
+  auto e = issue_error();
+  EXPECT_TRUE(e.configuration);
+  EXPECT_EQ(e.cause, Cause::refused);
+  EXPECT_EQ(e.reason, "credentials");
+  EXPECT_NE(e.message.find("no longer knows the API key"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("certagent enroll"), std::string::npos) << e.message;
+  // The key's user deleted: the same.
+  const auto temp = server.add_user("temp", {"pki@example.com"});
+  const std::string orphan = server.create_api_key(temp);
+  server.delete_user(temp);
+  reseal(orphan);
+  e = issue_error();
+  EXPECT_EQ(e.reason, "credentials") << e.message;
+  // Lemur's database down (the healthcheck says so, POSTs answer 500): the broker is down,
+  // retried as a broker failure.
+  reseal(token);
+  server.set_db_down(true);
+  e = issue_error();
+  EXPECT_FALSE(e.configuration);
+  EXPECT_EQ(e.cause, Cause::unreachable);
+  EXPECT_NE(e.message.find("database"), std::string::npos) << e.message;
+  server.set_db_down(false);
+  issue_ok();
+}
+
+TEST_F(LemurRenewerTest, AnUntrustedBrokerCertificateIsAConfigurationErrorNamingTheCaBundle) {
+  start();
+  // The operator's ca_bundle holds some other CA (re-read when the file changes).
+  write_file(dir / "broker-ca.pem",
+             make_cert(CertSpec{.common_name = "Unrelated CA", .is_ca = true}).cert_pem());
+  auto e = issue_error();
+  EXPECT_TRUE(e.configuration);
+  EXPECT_EQ(e.cause, Cause::local_config);
+  EXPECT_EQ(e.reason, "tls_trust");
+  EXPECT_NE(e.message.find("ca_bundle " + (dir / "broker-ca.pem").string()), std::string::npos) << e.message;
+  auto probe = run_sync(ioc, renewer->probe());
+  ASSERT_FALSE(probe);
+  EXPECT_EQ(probe.error().reason, "tls_trust");
+  EXPECT_TRUE(server.posted().empty());
 }
 
 TEST_F(LemurRenewerTest, TokenProblemsAreConfigurationErrorsSayingWhatToFix) {
@@ -520,7 +617,10 @@ TEST_F(LemurRenewerTest, ProbeReadsTheHealthcheck) {
   start();
   EXPECT_TRUE(run_sync(ioc, renewer->probe()));
   server.set_db_down(true);  // Lemur still answers 200, with another text
-  EXPECT_FALSE(run_sync(ioc, renewer->probe()));
+  auto down = run_sync(ioc, renewer->probe());
+  ASSERT_FALSE(down);
+  EXPECT_EQ(down.error().cause, Cause::unreachable);
+  EXPECT_NE(down.error().message.find("db check failed"), std::string::npos) << down.error().message;
   server.set_db_down(false);
   EXPECT_TRUE(run_sync(ioc, renewer->probe()));
 }

@@ -13,6 +13,7 @@
 #include <boost/json.hpp>
 
 #include <openssl/bn.h>
+#include <openssl/x509v3.h>
 
 #include <gtest/gtest.h>
 
@@ -111,16 +112,38 @@ TEST_F(LemurServerTest, IssuesTheCertificateObjectLemurReturns) {
   std::string upper(o.at("serialHex").as_string());
   for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   EXPECT_EQ(upper, o.at("serialHex").as_string());
-  // The chain leads to the root, and the certificate can be fetched by id.
+  // The cryptography issuer: the leaf carries the SAN extension only, signed by the root, and
+  // `chain` is the root itself.
+  EXPECT_EQ(X509_get_ext_count(chain[0].get()), 1);
+  EXPECT_GE(X509_get_ext_by_NID(chain[0].get(), NID_subject_alt_name, -1), 0);
+  EXPECT_EQ(o.at("chain").as_string(), server.issuer_root_pem());
   auto inter = parse_pem_chain(std::string(o.at("chain").as_string()));
   ASSERT_EQ(inter.size(), 1u);
   auto store = crypto::trust_store_from_pem(server.issuer_root_pem());
   ASSERT_TRUE(store);
-  EXPECT_TRUE(crypto::verify_chain(chain[0].get(), {inter[0].get()}, store->get(), std::chrono::system_clock::now()));
+  EXPECT_TRUE(crypto::verify_chain(chain[0].get(), {}, store->get(), std::chrono::system_clock::now()));
+  // The CSR comes back; a missing description is "".
+  EXPECT_EQ(o.at("csr"), json::value(csr));
+  EXPECT_EQ(o.at("description"), json::value(""));
+  for (const char* k : {"dateCreated", "distinguishedName", "dnsProvider", "dnsProviderId", "extensions", "user"})
+    EXPECT_TRUE(o.contains(k)) << k;
   auto fetched = send("GET", "/api/1/certificates/" + std::to_string(o.at("id").as_int64()));
   EXPECT_EQ(fetched.status, 200u);
   EXPECT_EQ(parse(fetched).at("body"), o.at("body"));
   EXPECT_EQ(send("GET", "/api/1/certificates/424242").status, 404u);
+
+  // replaces/replacedBy hold full nested certificate objects.
+  auto next = good();
+  next["replaces"] = json::array{json::object{{"id", o.at("id")}}};
+  auto second = post(next);
+  ASSERT_EQ(second.status, 200u) << second.body;
+  auto s2 = parse(second);
+  ASSERT_EQ(s2.at("replaces").as_array().size(), 1u);
+  EXPECT_EQ(s2.at("replaces").as_array()[0].as_object().at("body"), o.at("body"));
+  auto first_again = parse(send("GET", "/api/1/certificates/" + std::to_string(o.at("id").as_int64())));
+  ASSERT_EQ(first_again.at("replacedBy").as_array().size(), 1u);
+  EXPECT_EQ(first_again.at("replacedBy").as_array()[0].as_object().at("id"), s2.at("id"));
+  EXPECT_EQ(first_again.at("replacedBy").as_array()[0].as_object().at("body"), s2.at("body"));
 }
 
 TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
@@ -129,8 +152,14 @@ TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
     std::function<void(json::object&)> change;
     unsigned status;
     json::object reasons;  // empty: not checked
+    json::value body{};    // non-null: the whole answer, exactly
   };
   auto rule = [](std::string text) { return json::object{{"Schema", {{"rule", json::array{json::value(text)}}}}}; };
+  const json::value ise = json::object{{"message", "Internal Server Error"}};
+  auto unknown = [](const char* field, const char* model, int id) -> json::value {
+    return json::object{{field, {{"_schema", "Unable to find <class '" + std::string(model) + "'> with id: " +
+                                                 std::to_string(id)}}}};
+  };
   auto no_cn = *crypto::build_csr(key.get(), crypto::SubjectNames{"", {"web.internal"}, {}, {}});
   const std::vector<Case> cases = {
       {"missing owner", [](json::object& b) { b.erase("owner"); }, 400,
@@ -138,8 +167,13 @@ TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
       {"owner not an email", [](json::object& b) { b["owner"] = "platform security"; }, 400,
        {{"owner", "Not a valid email address."}}},
       {"missing authority", [](json::object& b) { b.erase("authority"); }, 400, rule("Missing Authority.")},
-      {"unknown authority", [](json::object& b) { b["authority"] = {{"name", "NoSuchCA"}}; }, 400,
-       rule("Missing Authority.")},
+      // Real Lemur 1.9 answers 500 for an unknown authority, by name or id, and for a string.
+      {"unknown authority", [](json::object& b) { b["authority"] = {{"name", "NoSuchCA"}}; }, 500, {}, ise},
+      {"unknown authority id", [](json::object& b) { b["authority"] = {{"id", 77}}; }, 500, {}, ise},
+      {"authority as a string", [](json::object& b) { b["authority"] = "InternalCA"; }, 500, {}, ise},
+      {"no validity", [](json::object& b) { b.erase("validityStart"); b.erase("validityEnd"); }, 500, {},
+       json::object{{"message", "`validity_start` is required but is missing or not configured.  Please provide "
+                                "and try again."}}},
       {"authority without id or name", [](json::object& b) { b["authority"] = json::object{}; }, 400,
        rule("Missing Authority.")},
       {"missing csr", [](json::object& b) { b.erase("csr"); }, 400, {}},
@@ -166,8 +200,15 @@ TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
        },
        400, {{"validityStart", "Not a valid datetime."}}},
       {"notify not a boolean", [](json::object& b) { b["notify"] = "no"; }, 400, {{"notify", "Not a valid boolean."}}},
-      {"replaces an unknown id (Lemur crashes)", [](json::object& b) { b["replaces"] = {json::object{{"id", 999}}}; },
-       500, {}},
+      // Unknown ids: 400 with the field's _schema error as the whole body.
+      {"replaces an unknown id", [](json::object& b) { b["replaces"] = {json::object{{"id", 99999}}}; }, 400, {},
+       unknown("replaces", "lemur.certificates.models.Certificate", 99999)},
+      {"an unknown destination id", [](json::object& b) { b["destinations"] = {json::object{{"id", 5}}}; }, 400, {},
+       unknown("destinations", "lemur.destinations.models.Destination", 5)},
+      {"an unknown notification id", [](json::object& b) { b["notifications"] = {json::object{{"id", 6}}}; }, 400,
+       {}, unknown("notifications", "lemur.notifications.models.Notification", 6)},
+      {"an unknown role id", [](json::object& b) { b["roles"] = {json::object{{"id", 999}}}; }, 400, {},
+       unknown("roles", "lemur.roles.models.Role", 999)},
       {"destination by name (Lemur crashes)",
        [](json::object& b) { b["destinations"] = {json::object{{"name", "aws"}}}; }, 500, {}},
       {"unknown role by name", [](json::object& b) { b["roles"] = {json::object{{"name", "nobody"}}}; }, 400, {}},
@@ -178,7 +219,9 @@ TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
     c.change(body);
     auto res = post(body);
     EXPECT_EQ(res.status, c.status) << res.body;
-    if (c.status == 400) {
+    if (!c.body.is_null()) {
+      EXPECT_EQ(json::value(parse(res)), c.body) << res.body;
+    } else if (c.status == 400) {
       auto o = parse(res);
       EXPECT_EQ(o["message"], "Validation Error.") << res.body;
       EXPECT_TRUE(o.contains("reasons")) << res.body;
@@ -189,6 +232,8 @@ TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
   }
   auto bad_json = send("POST", "/api/1/certificates", "{not json");
   EXPECT_EQ(bad_json.status, 400u);
+  EXPECT_EQ(parse(bad_json)["message"],
+            "The browser (or proxy) sent a request that this server could not understand.");
   EXPECT_TRUE(server.issued().empty());
 }
 
@@ -226,8 +271,66 @@ TEST_F(LemurServerTest, AuthenticatesLikeLemur) {
   auto health = send("GET", "/api/1/healthcheck", "", "");
   EXPECT_EQ(health.status, 200u);
   EXPECT_EQ(health.body, "ok");
-  EXPECT_EQ(send("GET", "/api/1/nothing-here").status, 404u);
-  EXPECT_EQ(send("DELETE", "/api/1/certificates").status, 405u);
+  // Unknown routes and methods answer JSON, as Lemur's error handlers do.
+  auto nothing = send("GET", "/api/1/nothing-here");
+  EXPECT_EQ(nothing.status, 404u);
+  EXPECT_EQ(std::string(parse(nothing)["error"].as_string()).rfind("404 Not Found: ", 0), 0u) << nothing.body;
+  auto method = send("DELETE", "/api/1/certificates");
+  EXPECT_EQ(method.status, 405u);
+  EXPECT_EQ(said(method), "The method is not allowed for the requested URL.");
+  // A deleted API key, or a token for an unknown user: 500 (AttributeError in Lemur).
+  const std::string deleted = server.create_api_key(user);
+  server.delete_api_key(deleted);
+  auto gone = post(good(), "Bearer " + deleted);
+  EXPECT_EQ(gone.status, 500u);
+  EXPECT_EQ(said(gone), "Internal Server Error");
+  const auto temp = server.add_user("temp", {"pki@example.com"});
+  const std::string orphan = server.create_api_key(temp);
+  server.delete_user(temp);
+  EXPECT_EQ(post(good(), "Bearer " + orphan).status, 500u);
+  // Database down: the healthcheck says so (with a 200), authenticated requests answer 500.
+  server.set_db_down(true);
+  auto sick = send("GET", "/api/1/healthcheck", "", "");
+  EXPECT_EQ(sick.status, 200u);
+  EXPECT_EQ(sick.body, "db check failed");
+  EXPECT_EQ(post(good()).status, 500u);
+  server.set_db_down(false);
+}
+
+TEST_F(LemurServerTest, AuthoritiesByNameOrId) {
+  server.add_authority("InternalCA-EU", "pki@example.com");
+  auto o = parse(send("GET", "/api/1/authorities?filter=name;internalca&count=100"));
+  EXPECT_EQ(o.at("total"), 2);
+  EXPECT_EQ(parse(send("GET", "/api/1/authorities?filter=name;NoSuchCA")).at("total"), 0);
+  auto one = send("GET", "/api/1/authorities/1");
+  EXPECT_EQ(one.status, 200u);
+  EXPECT_EQ(parse(one).at("name"), "InternalCA");
+  EXPECT_EQ(send("GET", "/api/1/authorities/77").status, 404u);
+}
+
+// The README's `POST /api/1/keys` example, as written, creates a key that works; the body the
+// README used to show ({"user": {"id": N}}) gets 400, as from real Lemur.
+TEST_F(LemurServerTest, TheReadmesApiKeyExampleWorksAsWritten) {
+  const std::string readme = read_file(source_dir() / "README.md");
+  const auto at = readme.find("/api/1/keys");
+  ASSERT_NE(at, std::string::npos);
+  const auto start = readme.rfind("-d '", at);
+  ASSERT_NE(start, std::string::npos);
+  const auto end = readme.find('\'', start + 4);
+  std::string body = readme.substr(start + 4, end - start - 4);
+  auto example = json::parse(body).as_object();
+  // The README's user 42 is whoever the API key is for; here: this server's user.
+  example["user"].as_object()["id"] = user;
+  const auto admin = server.add_user("admin", {"admin"});
+  const std::string admin_token = server.create_api_key(admin);
+  auto created = send("POST", "/api/1/keys", json::serialize(example), "Bearer " + admin_token);
+  ASSERT_EQ(created.status, 200u) << created.body;
+  const std::string jwt(parse(created).at("jwt").as_string());
+  EXPECT_EQ(post(good(), "Bearer " + jwt).status, 200u);
+  auto short_form = send("POST", "/api/1/keys",
+                         json::serialize(json::object{{"name", "x"}, {"ttl", -1}, {"user", {{"id", user}}}}),
+                         "Bearer " + admin_token);
+  EXPECT_EQ(short_form.status, 400u) << short_form.body;
 }
 
 TEST_F(LemurServerTest, PendingCertificatesResolveAndCancel) {

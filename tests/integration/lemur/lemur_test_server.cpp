@@ -75,15 +75,15 @@ TestHttpsServer::Reply message(unsigned status, const std::string& text) {
   return json_reply(status, json::object{{"message", text}});
 }
 
-// What Flask answers for a route or method it does not have, and for an unhandled exception.
+// What Lemur 1.9 answers for a route or method it does not have, and for an unhandled
+// exception: JSON, not Flask's HTML pages (its error handlers are flask-restful's).
 TestHttpsServer::Reply flask_page(unsigned status) {
-  std::string title = status == 404   ? "404 Not Found"
-                      : status == 405 ? "405 Method Not Allowed"
-                                      : "500 Internal Server Error";
-  return TestHttpsServer::Reply{.status = status,
-                                .headers = {{"Content-Type", "text/html; charset=utf-8"}},
-                                .body = "<!doctype html>\n<html lang=en>\n<title>" + title + "</title>\n<h1>" +
-                                        title.substr(4) + "</h1>\n"};
+  if (status == 404)
+    return json_reply(404, json::object{{"error", "404 Not Found: The requested URL was not found on the server. If "
+                                                  "you entered the URL manually please check your spelling and try "
+                                                  "again."}});
+  if (status == 405) return message(405, "The method is not allowed for the requested URL.");
+  return message(500, "Internal Server Error");
 }
 
 // inflection.underscore for the simple camelCase keys clients send.
@@ -465,7 +465,9 @@ TestHttpsServer::Reply LemurTestServer::handle(const Request& request) {
     }
 
     // Routes (Flask matches them before any authentication runs).
-    enum class Route { none, certificates, certificate, pending, destinations, notifications } route = Route::none;
+    enum class Route {
+      none, certificates, certificate, pending, destinations, notifications, keys, authorities, authority
+    } route = Route::none;
     std::int64_t id = 0;
     auto numeric_tail = [&](std::string_view prefix) {
       if (path.rfind(prefix, 0) != 0 || path.size() == prefix.size()) return false;
@@ -492,13 +494,32 @@ TestHttpsServer::Reply LemurTestServer::handle(const Request& request) {
     } else if (path == std::string(kApi) + "/notifications") {
       route = Route::notifications;
       methods = {"GET", "POST"};
+    } else if (path == std::string(kApi) + "/keys") {
+      route = Route::keys;
+      methods = {"GET", "POST"};
+    } else if (path == std::string(kApi) + "/authorities") {
+      route = Route::authorities;
+      methods = {"GET", "POST"};
+    } else if (numeric_tail(std::string(kApi) + "/authorities/")) {
+      route = Route::authority;
+      methods = {"GET", "PUT"};
     }
     if (route == Route::none) return flask_page(404);
     if (std::find(methods.begin(), methods.end(), request.method) == methods.end()) return flask_page(405);
 
     Auth auth = authenticate(request);
     if (auth.error) return *auth.error;
+    if (db_down_) return flask_page(500);  // every query fails while PostgreSQL is down
     switch (route) {
+      case Route::keys:
+        if (request.method == "POST") return create_key(request, *auth.user);
+        break;
+      case Route::authorities:
+        if (request.method == "GET") return list_authorities(query);
+        break;
+      case Route::authority:
+        if (request.method == "GET") return get_authority(id);
+        break;
       case Route::certificates:
         if (request.method == "POST") return create_certificate(request, *auth.user);
         break;
@@ -565,14 +586,15 @@ LemurTestServer::Auth LemurTestServer::authenticate(const Request& request) {
     return Auth{message(403, "Token has expired"), nullptr};
   if (auto aid = as_int(payload.if_contains("aid"))) {
     auto key = keys_.find(*aid);
-    if (key == keys_.end()) return Auth{message(500, "'NoneType' object has no attribute 'revoked'"), nullptr};
+    if (key == keys_.end()) return Auth{flask_page(500), nullptr};  // deleted key: an AttributeError
     if (key->second.revoked) return Auth{message(403, "Token has been revoked"), nullptr};
     if (key->second.ttl_days != -1 && unix_now() >= key->second.issued_at + std::int64_t{key->second.ttl_days} * 86400)
       return Auth{message(403, "Token has expired"), nullptr};
   }
   auto sub = as_int(payload.if_contains("sub"));
-  auto user = sub ? users_.find(*sub) : users_.end();
-  if (user == users_.end()) return invalid();
+  if (!sub) return invalid();
+  auto user = users_.find(*sub);
+  if (user == users_.end()) return Auth{flask_page(500), nullptr};  // unknown user: an AttributeError
   if (!user->second.active) return Auth{message(403, "User is not currently active"), nullptr};
   return Auth{std::nullopt, &user->second};
 }
@@ -581,7 +603,7 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
   boost::system::error_code ec;
   json::value parsed = json::parse(request.body, ec);
   if (ec || !parsed.is_object())
-    return message(400, "Failed to decode JSON object: the request body is not a JSON object");
+    return message(400, "The browser (or proxy) sent a request that this server could not understand.");
   posted_.push_back(parsed.as_object());
 
   // LemurInputSchema.preprocess: camelCase keys -> snake_case (unknown keys are ignored).
@@ -617,9 +639,12 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
     errors.field("description", "Not a valid string.");
   if (const auto* n = in.if_contains("notify"); n && !n->is_bool()) errors.field("notify", "Not a valid boolean.");
 
+  bool crash = false;  // an unhandled exception in real Lemur: 500
   const Authority* authority = nullptr;
   if (const auto* a = in.if_contains("authority"); !a) {
     errors.field("authority", kMissingField);
+  } else if (a->is_string()) {
+    crash = true;  // real Lemur 1.9: a string authority ends in a TypeError, a 500
   } else if (!a->is_object()) {
     errors.field("authority", json::object{{"_schema", "Invalid input type."}});
   } else {
@@ -628,15 +653,11 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
     if (aid && *aid != 0) {
       for (const auto& [n, auth] : authorities_)
         if (auth.id == *aid) authority = &auth;
-      if (!authority)
-        errors.field("authority", json::object{{"_schema", "Unable to find <class 'lemur.authorities.models.Authority'> "
-                                                           "with id: " + std::to_string(*aid)}});
+      if (!authority) crash = true;  // real Lemur 1.9 answers 500 for an unknown authority
     } else if (aname && aname->is_string() && !aname->get_string().empty()) {
       auto it = authorities_.find(std::string(aname->get_string()));
       if (it != authorities_.end()) authority = &it->second;
-      else
-        errors.field("authority", json::object{{"_schema", "Unable to find <class 'lemur.authorities.models.Authority'> "
-                                                           "with name: " + std::string(aname->get_string())}});
+      else crash = true;  // real Lemur 1.9 answers 500 for an unknown authority
     } else {
       errors.field("authority", json::object{{"_schema", "Associated object require a name or id."}});
     }
@@ -651,12 +672,13 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
     else (std::string(key) == "validity_start" ? start : end) = *t;
   }
 
-  // Associated objects (lemur/schemas.py fetch_objects): all by id, or all by name. Lookups
-  // of unknown ids end in a TypeError (",".join over ints) and thus a 500; destinations and
-  // notifications have no `name` column, so a lookup by name is an AttributeError (500 too).
+  // Associated objects (lemur/schemas.py fetch_objects): all by id, or all by name. An unknown
+  // id is a 400 whose whole body is the field's _schema error (as real Lemur 1.9 answers,
+  // TESTING.md); destinations and notifications have no `name` column, so a lookup by name is
+  // an AttributeError (a 500).
   std::vector<std::int64_t> replaces, destinations, notifications;
   std::vector<std::string> roles;
-  bool crash = false;
+  json::object unknown_ids;  // field -> {"_schema": "Unable to find <class ...> with id: N"}
   auto associated = [&](const char* key, const std::function<bool(std::int64_t)>& has_id,
                         const std::function<bool(const std::string&)>* has_name, const std::string& model,
                         std::vector<std::int64_t>* ids_out, std::vector<std::string>* names_out) {
@@ -679,7 +701,9 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
     if (all_ids) {
       for (const auto& e : v->as_array()) {
         std::int64_t id = *as_int(e.as_object().if_contains("id"));
-        if (!has_id(id)) crash = true;
+        if (!has_id(id) && !unknown_ids.contains(key))
+          unknown_ids[key] = json::object{{"_schema", "Unable to find <class '" + model + "'> with id: " +
+                                                          std::to_string(id)}};
         if (ids_out) ids_out->push_back(id);
         if (names_out) names_out->push_back(std::to_string(id));
       }
@@ -711,6 +735,8 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
   associated("roles", [&](std::int64_t id) { return id >= 1 && id <= static_cast<std::int64_t>(roles_.size()); },
              &role_named, "lemur.roles.models.Role", nullptr, &roles);
   if (crash) return flask_page(500);
+  // Real Lemur 1.9 answers an unknown id with exactly this 400 body (TESTING.md).
+  if (!unknown_ids.empty()) return json_reply(400, unknown_ids);
 
   // Schema validators (they run even after field errors in marshmallow 2).
   if (!authority) errors.schema.push_back("Missing Authority.");
@@ -720,13 +746,16 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
   if (start && end) {
     if (*start >= *end) errors.schema.push_back("Validity start must be before validity end.");
     if (authority) {
-      const auto ca_nb = asn1_to_unix(X509_get0_notBefore(intermediate_.cert.get()));
-      const auto ca_na = asn1_to_unix(X509_get0_notAfter(intermediate_.cert.get()));
+      const auto ca_nb = asn1_to_unix(X509_get0_notBefore(root_.cert.get()));
+      const auto ca_na = asn1_to_unix(X509_get0_notAfter(root_.cert.get()));
       if (day_of(*start) < day_of(ca_nb)) errors.schema.push_back("Validity start must not be before " + iso(ca_nb));
       if (day_of(*end) > day_of(ca_na)) errors.schema.push_back("Validity end must not be after " + iso(ca_na));
     }
   }
   if (!errors.empty()) return errors.reply();
+  // The cryptography issuer has no default validity: it fails (a 500 with this message).
+  if (!start && !end)
+    return message(500, "`validity_start` is required but is missing or not configured.  Please provide and try again.");
 
   // post_load: a common name is needed unless the authority makes it optional. Real Lemur would
   // generate the key when there is no CSR; this server only signs CSRs.
@@ -764,6 +793,8 @@ TestHttpsServer::Reply LemurTestServer::create_certificate(const Request& reques
   validated["destination_ids"] = std::move(dst);
   validated["notification_ids"] = std::move(ntf);
   validated["role_names"] = std::move(rls);
+  validated["creator_id"] = user.id;
+  validated["creator_name"] = user.username;
 
   const std::string csr_pem(csr_field->get_string());
   if (authority->pending_polls >= 0) {
@@ -807,7 +838,7 @@ std::optional<json::object> LemurTestServer::issue(const std::string& csr_pem, c
   crypto::EvpPkeyPtr pub(X509_REQ_get_pubkey(req->get()));
   const std::int64_t now = unix_now();
   std::int64_t nb = input.at("validity_start").is_int64() ? input.at("validity_start").as_int64() : now;
-  std::int64_t na = input.at("validity_end").is_int64() ? input.at("validity_end").as_int64() : now + 2 * 365 * 86400;
+  std::int64_t na = input.at("validity_end").is_int64() ? input.at("validity_end").as_int64() : now + 3600;
 
   crypto::X509Ptr cert(X509_new());
   X509* c = cert.get();
@@ -818,27 +849,13 @@ std::optional<json::object> LemurTestServer::issue(const std::string& csr_pem, c
   serial[0] |= 0x01;
   crypto::BignumPtr bn(BN_bin2bn(serial, sizeof serial, nullptr));
   BN_to_ASN1_INTEGER(bn.get(), X509_get_serialNumber(c));
-  X509_set_issuer_name(c, X509_get_subject_name(intermediate_.cert.get()));
+  X509_set_issuer_name(c, X509_get_subject_name(root_.cert.get()));
   X509_set_subject_name(c, X509_REQ_get_subject_name(req->get()));
   ASN1_TIME_set(X509_getm_notBefore(c), static_cast<std::time_t>(nb));
   ASN1_TIME_set(X509_getm_notAfter(c), static_cast<std::time_t>(na));
   X509_set_pubkey(c, pub.get());
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, intermediate_.cert.get(), c, nullptr, nullptr, 0);
-  const bool rsa = EVP_PKEY_get_base_id(pub.get()) == EVP_PKEY_RSA;
-  for (auto [nid, value] : std::vector<std::pair<int, std::string>>{
-           {NID_basic_constraints, "critical,CA:FALSE"},
-           {NID_key_usage, rsa ? "critical,digitalSignature,keyEncipherment" : "critical,digitalSignature"},
-           {NID_ext_key_usage, "serverAuth,clientAuth"},
-           {NID_subject_key_identifier, "hash"},
-           {NID_authority_key_identifier, "keyid:always"}}) {
-    crypto::X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, &ctx, nid, value.c_str()));
-    if (!ext || X509_add_ext(c, ext.get(), -1) != 1) {
-      error = "extension " + std::to_string(nid);
-      return std::nullopt;
-    }
-  }
+  // Lemur's cryptography issuer: the SAN extension only (no basicConstraints, keyUsage, EKU,
+  // SKI or AKI), signed by the root itself.
   if (names->has_alt_names()) {
     auto san = crypto::subject_alt_name_extension(*names, names->common_name.empty());
     if (!san || X509_add_ext(c, san->get(), -1) != 1) {
@@ -846,7 +863,7 @@ std::optional<json::object> LemurTestServer::issue(const std::string& csr_pem, c
       return std::nullopt;
     }
   }
-  if (X509_sign(c, intermediate_.key.get(), EVP_sha256()) <= 0) {
+  if (X509_sign(c, root_.key.get(), EVP_sha256()) <= 0) {
     error = "signing failed";
     return std::nullopt;
   }
@@ -854,6 +871,9 @@ std::optional<json::object> LemurTestServer::issue(const std::string& csr_pem, c
   Issued rec;
   rec.id = next_id_++;
   rec.owner = std::string(input.at("owner").as_string());
+  rec.created = now;
+  if (auto uid = as_int(input.if_contains("creator_id"))) rec.user_id = *uid;
+  if (const auto* un = input.if_contains("creator_name"); un && un->is_string()) rec.username = std::string(un->as_string());
   rec.authority = authority.name;
   if (const auto* d = input.if_contains("description"); d && d->is_string()) rec.description = std::string(d->as_string());
   rec.notify = !(input.contains("notify") && input.at("notify").is_bool() && !input.at("notify").as_bool());
@@ -866,7 +886,8 @@ std::optional<json::object> LemurTestServer::issue(const std::string& csr_pem, c
   OPENSSL_free(hex);
   rec.serial_hex.erase(0, std::min(rec.serial_hex.find_first_not_of('0'), rec.serial_hex.size() - 1));
   rec.body = cert_pem(c);
-  rec.chain = intermediate_.cert_pem();
+  rec.chain = root_.cert_pem();  // the cryptography issuer's chain is the root itself
+  rec.csr = csr_pem;
   rec.from_pending = from_pending;
   certificates_[rec.id] = rec;
   for (auto old : rec.replaces) replaced_by_[old] = rec.id;
@@ -874,7 +895,7 @@ std::optional<json::object> LemurTestServer::issue(const std::string& csr_pem, c
   return certificate_json(rec);
 }
 
-json::object LemurTestServer::certificate_json(const Issued& rec) const {
+json::object LemurTestServer::certificate_json(const Issued& rec, bool nested) const {
   auto chain = parse_pem_chain(rec.body);
   X509* c = chain.front().get();
   auto info = crypto::describe(c);
@@ -884,27 +905,28 @@ json::object LemurTestServer::certificate_json(const Issued& rec) const {
   char* dec = BN_bn2dec(bn.get());
   std::string serial = dec;
   OPENSSL_free(dec);
-  const std::string issuer = alnum_only("Lemur Test Intermediate");
+  const std::string issuer = alnum_only("Lemur Test Root");
   const bool san = !info.dns_names.empty() || !info.ip_addresses.empty() || !info.uris.empty();
   std::string cn = info.subject_cn;
   std::string name_cn = cn.rfind("*.", 0) == 0 ? "WILDCARD" + cn.substr(1) : cn;
   json::array domains, replaces, roles, destinations, notifications;
   std::int64_t domain_id = 1;
   for (const auto& d : info.dns_names) domains.push_back(json::object{{"id", domain_id++}, {"name", d}, {"sensitive", false}});
-  for (auto id : rec.replaces) {
-    auto it = certificates_.find(id);
-    json::object r{{"id", id}};
-    if (it != certificates_.end()) r["owner"] = it->second.owner;
-    replaces.push_back(std::move(r));
-  }
+  // replaces/replacedBy: full certificate objects (without their own replaces/replacedBy).
+  if (!nested)
+    for (auto id : rec.replaces)
+      if (auto it = certificates_.find(id); it != certificates_.end())
+        replaces.push_back(certificate_json(it->second, true));
   for (const auto& r : rec.roles) roles.push_back(json::object{{"name", r}});
   roles.push_back(json::object{{"name", rec.owner}, {"description", "Auto generated role based on owner: " + rec.owner}});
   for (auto id : rec.destinations) destinations.push_back(json::object{{"id", id}, {"label", destinations_.at(id)}});
   for (auto id : rec.notifications) notifications.push_back(json::object{{"id", id}, {"label", notifications_.at(id)}});
   json::array replaced_by;
-  if (auto it = replaced_by_.find(rec.id); it != replaced_by_.end()) replaced_by.push_back(json::object{{"id", it->second}});
+  if (auto it = replaced_by_.find(rec.id); !nested && it != replaced_by_.end())
+    if (auto c2 = certificates_.find(it->second); c2 != certificates_.end())
+      replaced_by.push_back(certificate_json(c2->second, true));
   const Authority& a = authorities_.at(rec.authority);
-  return json::object{
+  json::object out{
       {"id", rec.id},
       {"externalId", nullptr},
       {"active", rec.notify},
@@ -913,9 +935,15 @@ json::object LemurTestServer::certificate_json(const Issued& rec) const {
       {"bits", EVP_PKEY_get_bits(X509_get0_pubkey(c))},
       {"body", rec.body},
       {"chain", rec.chain},
-      {"csr", nullptr},
+      {"csr", rec.csr},
       {"deleted", false},
-      {"description", rec.description.empty() ? json::value(nullptr) : json::value(rec.description)},
+      {"description", rec.description},
+      {"dateCreated", iso(rec.created)},
+      {"distinguishedName", "CN=" + cn},
+      {"dnsProvider", nullptr},
+      {"dnsProviderId", nullptr},
+      {"extensions", {{"subAltNames", {{"names", json::array{}}}}}},
+      {"user", {{"id", rec.user_id}, {"username", rec.username}, {"email", rec.username}}},
       {"issuer", issuer},
       {"name", (san ? "SAN-" : "") + name_cn + "-" + issuer + "-" + ymd(nb) + "-" + ymd(na)},
       {"cn", cn},
@@ -942,6 +970,11 @@ json::object LemurTestServer::certificate_json(const Issued& rec) const {
       {"authority", {{"id", a.id}, {"name", a.name}, {"owner", a.owner}, {"active", a.active}}},
       {"rotationPolicy", {{"name", "default"}}},
   };
+  if (nested) {
+    out.erase("replaces");
+    out.erase("replacedBy");
+  }
+  return out;
 }
 
 TestHttpsServer::Reply LemurTestServer::get_certificate(std::int64_t id) {
@@ -978,6 +1011,81 @@ TestHttpsServer::Reply LemurTestServer::cancel_pending(std::int64_t id) {
   cancelled_.push_back(id);
   pending_.erase(it);
   return Reply{.status = 204};
+}
+
+// POST /api/1/keys (lemur/api_keys/schemas.py ApiKeyInputSchema): name, ttl and a nested user
+// with id, username and email; a user given by id alone fails its UserNestedOutputSchema load.
+TestHttpsServer::Reply LemurTestServer::create_key(const Request& request, const User& caller) {
+  boost::system::error_code ec;
+  json::value parsed = json::parse(request.body, ec);
+  if (ec || !parsed.is_object())
+    return message(400, "The browser (or proxy) sent a request that this server could not understand.");
+  const auto& in = parsed.as_object();
+  Errors errors;
+  if (!in.contains("name") || !in.at("name").is_string()) errors.field("name", kMissingField);
+  if (!in.contains("ttl") || !as_int(in.if_contains("ttl"))) errors.field("ttl", kMissingField);
+  const json::object* u = in.contains("user") ? in.at("user").if_object() : nullptr;
+  if (!u) {
+    errors.field("user", kMissingField);
+  } else {
+    json::object sub;
+    for (const char* k : {"id", "username", "email"})
+      if (!u->contains(k)) sub[k] = kMissingField;
+    if (!sub.empty()) errors.field("user", std::move(sub));
+  }
+  if (!errors.empty()) return errors.reply();
+  const auto uid = *as_int(u->if_contains("id"));
+  if (!users_.count(uid)) return message(400, "Unable to find user with id: " + std::to_string(uid));
+  const bool admin = std::find(caller.roles.begin(), caller.roles.end(), "admin") != caller.roles.end();
+  if (!admin && caller.id != uid) return message(403, "You are not authorized to create a key for this user.");
+  const int ttl = static_cast<int>(*as_int(in.if_contains("ttl")));
+  ApiKey key{next_key_id_++, uid, ttl, unix_now(), false};
+  keys_[key.id] = key;
+  json::object payload{{"iat", key.issued_at}, {"sub", uid}, {"aid", key.id}};
+  if (ttl != -1) payload["exp"] = key.issued_at + std::int64_t{ttl} * 86400;
+  return json_reply(200, json::object{{"jwt", sign_jwt(payload, secret_)}});
+}
+
+json::object LemurTestServer::authority_json(const Authority& a) const {
+  return json::object{{"id", a.id},          {"name", a.name},          {"owner", a.owner},
+                      {"active", a.active},  {"description", ""},       {"plugin", {{"slug", "cryptography-issuer"}}}};
+}
+
+// GET /api/1/authorities?filter=name;X: Lemur's filter is a case-insensitive substring match.
+TestHttpsServer::Reply LemurTestServer::list_authorities(const std::string& query) {
+  std::string filter = query_param(query, "filter");
+  std::string field, term;
+  if (auto semi = filter.find(';'); semi != std::string::npos) {
+    field = filter.substr(0, semi);
+    term = filter.substr(semi + 1);
+  }
+  if (!filter.empty() && field != "name" && field != "id") return flask_page(500);
+  json::array items;
+  for (const auto& [name, a] : authorities_) {
+    if (field == "name" && lower(name).find(lower(term)) == std::string::npos) continue;
+    if (field == "id" && std::to_string(a.id).find(term) == std::string::npos) continue;
+    items.push_back(authority_json(a));
+  }
+  const auto total = static_cast<std::int64_t>(items.size());
+  return json_reply(200, json::object{{"items", std::move(items)}, {"total", total}});
+}
+
+TestHttpsServer::Reply LemurTestServer::get_authority(std::int64_t id) {
+  for (const auto& [name, a] : authorities_)
+    if (a.id == id) return json_reply(200, authority_json(a));
+  return message(404, "No data found");
+}
+
+void LemurTestServer::delete_api_key(const std::string& token) {
+  auto dot = token.find('.');
+  auto payload = json::parse(*b64url_decode(token.substr(dot + 1, token.rfind('.') - dot - 1))).as_object();
+  std::lock_guard lock(mutex_);
+  keys_.erase(payload.at("aid").as_int64());
+}
+
+void LemurTestServer::delete_user(std::int64_t user) {
+  std::lock_guard lock(mutex_);
+  users_.erase(user);
 }
 
 TestHttpsServer::Reply LemurTestServer::list_labelled(const std::string& query, bool destinations) {

@@ -1,30 +1,37 @@
 #pragma once
 // A Lemur 1.9 stand-in for tests (real Lemur needs PostgreSQL, Redis and Celery): HTTPS on
-// 127.0.0.1 and a port of its own (tests/fakes/test_https_server), its own CAs, and the parts
-// of the REST API a broker client uses, reproduced strictly from Lemur's sources:
+// 127.0.0.1 and a port of its own (tests/support/test_https_server), its own CAs, and the parts
+// of the REST API a broker client uses, reproduced from Lemur's sources and answering like the
+// real server in every row of TESTING.md "Netflix Lemur 1.9: how the real server answers":
 //
 //  auth (lemur/auth/service.py login_required): 401 {"message":"Missing authorization header"}
 //    without the header; 403 "Token is invalid" (not a JWT, bad signature), "Token has expired"
 //    (exp, or an API key past its ttl), "Token has been revoked", "User is not currently
-//    active". Tokens are real HS256 JWTs {"sub": user, "aid": key, "iat", ["exp"]} signed with
-//    the server's secret, as Lemur's create_token makes them.
+//    active"; 500 for a deleted key (its row gone) or an unknown user. Tokens are real HS256
+//    JWTs {"sub": user, "aid": key, "iat", ["exp"]} signed with the server's secret.
 //  POST /api/1/certificates (certificates/views.py + schemas.py CertificateInputSchema): keys
 //    camelCase -> snake_case; field errors as {"message":"Validation Error.","reasons":{field:
-//    first message}}, schema-level errors as {"reasons":{"Schema":{"rule":[...]}}} (which then
-//    hide the field errors, as lemur/common/schema.py wrap_errors does); then 403 "You are not
-//    authorized to create a new certificate." (read-only user) and "You are not authorized to
-//    use the authority: X" (no admin role, no role named after the authority's owner or in its
-//    roles); then issuance.
+//    first message}}, schema-level errors as {"reasons":{"Schema":{"rule":[...]}}}; an unknown
+//    id in replaces/destinations/notifications/roles: 400 {"replaces":{"_schema":"Unable to find
+//    <class '...'> with id: N"}}; an unknown authority (name or id) or one sent as a string: 500;
+//    no validity fields: 500 "`validity_start` is required ..."; a body that is not JSON: 400
+//    "The browser (or proxy) sent a request ..."; then 403 "You are not authorized to create a
+//    new certificate." (read-only user) and "You are not authorized to use the authority: X".
 //  Issuance signs the CSR (its self-signature checked) for exactly the CSR's names, with the
-//    requested validityStart/validityEnd, by an intermediate under a root; the answer is the
-//    certificate object in camelCase (id, body, chain, serial in decimal, serialHex, notBefore,
-//    notAfter, issuer, name, replaces, ...). `replaces` must name existing certificates (400
-//    otherwise) and is recorded, so tests can assert the lineage.
+//    requested validityStart/validityEnd, directly by the root, as the cryptography issuer
+//    does: the leaf carries only the SAN extension and `chain` is the root itself. The answer
+//    is the certificate object in camelCase (id, body, chain, csr echoed, description "" when
+//    none, serial in decimal, serialHex, dateCreated, distinguishedName, extensions, user, and
+//    replaces/replacedBy as full nested certificate objects).
 //  Pending authorities answer with a pending certificate (no body, its own id space);
 //    GET /api/1/pending_certificates/N resolves it after a set number of polls (resolved,
 //    resolvedCertId); DELETE cancels it (204). GET /api/1/certificates/N.
-//  GET /api/1/destinations|notifications?filter=label;X (case-insensitive substring, as
-//    lemur/database.py filter), GET /api/1/healthcheck ("ok", or "db check failed" with 200).
+//  GET /api/1/destinations|notifications?filter=label;X and /api/1/authorities?filter=name;X
+//    (case-insensitive substring, as lemur/database.py filter), GET /api/1/authorities/N,
+//    POST /api/1/keys ({"name","ttl","user":{"id","username","email"}} -> {"jwt"}),
+//    GET /api/1/healthcheck ("ok", or "db check failed" with 200, and then every other
+//    authenticated request answers 500). Unknown routes: 404 {"error": ...}; wrong method:
+//    405 {"message": ...}; unhandled errors: 500 {"message":"Internal Server Error"}.
 //  Faults: scripted answers (500, 429/503 with Retry-After, any status and body), delays.
 //
 // Deliberate limits: only issuance from a CSR (a request without csr is refused with 400,
@@ -71,6 +78,10 @@ class LemurTestServer {
     std::string serial_hex;            // uppercase, as Lemur's Hex field
     std::string body;
     std::string chain;
+    std::string csr;                   // echoed back, as Lemur does
+    std::int64_t created{0};
+    std::int64_t user_id{0};           // who created it
+    std::string username;
     std::int64_t from_pending{0};      // pending certificate id it resolved, if any
   };
   struct Fault {                       // a scripted answer for the next matching requests
@@ -98,6 +109,9 @@ class LemurTestServer {
   std::string create_api_key(std::int64_t user, int ttl_days = -1,
                              std::optional<std::chrono::system_clock::time_point> issued_at = std::nullopt);
   void revoke_api_key(const std::string& token);
+  // The key's row deleted (Lemur then answers 500 for it), or its user's.
+  void delete_api_key(const std::string& token);
+  void delete_user(std::int64_t user);
   // A token with an "exp" in the past (a user login token that expired).
   std::string expired_login_token(std::int64_t user);
   // A well-formed JWT signed with another secret.
@@ -164,10 +178,15 @@ class LemurTestServer {
   Reply cancel_pending(std::int64_t id);
   Reply get_certificate(std::int64_t id);
   Reply list_labelled(const std::string& query, bool destinations);
+  Reply create_key(const Request& request, const User& caller);
+  Reply list_authorities(const std::string& query);
+  Reply get_authority(std::int64_t id);
+  boost::json::object authority_json(const Authority& a) const;
   // Signs and records a certificate; returns its output object or an error message.
   std::optional<boost::json::object> issue(const std::string& csr_pem, const boost::json::object& input,
                                            const Authority& authority, std::int64_t from_pending, std::string& error);
-  boost::json::object certificate_json(const Issued& cert) const;
+  // nested: as inside replaces/replacedBy (without those two).
+  boost::json::object certificate_json(const Issued& cert, bool nested = false) const;
   std::string sign_jwt(const boost::json::object& payload, const std::string& secret) const;
 
   TestCert tls_ca_, tls_leaf_, root_, intermediate_;
