@@ -3,6 +3,7 @@
 #include "core/config/config.h"
 #include "tpm/backends.h"
 #include "tpm/file_identity.h"
+#include "tpm/tpm_device.h"
 #include "tpm/tpm_identity.h"
 
 namespace certagent::tpm {
@@ -10,6 +11,9 @@ namespace certagent::tpm {
 Result<OpenedIdentity> open_backend(const config::Config& config, OpenMode mode) {
   const std::string& backend = config.identity.backend;
   if (backend == "tpm") {
+    // At boot the device node may come after us (a driver loaded late): wait for it while the
+    // firmware announces a TPM; without one, say so at once.
+    if (auto device = wait_for_tpm_device(config.identity.tcti); !device) return device.error();
     auto id = TpmIdentity::open({identity_dir(config), config.identity.tcti, enroll_hint(config)}, mode);
     if (!id) return id.error();
     const bool created = (*id)->created();
