@@ -82,6 +82,8 @@ class ServerSet {
 bool needs_identity(const config::Config& c) {
   for (const auto& [name, b] : c.brokers)
     if (b.type != "local") return true;
+  for (const auto& cert : c.certificates)
+    if (cert.files && cert.files->pkcs12 && cert.files->pkcs12->sealed) return true;
   return false;
 }
 
@@ -206,6 +208,7 @@ class Daemon {
                           [this](const std::string& broker, const Error* error) {
                             if (auto it = health_.find(broker); it != health_.end()) it->second->record_issue(error);
                           }};
+    services.identity = identity_.get();
     for (auto& [c, reload, expiry] : prepared) {
       auto loop = std::make_shared<CertificateLoop>(services, *c, brokers.at(c->broker),
                                                     std::move(reload), std::move(expiry));

@@ -102,6 +102,13 @@ std::vector<renewers::SealedSecret> sealed_secrets(const config::Config& config)
     auto secrets = type->secrets(broker);
     out.insert(out.end(), std::make_move_iterator(secrets.begin()), std::make_move_iterator(secrets.end()));
   }
+  for (std::size_t i = 0; i < config.certificates.size(); ++i) {
+    const auto& cert = config.certificates[i];
+    if (!cert.files || !cert.files->pkcs12 || !cert.files->pkcs12->sealed) continue;
+    out.push_back({config::pkcs12_password_secret(cert.name), cert.files->pkcs12->password_file,
+                   renewers::SealedSecret::Format::text,
+                   "certificates[" + std::to_string(i) + "].files.pkcs12.password_file"});
+  }
   return out;
 }
 

@@ -33,7 +33,8 @@ const config::Catalog& builtin_catalog();
 // part (timeout, verify).
 [[nodiscard]] Result<std::unique_ptr<reloaders::Reloader>> make_reloader(const config::ReloaderConfig& config,
                                                                          const reloaders::ReloaderContext& context);
-// The secrets `certagent enroll` seals for the config's brokers, in broker name order.
+// The secrets `certagent enroll` seals: the config's brokers', in broker name order, then the
+// certificates' sealed keystore passwords (files.pkcs12.sealed), in config order.
 std::vector<renewers::SealedSecret> sealed_secrets(const config::Config& config);
 
 }  // namespace certagent::agent

@@ -1,6 +1,7 @@
 #include "agent/certificate_loop.h"
 
 #include "agent/renewal_policy.h"
+#include "renewers/identity_calls.h"
 #include "core/crypto/csr.h"
 #include "core/crypto/keys.h"
 #include "core/crypto/validation.h"
@@ -200,9 +201,15 @@ asio::awaitable<void> CertificateLoop::load_initial() {
   services_.metrics->set(metric::kNotAfter, labels(), to_unix_seconds(material->not_after));
   services_.metrics->set(metric::kExpired, labels(), now >= material->not_after ? 1 : 0);
   services_.metrics->set(metric::kNotYetValid, labels(), now < material->not_before ? 1 : 0);
-  if (!mismatch.empty()) {
+  std::string why = mismatch;
+  if (why.empty()) {
+    // formats changed since the generation was written (keystore.p12 added): write it now.
+    const auto missing = sink_->missing_outputs();
+    if (!missing.empty()) why = "the stored generation has no " + missing.front();
+  }
+  if (!why.empty()) {
     logger()->info("event=stored_certificate_outdated name={} serial={} reason={} action=renewing_now",
-                   config_.name, material->serial_hex, log::quote(mismatch));
+                   config_.name, material->serial_hex, log::quote(why));
     force_renewal_ = true;
   } else if (material->valid_at(now)) {
     schedule_from(*material, std::nullopt);
@@ -440,11 +447,34 @@ Stage<MaterialPtr> CertificateLoop::validate(Issued& issued) {
 asio::awaitable<Stage<>> CertificateLoop::commit(const MaterialPtr& material) {
   // 6: commit. Files first (fsyncs on the pool), then the in-memory bundle and watchers.
   if (sink_) {
+    // A sealed keystore password is unsealed for this write only and wiped after it.
+    std::optional<Secret> password;
+    const auto& files = *config_.files;
+    if (files.pkcs12 && files.pkcs12->sealed) {
+      if (!services_.identity)
+        co_return failure(FailureKind::local, config_error(Cause::local_config, "pkcs12_password",
+                                                           "files.pkcs12.sealed needs the host identity"));
+      auto unsealed = co_await renewers::identity_unseal(*services_.identity, services_.executor,
+                                                         config::pkcs12_password_secret(config_.name),
+                                                         material->not_after);
+      if (!unsealed) {
+        Error e = with_context("unsealing " + config::pkcs12_password_secret(config_.name) +
+                                   " (files.pkcs12.sealed: run `certagent enroll` with the password file in place)",
+                               unsealed.error());
+        e.cause = Cause::local_config;
+        e.reason = "pkcs12_password";
+        co_return failure(FailureKind::local, std::move(e));
+      }
+      password = std::move(*unsealed);
+    }
+    const std::string trust_pem = files.pkcs12 ? trust_->pem() : std::string();
+    const Pkcs12Inputs inputs{config_.name, trust_pem, password ? &*password : nullptr};
     // Only trivially destructible captures in a lambda passed within a co_await expression:
     // GCC 12 destroys such temporaries twice (a shared_ptr capture freed the material early).
     const Material* to_write = material.get();
+    const Pkcs12Inputs* extra = &inputs;
     auto committed = co_await run_on(services_.workers->get_executor(),
-                                     [this, to_write] { return sink_->commit(*to_write); });
+                                     [this, to_write, extra] { return sink_->commit(*to_write, *extra); });
     if (!committed)
       co_return failure(FailureKind::local, with_context("writing " + sink_->config().dir.string(), committed.error()));
   }

@@ -47,6 +47,7 @@ struct LoopServices {
   std::function<void(const std::string& broker, const Error* error)> broker_outcome;
   LoopTimerFactory timers;               // empty: system_loop_timers(*clock)
   std::optional<unsigned> seed;          // jitter and backoff randomness; empty: random_device
+  tpm::Identity* identity{nullptr};      // unseals sealed keystore passwords; null without one
 };
 
 // Why a rotation stopped. The one failure path (CertificateLoop::fail) turns each kind into

@@ -1,6 +1,7 @@
 #include "agent/file_sink.h"
 
 #include "core/crypto/keys.h"
+#include "core/crypto/pkcs12.h"
 #include "core/crypto/ossl_ptr.h"
 #include "core/crypto/x509.h"
 #include "core/logging.h"
@@ -256,7 +257,10 @@ bool is_our_temp_name(std::string_view name) {
   auto base = name.substr(2, pos - 2);
   if (base != "data") {
     const auto& names = FileSink::file_names();
-    if (std::find(names.begin(), names.end(), base) == names.end()) return false;
+    const auto& p12 = FileSink::pkcs12_file_names();
+    if (std::find(names.begin(), names.end(), base) == names.end() &&
+        std::find(p12.begin(), p12.end(), base) == p12.end())
+      return false;
   }
   auto rand = name.substr(pos + 5);
   return !rand.empty() && std::all_of(rand.begin(), rand.end(), [](char c) {
@@ -361,6 +365,30 @@ Result<> write_generation_file(int genfd, const fs::path& gen_path, const FileSp
   return fd.close(path);
 }
 
+// The keystore password from files.pkcs12.password_file (symlinks followed: secret mounts use
+// them). The read buffer is wiped.
+Result<Secret> read_password_file(const fs::path& path) {
+  const std::string what = "files.pkcs12.password_file " + path.string();
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return errno_error(what, errno);
+  std::string buf(4096, '\0');
+  std::size_t got = 0;
+  while (got < buf.size()) {
+    ssize_t n = ::read(fd.get(), buf.data() + got, buf.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      OPENSSL_cleanse(buf.data(), buf.size());
+      return errno_error(what, err);
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  auto password = crypto::password_from_text(std::string_view(buf.data(), got), what);
+  OPENSSL_cleanse(buf.data(), buf.size());
+  return password;
+}
+
 std::string serial_for_name(const std::string& serial_hex) {
   std::string out;
   for (char c : serial_hex) {
@@ -399,6 +427,17 @@ const std::vector<std::string>& FileSink::file_names() {
   return kNames;
 }
 
+const std::vector<std::string>& FileSink::pkcs12_file_names() {
+  static const std::vector<std::string> kNames = {"keystore.p12", "truststore.p12"};
+  return kNames;
+}
+
+std::vector<std::string> FileSink::output_names() const {
+  std::vector<std::string> out = file_names();
+  if (files_.pkcs12_enabled()) out.insert(out.end(), pkcs12_file_names().begin(), pkcs12_file_names().end());
+  return out;
+}
+
 bool FileSink::is_generation_name(std::string_view name) {
   if (name.size() < 2 + kTimestampTemplate.size() + 2 || name.substr(0, 2) != "..") return false;
   for (std::size_t i = 0; i < kTimestampTemplate.size(); ++i) {
@@ -425,7 +464,7 @@ bool FileSink::is_generation_name(std::string_view name) {
 
 FileSink::FileSink(config::FilesConfig files) : files_(std::move(files)) {}
 
-Result<fs::path> FileSink::commit(const Material& m) {
+Result<fs::path> FileSink::commit(const Material& m, const Pkcs12Inputs& pkcs12) {
   const fs::path& dir = files_.dir;
   auto fail = [&](Error e) -> Result<fs::path> {
     return with_context("writing certificate files to " + dir.string(), std::move(e));
@@ -452,6 +491,29 @@ Result<fs::path> FileSink::commit(const Material& m) {
   const std::string serial = m.serial_hex.empty() ? facts->serial_hex : m.serial_hex;
   auto owner = resolve_ownership(files_);
   if (!owner) return fail(owner.error());
+  // The keystores are built in memory too: a wrong password file or trust bundle fails the
+  // commit before anything is written.
+  Secret keystore;
+  std::string truststore;
+  if (files_.pkcs12_enabled()) {
+    std::optional<Secret> from_file;
+    const Secret* password = pkcs12.password;
+    if (!password) {
+      if (files_.pkcs12->sealed) return fail(make_error("the sealed keystore password was not unsealed"));
+      auto read = read_password_file(files_.pkcs12->password_file);
+      if (!read) return fail(read.error());
+      from_file = std::move(*read);
+      password = &*from_file;
+    }
+    const std::string alias = pkcs12.alias.empty() ? files_.dir.filename().string() : std::string(pkcs12.alias);
+    auto ks = crypto::make_keystore(alias, m.key_pem.view(), m.cert_pem, m.chain_pem, *password);
+    if (!ks) return fail(ks.error());
+    keystore = std::move(*ks);
+    if (is_blank(pkcs12.trust_pem)) return fail(make_error("truststore.p12: no trust bundle to write"));
+    auto ts = crypto::make_truststore(pkcs12.trust_pem, *password);
+    if (!ts) return fail(with_context("truststore.p12", ts.error()));
+    truststore = std::move(*ts);
+  }
 
   // 2. The directory, locked against a second writer; leftovers of a crashed commit cleaned.
   if (auto r = fs_util::make_directories(dir, kDirMode); !r) return fail(r.error());
@@ -480,7 +542,7 @@ Result<fs::path> FileSink::commit(const Material& m) {
   }
 
   // A directory where a symlink must go is someone else's: refuse before writing anything.
-  std::vector<std::string> names = file_names();
+  std::vector<std::string> names = output_names();
   names.emplace_back(kDataLink);
   for (const auto& name : names) {
     struct stat st {};
@@ -540,6 +602,14 @@ Result<fs::path> FileSink::commit(const Material& m) {
       return abandon(r.error());
     }
   }
+  if (files_.pkcs12_enabled()) {
+    const std::string_view ks[] = {keystore.view()};
+    const std::string_view ts[] = {truststore};
+    if (auto r = write_generation_file(genfd.get(), gen_path, {"keystore.p12", kSecretMode}, *owner, ks); !r)
+      return abandon(r.error());
+    if (auto r = write_generation_file(genfd.get(), gen_path, {"truststore.p12", kPublicMode}, *owner, ts); !r)
+      return abandon(r.error());
+  }
   // The generation directory stays the daemon's (0755): the files in it carry the owner, and
   // pruning old generations needs write access to the directory, which a chown would take away.
   if (::fchmod(genfd.get(), kDirMode) != 0) {
@@ -552,7 +622,7 @@ Result<fs::path> FileSink::commit(const Material& m) {
 
   // 4. The stable top-level links, made once; each resolves through ..data, so they are correct
   // before and after the swap.
-  for (const auto& name : file_names()) {
+  for (const auto& name : output_names()) {
     const std::string target = std::string(kDataLink) + "/" + name;
     if (auto cur = read_link_at(dirfd, name.c_str()); cur && *cur == target) continue;
     if (auto r = swap_symlink(dirfd, dir, name, target, ".." + name + ".tmp-"); !r) {
@@ -698,6 +768,21 @@ Result<std::optional<Material>> FileSink::load_current() const {
   return std::optional<Material>(std::move(m));
 }
 
+std::vector<std::string> FileSink::missing_outputs() const {
+  std::vector<std::string> missing;
+  UniqueFd dirfd(::open(files_.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!dirfd) return missing;
+  auto target = read_link_at(dirfd.get(), kDataLink);
+  if (!target || !is_generation_name(*target)) return missing;
+  for (const auto& name : output_names()) {
+    struct stat st {};
+    const std::string rel = *target + "/" + name;
+    if (::fstatat(dirfd.get(), rel.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      missing.push_back(name);
+  }
+  return missing;
+}
+
 Result<> FileSink::remove_all_generations() {
   const fs::path& dir = files_.dir;
   auto fail = [&](Error e) -> Result<> {
@@ -722,7 +807,9 @@ Result<> FileSink::remove_all_generations() {
       S_ISLNK(st.st_mode) && ::unlinkat(dirfd.get(), kDataLink, 0) != 0) {
     note(errno_error("removing " + (dir / kDataLink).string(), errno));
   }
-  for (const auto& name : file_names()) {
+  std::vector<std::string> all_names = file_names();
+  all_names.insert(all_names.end(), pkcs12_file_names().begin(), pkcs12_file_names().end());
+  for (const auto& name : all_names) {
     auto cur = read_link_at(dirfd.get(), name.c_str());
     if (cur && *cur == std::string(kDataLink) + "/" + name &&
         ::unlinkat(dirfd.get(), name.c_str(), 0) != 0) {

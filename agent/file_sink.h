@@ -12,6 +12,9 @@
 // sorts after every existing generation (the timestamp is bumped past the newest one when the
 // clock is behind), so name order is commit order.
 //
+// With `formats: [pkcs12]` each generation also holds keystore.p12 (key + chain, 0600) and
+// truststore.p12 (the certificate's trust bundle), linked at the top level like the others.
+//
 // Foreign content in <dir> is left alone, except: a regular file (or other non-directory) at
 // ..data or at one of the six link names is replaced atomically by our symlink, since it cannot
 // be a valid generation; a directory there is an error. Generation directories that were never
@@ -32,6 +35,15 @@
 
 namespace certagent {
 
+// What the PKCS#12 outputs need besides the material: the trust bundle, and the password when
+// it is sealed (the caller unseals it); a password from a file is read by the sink at each write.
+struct Pkcs12Inputs {
+  std::string_view alias;       // the keystore entry's friendly name: the certificate's name
+                                // (empty: the directory's name)
+  std::string_view trust_pem;
+  const Secret* password{nullptr};
+};
+
 class FileSink {
  public:
   explicit FileSink(config::FilesConfig files);
@@ -40,19 +52,27 @@ class FileSink {
   // On any error before the swap the partial generation is removed and the current one is
   // untouched. Returns the new generation's directory. Only one writer per <dir>: a second one
   // (another process) gets an error instead of interleaving.
-  [[nodiscard]] Result<std::filesystem::path> commit(const Material& m);
+  [[nodiscard]] Result<std::filesystem::path> commit(const Material& m, const Pkcs12Inputs& pkcs12 = {});
 
   // The current generation, read through one resolution of ..data. nullopt when there is none
   // (no ..data); an Error when it is corrupt, unreadable or the key does not match the leaf.
   [[nodiscard]] Result<std::optional<Material>> load_current() const;
 
-  // Removes ..data, our six links and every generation (files.remove_on_expiry).
+  // The configured output files the current generation lacks (formats changed since it was
+  // written); empty when there is no current generation.
+  [[nodiscard]] std::vector<std::string> missing_outputs() const;
+
+  // Removes ..data, our links and every generation (files.remove_on_expiry).
   [[nodiscard]] Result<> remove_all_generations();
 
   const config::FilesConfig& config() const { return files_; }
 
-  // The six names in each generation and at the top level.
+  // The six PEM-layout names in each generation and at the top level.
   static const std::vector<std::string>& file_names();
+  // keystore.p12 and truststore.p12 (formats: [pkcs12]).
+  static const std::vector<std::string>& pkcs12_file_names();
+  // What this sink writes: file_names(), plus the PKCS#12 ones when configured.
+  std::vector<std::string> output_names() const;
   // Whether `name` has the form of one of our generation directories.
   static bool is_generation_name(std::string_view name);
 

@@ -2,7 +2,8 @@
 # Installs what certagent needs from Debian's packages: `build` for building it, `test` for the
 # real servers the tests start, `image` for the booted-image test (tests/image: a Debian 12 root
 # filesystem from mmdebstrap, booted under qemu with a swtpm TPM), `demo` for the demo, `bench`
-# for the peers of the side-by-side ACME benchmark (bench/acme). Run as root; only installs what
+# for the peers of the side-by-side ACME benchmark (bench/acme), `java` (optional, not in CI) for
+# keytool in file_sink_pkcs12_test. Run as root; only installs what
 # is missing.
 set -euo pipefail
 
@@ -16,6 +17,10 @@ test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy 
 image_pkgs=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs swtpm swtpm-tools golang-cfssl)
 demo_pkgs=(openssl)
 bench_pkgs=(lego uacme certbot)
+# Optional, not called by CI: Java's keytool reads keystore.p12 in file_sink_pkcs12_test (the test
+# is registered only when CMake finds keytool). ~44 MB download, 189 MB installed, plus a JVM run
+# by ca-certificates-java's trigger: too slow for every CI run.
+java_pkgs=(openjdk-17-jre-headless)
 
 want=("${build_pkgs[@]}")
 for group in "$@"; do
@@ -25,7 +30,8 @@ for group in "$@"; do
     image) want+=("${image_pkgs[@]}") ;;
     demo) want+=("${demo_pkgs[@]}") ;;
     bench) want+=("${bench_pkgs[@]}") ;;
-    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench)" >&2; exit 2 ;;
+    java) want+=("${java_pkgs[@]}") ;;
+    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench | java)" >&2; exit 2 ;;
   esac
 done
 

@@ -18,6 +18,7 @@
 #include <fstream>
 #include <limits>
 #include <map>
+#include <set>
 #include <sstream>
 #include <system_error>
 
@@ -522,9 +523,9 @@ std::optional<CertificateConfig> Schema::certificate(const Field& f, const Confi
 }
 
 std::optional<FilesConfig> Schema::files(const Field& f) {
-  MapView m(r_, f, "a mapping { dir, owner, group, keep, remove_on_expiry }");
+  MapView m(r_, f, "a mapping { dir, owner, group, keep, remove_on_expiry, formats, pkcs12 }");
   if (!m.valid()) return std::nullopt;
-  m.allow({"dir", "owner", "group", "keep", "remove_on_expiry"});
+  m.allow({"dir", "owner", "group", "keep", "remove_on_expiry", "formats", "pkcs12"});
   FilesConfig out;
   if (auto d = m.require("dir", "the directory the files go to, like /etc/certagent/live/web")) {
     if (auto p = r_.path(*d, true)) out.dir = *p;
@@ -534,6 +535,47 @@ std::optional<FilesConfig> Schema::files(const Field& f) {
   m.opt_int("keep", 1, 1000, out.keep);
   m.opt("remove_on_expiry", [&](const Field& x) { return r_.boolean(x); },
       [&](bool v) { out.remove_on_expiry = v; });
+  bool wants_pkcs12 = false;
+  std::optional<Field> formats_field = m.get("formats");
+  if (formats_field) {
+    if (auto list = r_.items(*formats_field, "a list of output formats like [pem, pkcs12]")) {
+      std::set<std::string> seen;
+      for (const auto& item : *list) {
+        auto format = r_.one_of(item, {"pem", "pkcs12"}, "output format");
+        if (!format) continue;
+        if (!seen.insert(*format).second) {
+          r_.fail(item, "got '" + *format + "' twice", "each format once");
+          continue;
+        }
+        if (*format == "pkcs12") wants_pkcs12 = true;
+      }
+    }
+  }
+  // PEM is always written: reloaders and restarts read it.
+  out.formats = {"pem"};
+  if (wants_pkcs12) out.formats.emplace_back("pkcs12");
+  if (auto pf = m.get("pkcs12")) {
+    MapView pm(r_, *pf, "a mapping { password_file, sealed }");
+    if (pm.valid()) {
+      pm.allow({"password_file", "sealed"});
+      Pkcs12Config p;
+      if (auto pw = pm.require("password_file",
+                               "the file holding the keystore password, like /etc/certagent/web.p12.pass")) {
+        if (auto path = r_.path(*pw, true)) p.password_file = *path;
+      }
+      pm.opt("sealed", [&](const Field& x) { return r_.boolean(x); }, [&](bool v) { p.sealed = v; });
+      if (!wants_pkcs12) {
+        r_.error(pf->mark(), pf->path + ": a keystore password but no keystore, expected pkcs12 in " +
+                                 f.child("formats") + " (or no pkcs12: mapping)");
+      }
+      out.pkcs12 = std::move(p);
+    }
+  } else if (wants_pkcs12) {
+    r_.error(formats_field->mark(), formats_field->path +
+                                        ": pkcs12 needs a password, expected " + f.child("pkcs12") +
+                                        ": { password_file: PATH } beside it");
+  }
+  if (!wants_pkcs12) out.pkcs12.reset();
   return out;
 }
 

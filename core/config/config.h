@@ -120,13 +120,32 @@ struct CertDefaults {
   bool operator==(const CertDefaults&) const = default;
 };
 
+// files.pkcs12: the password of keystore.p12 and truststore.p12.
+struct Pkcs12Config {
+  std::filesystem::path password_file;       // read at every write (left in place for the app) ...
+  bool sealed{false};                        // ... or sealed into the identity by `certagent enroll`
+                                             // as "<certificate>.pkcs12_password" and deleted
+
+  bool operator==(const Pkcs12Config&) const = default;
+};
+
+// The identity's name for a certificate's sealed keystore password.
+inline std::string pkcs12_password_secret(std::string_view certificate) {
+  return std::string(certificate) + ".pkcs12_password";
+}
+
 struct FilesConfig {
   std::filesystem::path dir;
   std::string owner;                         // empty: the daemon's user
   std::string group;                         // empty: the daemon's group
   std::uint32_t keep{3};
   bool remove_on_expiry{false};
+  // Output formats besides the PEM layout, which is always written (the daemon reloads from it):
+  // "pkcs12" adds keystore.p12 and truststore.p12 to each generation.
+  std::vector<std::string> formats{"pem"};
+  std::optional<Pkcs12Config> pkcs12;        // given exactly when formats holds pkcs12
 
+  bool pkcs12_enabled() const { return pkcs12.has_value(); }
   bool operator==(const FilesConfig&) const = default;
 };
 

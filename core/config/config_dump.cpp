@@ -148,6 +148,14 @@ std::string dump_config(const Config& c) {
       w.str("group", cert.files->group);
       w.integer("keep", cert.files->keep);
       w.boolean("remove_on_expiry", cert.files->remove_on_expiry);
+      w.strings("formats", cert.files->formats);
+      if (cert.files->pkcs12) {
+        w.key("pkcs12");
+        w.begin_map();
+        w.path("password_file", cert.files->pkcs12->password_file);
+        w.boolean("sealed", cert.files->pkcs12->sealed);
+        w.end_map();
+      }
       w.end_map();
     }
     w.key("socket");

@@ -151,7 +151,29 @@ const ErrorCase kErrorCases[] = {
      "    files: { dir: /srv/web, foo: 1 }\n",
      "7:29",
      "unknown key 'foo' in certificates[0].files; expected one of: dir, owner, group, keep, "
-     "remove_on_expiry"},
+     "remove_on_expiry, formats, pkcs12"},
+    {"unknown output format", HEAD
+     "    broker: dev\n"
+     "    common_name: web\n"
+     "    files: { dir: /srv/web, formats: [pem, jks] }\n",
+     "7:44", "certificates[0].files.formats[1]: unknown output format 'jks', expected output format: one of pem, pkcs12"},
+    {"pkcs12 without a password", HEAD
+     "    broker: dev\n"
+     "    common_name: web\n"
+     "    files: { dir: /srv/web, formats: [pkcs12] }\n",
+     "7:38", "certificates[0].files.formats: pkcs12 needs a password, expected certificates[0].files.pkcs12: "
+     "{ password_file: PATH }"},
+    {"a keystore password without pkcs12", HEAD
+     "    broker: dev\n"
+     "    common_name: web\n"
+     "    files: { dir: /srv/web, pkcs12: { password_file: /etc/p } }\n",
+     "7:37", "certificates[0].files.pkcs12: a keystore password but no keystore, expected pkcs12 in "
+     "certificates[0].files.formats"},
+    {"pkcs12 password_file missing", HEAD
+     "    broker: dev\n"
+     "    common_name: web\n"
+     "    files: { dir: /srv/web, formats: [pkcs12], pkcs12: { sealed: true } }\n",
+     "7:48", "missing key 'password_file'"},
     {"unknown key in a reloader", HEAD
      "    broker: dev\n"
      "    common_name: web.internal\n"
@@ -892,7 +914,8 @@ TEST(ConfigDump, UnusualValuesRoundTrip) {
       "    dns_names: [\"*.svc.internal\"]\n"
       "    ip_addresses: [\"::1\", 10.0.0.1]\n"
       "    lifetime: 1h30m\n"
-      "    files: { dir: /srv/x, owner: \"1000\", keep: 7, remove_on_expiry: true }\n"
+      "    files: { dir: /srv/x, owner: \"1000\", keep: 7, remove_on_expiry: true, formats: [pkcs12],\n"
+      "             pkcs12: { password_file: /etc/certagent/x.pass, sealed: true } }\n"
       "    socket: { allow_uids: [33], allow_gids: [4, 5] }\n"
       "    reload:\n"
       "      - { type: signal, pid: 4242, signal: 34 }\n"
@@ -905,6 +928,10 @@ TEST(ConfigDump, UnusualValuesRoundTrip) {
       "    common_name: \"yes\"\n");
   EXPECT_EQ(c.socket.group, "null");
   EXPECT_EQ(c.socket.mode, 0600u);
+  ASSERT_TRUE(c.certificates[0].files && c.certificates[0].files->pkcs12);
+  EXPECT_EQ(c.certificates[0].files->formats, (std::vector<std::string>{"pem", "pkcs12"}));
+  EXPECT_EQ(c.certificates[0].files->pkcs12->password_file, "/etc/certagent/x.pass");
+  EXPECT_TRUE(c.certificates[0].files->pkcs12->sealed);
   expect_round_trip(c);
 }
 
