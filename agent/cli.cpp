@@ -3,6 +3,7 @@
 #include "agent/agent.h"
 #include "agent/builtin_plugins.h"
 #include "agent/cli_client.h"
+#include "agent/doctor.h"
 #include "core/config/config.h"
 #include "core/logging.h"
 #include "agent/state_file.h"
@@ -34,9 +35,12 @@ Usage:
   certagent renew NAME   [--socket PATH]                            ask for an immediate rotation
   certagent enroll       --config FILE [--csr-out FILE] [--csr-subject CN]
                                              create the TPM identity (first boot), print its public key
+  certagent doctor       [--config FILE] [--json]
+                                             check what this host needs, say what to fix
   certagent version
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error
+(doctor: 0 all checks pass, 1 warnings only, 2 a check failed).
 `certagent COMMAND --help` describes one command.
 )";
 
@@ -69,6 +73,15 @@ const std::map<std::string, CommandHelp>& command_help() {
                   "its public key and SHA-256 fingerprint for the broker's allowlist, seals broker\n"
                   "secrets named in the config into the TPM and deletes their plaintext files.\n"
                   "--csr-out writes a CSR for an identity certificate, signed in the TPM."}},
+      {"doctor", {"certagent doctor [--config FILE] [--json]",
+                  "Checks what this host needs and says what to fix: config; state_dir owner and mode;\n"
+                  "TPM and identity; sealed secrets of every broker; each broker (answers, TLS trusted,\n"
+                  "accepts our credentials at the last issuance); the daemon; each certificate's trust\n"
+                  "bundle (parses, covers the current leaf), output directory (writable by the daemon's\n"
+                  "user = state_dir's owner; owner and mode of the files), reloader targets and verify\n"
+                  "addresses (serving the current serial); the clock; the systemd unit.\n"
+                  "Exit 0 when every check passes, 1 with warnings only, 2 when one fails.\n"
+                  "Run it as root or as the daemon's user."}},
       {"version", {"certagent version", "Prints the version."}},
   };
   return help;
@@ -277,6 +290,11 @@ int run_cli(int argc, char** argv) {
     if (int rc = check_options(*args, {"--socket"}, 1)) return rc;
     return cli::cli_renew(option(*args, "--socket").value_or(kDefaultSocket), args->positional[0],
                      std::cout, std::cerr);
+  }
+  if (cmd == "doctor") {
+    if (int rc = check_options(*args, {"--config", "--json"}, 0)) return rc;
+    return doctor::run_doctor(option(*args, "--config").value_or(kDefaultConfig), has_flag(*args, "--json"),
+                              std::cout);
   }
   if (cmd == "enroll") {
     if (int rc = check_options(*args, {"--config", "--csr-out", "--csr-subject"}, 0)) return rc;
