@@ -41,7 +41,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <charconv>
 #include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -58,6 +63,9 @@ namespace json = boost::json;
 using namespace asio::experimental::awaitable_operators;
 
 const SystemClock kSystemClock;
+// Set when a TPM call was left waiting (open_identity_bounded): the process then ends without
+// running destructors that thread might race with.
+std::atomic<bool> g_abandoned_thread{false};
 
 // ---- small facts about the host ------------------------------------------------------------
 
@@ -79,14 +87,21 @@ std::string group_name(gid_t gid) {
   return "gid " + std::to_string(gid);
 }
 
+// A numeric owner or group as the file sink takes it ("1000").
+std::optional<std::uint32_t> parse_id(const std::string& s) {
+  std::uint32_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
 std::optional<uid_t> lookup_user(const std::string& name) {
   long size = sysconf(_SC_GETPW_R_SIZE_MAX);
   std::vector<char> buf(static_cast<std::size_t>(size > 0 ? size : 16384));
   passwd pw{};
   passwd* found = nullptr;
   if (getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found) == 0 && found) return pw.pw_uid;
-  if (!name.empty() && std::all_of(name.begin(), name.end(), ::isdigit)) return static_cast<uid_t>(std::stoul(name));
-  return std::nullopt;
+  return parse_id(name);
 }
 
 std::optional<gid_t> lookup_group(const std::string& name) {
@@ -95,8 +110,7 @@ std::optional<gid_t> lookup_group(const std::string& name) {
   group gr{};
   group* found = nullptr;
   if (getgrnam_r(name.c_str(), &gr, buf.data(), buf.size(), &found) == 0 && found) return gr.gr_gid;
-  if (!name.empty() && std::all_of(name.begin(), name.end(), ::isdigit)) return static_cast<gid_t>(std::stoul(name));
-  return std::nullopt;
+  return parse_id(name);
 }
 
 // The user the daemon runs as: see doctor.h.
@@ -267,9 +281,9 @@ class Doctor {
     if (!check_config()) return std::move(report_);
     user_ = daemon_user(config_.state_dir);
     check_state_dir();
+    read_daemon_view();
     check_identity();
     check_sealed_secrets();
-    read_daemon_view();
     check_daemon();
     asio::co_spawn(io_, network_checks(), asio::detached);
     io_.run();
@@ -364,7 +378,14 @@ class Doctor {
       add("identity", subject, Verdict::skip, "no broker or keystore needs the host identity");
       return;
     }
-    auto opened = tpm::open_identity(config_);
+    if (daemon_answers_ && !tpm_shared_safely()) {
+      identity_skipped_ = "the running daemon holds the TPM at " + config_.identity.tcti +
+                          ", which has no resource manager: a second client would take its object slots";
+      add("identity", subject, Verdict::skip, identity_skipped_ + " (the daemon runs, so its identity loaded)",
+          "stop the daemon to check the TPM from here, or use device:/dev/tpmrm0");
+      return;
+    }
+    auto opened = open_identity_bounded();
     if (!opened) {
       std::error_code ec;
       const bool enrolled = fs::exists(tpm::identity_dir(config_), ec);
@@ -385,12 +406,47 @@ class Doctor {
       add("identity", subject, Verdict::ok, "the TPM answers and the identity loads");
   }
 
+  // The kernel's resource manager (/dev/tpmrm0) or tabrmd gives each client its own object
+  // slots; a raw device or a swtpm socket does not.
+  bool tpm_shared_safely() const {
+    const auto& t = config_.identity.tcti;
+    return config_.identity.backend != "tpm" || t.rfind("device:/dev/tpmrm", 0) == 0 || t.rfind("tabrmd", 0) == 0;
+  }
+
+  // open_identity() blocks while the TPM does not answer, and a swtpm socket serves one client
+  // at a time (the running daemon's): wait at most the network timeout. A thread that is still
+  // waiting then is left behind; the process ends soon after the report.
+  Result<std::unique_ptr<tpm::Identity>> open_identity_bounded() {
+    struct Shared {
+      std::mutex mutex;
+      std::condition_variable done;
+      std::optional<Result<std::unique_ptr<tpm::Identity>>> result;
+      config::Config config;
+    };
+    auto shared = std::make_shared<Shared>();
+    shared->config = config_;
+    std::thread([shared] {
+      auto r = tpm::open_identity(shared->config);
+      std::lock_guard lock(shared->mutex);
+      shared->result.emplace(std::move(r));
+      shared->done.notify_all();
+    }).detach();
+    std::unique_lock lock(shared->mutex);
+    if (!shared->done.wait_for(lock, options_.timeout, [&] { return shared->result.has_value(); })) {
+      g_abandoned_thread = true;
+      return make_error("the TPM did not answer within " + config::format_duration(options_.timeout) +
+                        " (a swtpm socket serves one client at a time: is the daemon holding it?)");
+    }
+    return std::move(*shared->result);
+  }
+
   void check_sealed_secrets() {
     for (const auto& s : agent::sealed_secrets(config_)) {
       std::error_code ec;
       const bool plaintext = fs::exists(s.file, ec);
       if (!identity_) {
-        add("sealed_secret", s.name, Verdict::skip, "the identity did not open");
+        add("sealed_secret", s.name, Verdict::skip,
+            identity_skipped_.empty() ? "the identity did not open" : "not checked: " + identity_skipped_);
         continue;
       }
       if (identity_->has_secret(s.name)) {
@@ -632,7 +688,7 @@ class Doctor {
         add("reloader", subject, Verdict::skip, "unit " + u->unit + ": systemd is not running here");
         return;
       }
-      auto shown = run_command({"systemctl", "show", "-p", "LoadState", "--value", u->unit});
+      auto shown = run_command({"timeout", "5", "systemctl", "show", "-p", "LoadState", "--value", u->unit});
       const std::string load = trim(shown.out);
       if (load != "loaded")
         add("reloader", subject, Verdict::fail, "unit " + u->unit + ": " + (load.empty() ? "unknown" : load),
@@ -841,7 +897,7 @@ class Doctor {
       if (v != Verdict::ok) fix = "fix time sync (timedatectl, chronyc tracking)";
     }
     if (find_program("timedatectl") && under_systemd()) {
-      auto synced = run_command({"timedatectl", "show", "-p", "NTPSynchronized", "--value"});
+      auto synced = run_command({"timeout", "5", "timedatectl", "show", "-p", "NTPSynchronized", "--value"});
       const std::string s = trim(synced.out);
       if (s == "yes") {
         said.push_back("NTP synchronized");
@@ -862,8 +918,8 @@ class Doctor {
       add("systemd", options_.unit, Verdict::skip, "systemd is not running here");
       return;
     }
-    const std::string enabled = trim(run_command({"systemctl", "is-enabled", options_.unit}).out);
-    const std::string active = trim(run_command({"systemctl", "is-active", options_.unit}).out);
+    const std::string enabled = trim(run_command({"timeout", "5", "systemctl", "is-enabled", options_.unit}).out);
+    const std::string active = trim(run_command({"timeout", "5", "systemctl", "is-active", options_.unit}).out);
     const std::string said = "enabled: " + (enabled.empty() ? std::string("unknown") : enabled) +
                              ", active: " + (active.empty() ? std::string("unknown") : active);
     if (enabled != "enabled" && enabled != "static" && enabled != "enabled-runtime")
@@ -882,6 +938,7 @@ class Doctor {
   config::Config config_;
   DaemonUser user_;
   std::unique_ptr<tpm::Identity> identity_;
+  std::string identity_skipped_;  // why the identity was not opened
   std::optional<json::object> view_;
   std::string view_source_;
   bool daemon_answers_{false};
@@ -965,6 +1022,11 @@ int run_doctor(const fs::path& config_path, bool as_json, std::ostream& out) {
     out << json::serialize(report.to_json()) << "\n";
   else
     out << report.to_text();
+  if (g_abandoned_thread) {
+    out.flush();
+    std::fflush(nullptr);
+    std::_Exit(report.exit_code());
+  }
   return report.exit_code();
 }
 

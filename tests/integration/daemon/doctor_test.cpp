@@ -5,6 +5,7 @@
 
 #include "tests/support/daemon_fixture.h"
 #include "tests/support/multirootca.h"
+#include "tests/support/swtpm.h"
 #include "tests/support/test_pki.h"
 
 #include <boost/json.hpp>
@@ -213,6 +214,47 @@ TEST(Doctor, EachBrokenPartIsNamed) {
   expect_verdict(bad, "config", d.config_path().string(), "fail", d.config_path().string() + ":");
   EXPECT_NE(field(bad.checks[0], "message").find("unknown key 'bogus_key'"), std::string::npos) << bad.raw;
   EXPECT_EQ(d.stop(), 0);
+}
+
+TEST(Doctor, TheTpmAndASealedKeystorePassword) {
+  DaemonFixture d;
+  tpm::test::Swtpm tpm(d.dir() / "swtpm");
+  DaemonFixture::Header header;
+  header.identity = "{ backend: tpm, tcti: \"" + tpm.tcti() + "\" }";
+  write_file(d.dir() / "web.pass", "pw\n", fs::perms(0600));
+  d.write_config("certificates:\n  - name: web\n    broker: dev\n    common_name: web.internal\n    files:\n"
+                 "      dir: " + d.live_dir("web").string() + "\n      formats: [pkcs12]\n"
+                 "      pkcs12: { password_file: " + (d.dir() / "web.pass").string() + ", sealed: true }\n",
+                 header);
+  auto enrolled = d.cli({"enroll"});
+  ASSERT_EQ(enrolled.exit_code, 0) << enrolled.out << enrolled.err;
+
+  // The daemon is not running (a swtpm socket serves one client at a time).
+  auto r = doctor(d);
+  const std::string subject = "tpm " + tpm.tcti();
+  expect_verdict(r, "identity", subject, "ok", "the TPM answers");
+  expect_verdict(r, "sealed_secret", "web.pkcs12_password", "ok");
+  expect_verdict(r, "daemon", d.socket_path().string(), "warn", "does not answer");
+  expect_verdict(r, "files", "web", "warn", "does not exist yet");
+  EXPECT_EQ(r.exit_code, 1) << r.raw;  // warnings only
+
+  // With the daemon running on a TPM without a resource manager (a swtpm socket, /dev/tpm0), doctor
+  // leaves the TPM alone: a second client would take the object slots the daemon needs.
+  d.start();
+  ASSERT_TRUE(d.wait_new_serial("web", {}, 30s)) << d.log();
+  auto busy = doctor(d);
+  expect_verdict(busy, "identity", subject, "skip", "no resource manager");
+  expect_verdict(busy, "sealed_secret", "web.pkcs12_password", "skip", "no resource manager");
+  expect_verdict(busy, "files", "web", "ok");
+  EXPECT_EQ(d.stop(), 0);
+  EXPECT_EQ(d.log().find("out of memory for object contexts"), std::string::npos) << d.log();
+
+  // The TPM gone: the identity check fails and says where it looked; what needs it is not checked.
+  tpm.stop();
+  auto gone = doctor(d);
+  EXPECT_EQ(gone.exit_code, 2) << gone.raw;
+  expect_verdict(gone, "identity", subject, "fail", "check that the TPM answers at " + tpm.tcti());
+  expect_verdict(gone, "sealed_secret", "web.pkcs12_password", "skip");
 }
 
 }  // namespace
