@@ -13,6 +13,8 @@
 //     acme  eab_hmac_key_file (base64url)  -> import_hmac_key("<broker>.eab_hmac")
 //     cfssl auth_key_file     (hex)        -> import_hmac_key("<broker>.cfssl_auth")
 //     lemur token_file        (text)       -> seal("<broker>.lemur_token")
+//   and each certificate's keystore password with files.pkcs12.sealed: true:
+//     files.pkcs12.password_file (text) -> seal("<certificate>.pkcs12_password")
 //   Surrounding whitespace in the files is ignored. A file already sealed and removed by an
 //   earlier run is fine; a file present again is sealed again (key rotation).
 
