@@ -474,7 +474,7 @@ class Doctor {
         auto v = json::parse(answer->body, ec);
         if (!ec && v.is_object()) {
           view_ = v.as_object();
-          view_source_ = "the daemon (" + config_.socket.path.string() + ")";
+          view_source_ = "as the daemon says on " + config_.socket.path.string();
           daemon_answers_ = true;
           return;
         }
@@ -482,7 +482,7 @@ class Doctor {
     }
     if (auto state = read_state_file(config_.state_dir); state && state->is_object()) {
       view_ = state->as_object();
-      view_source_ = (config_.state_dir / kStateFileName).string();
+      view_source_ = "as " + (config_.state_dir / kStateFileName).string() + " says";
     }
   }
 
