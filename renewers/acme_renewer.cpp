@@ -184,10 +184,11 @@ std::optional<std::chrono::milliseconds> poll_wait(std::optional<std::chrono::se
   return std::max(std::chrono::milliseconds(1), std::min(d, left));
 }
 
-// "still pending after 20s" / "still pending; the CA asks to come back in 1m, past the broker's
-// timeout (20s)".
-std::string not_done_text(std::optional<std::chrono::seconds> retry_after, std::chrono::milliseconds timeout) {
-  if (retry_after && *retry_after > timeout)
+// Why polling stops (poll_wait gave none): "still pending after 20s" / "still pending; the CA
+// asks to come back in 1m, past the broker's timeout (20s)".
+std::string not_done_text(std::optional<std::chrono::seconds> retry_after, std::chrono::milliseconds timeout,
+                          std::chrono::steady_clock::time_point deadline) {
+  if (retry_after && std::chrono::steady_clock::now() < deadline)
     return "; the CA asks to come back in " + format_ms(std::chrono::milliseconds(*retry_after)) +
            ", past the broker's timeout (" + format_ms(timeout) + ")";
   return " after " + format_ms(timeout);
@@ -392,7 +393,8 @@ awaitable<Result<AcmeRenewer::Posted>> AcmeRenewer::post(const std::string& url,
     http::Request request{.method = "POST", .url = url, .headers = {{"Content-Type", "application/jose+json"}},
                           .body = std::move(*jws)};
     if (!accept.empty()) request.headers.emplace_back("Accept", accept);
-    if (const auto left = send_at - std::chrono::steady_clock::now(); left > std::chrono::steady_clock::duration::zero())
+    const auto left = send_at - std::chrono::steady_clock::now();
+    if (left > std::chrono::steady_clock::duration::zero())
       co_await sleep_for(std::chrono::ceil<std::chrono::milliseconds>(left));
     ++stats_.signed_requests;
     ++stats_.signed_by_step[what];
@@ -632,7 +634,8 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
       for (;;) {
         auto wait = poll_wait(p.retry_after, interval, deadline);
         if (!wait) {
-          Error e = make_error(want + " validation of " + p.name + " still pending" + not_done_text(p.retry_after, timeout_));
+          Error e = make_error(want + " validation of " + p.name + " still pending" +
+                               not_done_text(p.retry_after, timeout_, deadline));
           e.retry_after = p.retry_after;
           co_return e;
         }
@@ -859,7 +862,7 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
     }
     auto wait = poll_wait(retry_after, interval, deadline);
     if (!wait) {
-      Error e = make_error("order still " + status + not_done_text(retry_after, timeout_));
+      Error e = make_error("order still " + status + not_done_text(retry_after, timeout_, deadline));
       e.retry_after = retry_after;
       co_return e;
     }

@@ -121,8 +121,11 @@ int main(int argc, char** argv) {
       for (int i = 0; i < n; ++i) {
         std::uint64_t jws_before = 0;
         if (b == Broker::acme) jws_before = static_cast<renewers::AcmeRenewer&>(rig.renewer(b)).stats().signed_requests;
-        auto issued = rig.issue(b, row.same_name ? std::string("warm-") + broker_name(b)
-                                                 : std::string(broker_name(b)) + "-m" + std::to_string(mi) + "-" + std::to_string(i));
+        // A new name per model and issuance (an authorization is reused only for the same name).
+        const std::string name = row.same_name ? std::string("warm-") + broker_name(b)
+                                               : std::string(broker_name(b)) + "-m" + std::to_string(mi) + "-" +
+                                                     std::to_string(i);
+        auto issued = rig.issue(b, name);
         if (!issued.result) {
           std::fprintf(stderr, "%s issuance failed: %s\n", broker_name(b), issued.result.error().message.c_str());
           return 1;

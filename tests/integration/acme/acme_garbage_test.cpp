@@ -64,7 +64,14 @@ struct FakeAcme {
   int nonce_counter{0};
   int ari_requests{0};
   std::optional<std::chrono::seconds> clock_ahead;  // set: a Date header on every answer
-  // When each finalize and order poll arrived, in order (its target and the time).
+  // Set: the order starts "pending" with one authorization whose http-01 challenge answers
+  // with this status (and challenge_retry_after); the authorization is valid from its first
+  // poll on (a real CA validates meanwhile).
+  std::string challenge_answer;
+  std::string challenge_retry_after;
+  bool challenge_answered{false};
+  // When each authorization, challenge, finalize and order request arrived, in order (its
+  // target and the time).
   std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> order_requests;
 
   Reply json(unsigned status, const std::string& body, std::vector<std::pair<std::string, std::string>> headers = {}) {
@@ -79,7 +86,7 @@ struct FakeAcme {
     return reply;
   }
 
-  // The gaps between one finalize or order poll and the next, as the server saw them.
+  // The gaps between one of those requests and the next, as the server saw them.
   std::vector<std::chrono::milliseconds> order_request_gaps() {
     std::lock_guard lock(mutex);
     std::vector<std::chrono::milliseconds> gaps;
@@ -101,7 +108,7 @@ struct FakeAcme {
 
   Reply answer(const Request& r) {
     std::lock_guard lock(mutex);
-    if (r.target == "/finalize/1" || r.target == "/order/1")
+    if (r.target == "/finalize/1" || r.target == "/order/1" || r.target == "/authz/1" || r.target == "/chall/1")
       order_requests.emplace_back(r.target, std::chrono::steady_clock::now());
     if (r.target == "/dir") {
       if (directory_override) return directory_override(r);
@@ -126,7 +133,28 @@ struct FakeAcme {
     if (r.target == "/order") {
       last_new_order = payload_of(r);
       if (new_order_override) return new_order_override(r);
+      if (!challenge_answer.empty()) {
+        challenge_answered = false;
+        return json(201,
+                    R"({"status":"pending","identifiers":[],"authorizations":[")" + base + R"(/authz/1"],"finalize":")" +
+                        base + R"(/finalize/1"})",
+                    {{"Location", base + "/order/1"}});
+      }
       return json(201, order_json("ready"), {{"Location", base + "/order/1"}});
+    }
+    if (r.target == "/authz/1") {
+      const std::string status = challenge_answered ? "valid" : "pending";
+      return json(200, R"({"status":")" + status + R"(","identifier":{"type":"dns","value":"web.garbage.test"},)" +
+                           R"("challenges":[{"type":"http-01","url":")" + base + R"(/chall/1","token":"tok_1","status":")" +
+                           status + R"("}]})");
+    }
+    if (r.target == "/chall/1") {
+      challenge_answered = true;
+      std::vector<std::pair<std::string, std::string>> headers;
+      if (!challenge_retry_after.empty()) headers.emplace_back("Retry-After", challenge_retry_after);
+      return json(200, R"({"type":"http-01","url":")" + base + R"(/chall/1","token":"tok_1","status":")" +
+                           challenge_answer + R"("})",
+                  std::move(headers));
     }
     if (r.target == "/finalize/1") {
       key_holder = csr_key(payload_of(r));
@@ -430,6 +458,32 @@ TEST_F(AcmeGarbage, EachPollWaitsForTheRetryAfterOfTheLastAnswer) {
   const auto first = renewers::AcmeTuning{}.first_poll;
   for (std::size_t i = 0; i < gaps.size(); ++i)  // 10, 20, 40, 80, 160 ms at least
     EXPECT_GE(gaps[i], first * (1 << i)) << "poll " << i + 1 << " came too soon after a Retry-After: 0";
+}
+
+// A challenge answered "valid" needs no authorization poll; one answered "processing" is polled
+// after its answer's Retry-After.
+TEST_F(AcmeGarbage, TheChallengesAnswerDecidesTheAuthorizationPoll) {
+  fake.challenge_answer = "valid";
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_TRUE(issued.result) << issued.result.error().message;
+  auto stats = r->stats();
+  EXPECT_EQ(stats.signed_by_step["authorization"], 1u);
+  EXPECT_EQ(stats.signed_by_step["challenge"], 1u);
+  EXPECT_EQ(stats.signed_by_step["authorization poll"], 0u) << "polled an authorization its challenge said was valid";
+
+  fake.order_requests.clear();
+  fake.challenge_answer = "processing";
+  fake.challenge_retry_after = "1";
+  auto polled = issue(*r);
+  ASSERT_TRUE(polled.result) << polled.result.error().message;
+  stats = r->stats();
+  EXPECT_EQ(stats.signed_by_step["authorization poll"], 1u);
+  // authorization, challenge, authorization poll, finalize: the poll no sooner than asked.
+  ASSERT_GE(fake.order_requests.size(), 3u);
+  EXPECT_EQ(fake.order_requests[1].first, "/chall/1");
+  EXPECT_EQ(fake.order_requests[2].first, "/authz/1");
+  EXPECT_GE(fake.order_requests[2].second - fake.order_requests[1].second, 1000ms);
 }
 
 // A Retry-After past the broker's timeout: give up at once and pass the wait on to the loop,
