@@ -320,7 +320,12 @@ asio::awaitable<Stage<CertificateLoop::Issued>> CertificateLoop::issue() {
   // once) only max_in_flight fresh keys and CSRs exist at a time, not one per waiting
   // certificate — less key material in memory, and no burst of allocations that fragments the
   // heap for good (measured: 3.4 MiB of RSS with 1,000 certificates).
-  co_await broker_->in_flight.acquire();
+  // Waiters go earliest deadline first: the held leaf's expiry (what lapses while it waits; in
+  // the past once expired), else now + the lifetime (nothing lapses yet). The identity's TPM
+  // queue orders by the same rule (renewers/identity_calls.h, tpm_deadline).
+  const auto& held = entry().material;
+  const SystemTime due = held ? held->not_after : services_.clock->now() + config_.lifetime;
+  co_await broker_->in_flight.acquire(due);
   // Freed with the gauge updated when the stage ends; a frame destroyed at shutdown only frees
   // the slot: it must not touch the metrics.
   std::optional<SemaphoreSlot> slot;

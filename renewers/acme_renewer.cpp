@@ -169,15 +169,32 @@ std::string format_ms(std::chrono::milliseconds d) {
   return std::to_string(d.count()) + "ms";
 }
 
-// The next poll: the server's Retry-After when it gave one, else our interval; never past the
-// deadline (the last poll then reports the state).
-std::chrono::milliseconds bounded_delay(std::optional<std::chrono::seconds> retry_after,
-                                        std::chrono::milliseconds interval,
-                                        std::chrono::steady_clock::time_point deadline) {
-  std::chrono::milliseconds d = retry_after ? std::chrono::milliseconds(*retry_after) : interval;
-  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+// The wait before the next poll: the server's Retry-After when it gave one, but never shorter
+// than our own interval (first_poll doubling to max_poll: a "Retry-After: 0" makes no tight
+// loop), and never past the deadline. None when the server asks us back only after the deadline
+// (a poll before then would be answered "not yet" again, one signature for nothing) or the
+// deadline has passed.
+std::optional<std::chrono::milliseconds> poll_wait(std::optional<std::chrono::seconds> retry_after,
+                                                   std::chrono::milliseconds interval,
+                                                   std::chrono::steady_clock::time_point deadline) {
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+  if (left <= std::chrono::milliseconds(0)) return std::nullopt;
+  if (retry_after && *retry_after > left) return std::nullopt;
+  auto d = std::max(interval, retry_after ? std::chrono::milliseconds(*retry_after) : std::chrono::milliseconds(0));
   return std::max(std::chrono::milliseconds(1), std::min(d, left));
 }
+
+// Why polling stops (poll_wait gave none): "still pending after 20s" / "still pending; the CA
+// asks to come back in 1m, past the broker's timeout (20s)".
+std::string not_done_text(std::optional<std::chrono::seconds> retry_after, std::chrono::milliseconds timeout,
+                          std::chrono::steady_clock::time_point deadline) {
+  if (retry_after && std::chrono::steady_clock::now() < deadline)
+    return "; the CA asks to come back in " + format_ms(std::chrono::milliseconds(*retry_after)) +
+           ", past the broker's timeout (" + format_ms(timeout) + ")";
+  return " after " + format_ms(timeout);
+}
+
+bool not_yet(const std::string& status) { return status == "pending" || status == "processing"; }
 
 std::string origin_of(const std::string& url) {
   auto u = http::parse_url(url);
@@ -310,6 +327,7 @@ awaitable<Result<std::string>> AcmeRenewer::take_nonce() {
     co_return Result<std::string>(boost::system::in_place_value, std::move(n));
   }
   http::Request head{.method = "HEAD", .url = directory_->new_nonce};
+  ++stats_.nonce_fetches;
   auto res = co_await client_->send(std::move(head));
   if (!res) co_return with_context("newNonce", res.error());
   std::string nonce = res->header("Replay-Nonce");
@@ -354,7 +372,13 @@ Error AcmeRenewer::step_error(const char* what, const Posted& posted) {
 }
 
 awaitable<Result<AcmeRenewer::Posted>> AcmeRenewer::post(const std::string& url, std::string payload, bool use_jwk,
-                                                         const char* what, Due due, std::string accept) {
+                                                         const char* what, Due due, std::string accept,
+                                                         std::chrono::milliseconds after) {
+  // A poll is signed while it waits (a TPM signature takes tens of milliseconds, as long as a
+  // first poll interval), unless the wait is long enough for the server to forget the nonce.
+  constexpr std::chrono::milliseconds kSignAheadAtMost{2000};
+  const auto send_at = std::chrono::steady_clock::now() + after;
+  if (after > kSignAheadAtMost) co_await sleep_for(after);
   for (int attempt = 0;; ++attempt) {
     auto nonce = co_await take_nonce();
     if (!nonce) co_return with_context(what, nonce.error());
@@ -369,7 +393,11 @@ awaitable<Result<AcmeRenewer::Posted>> AcmeRenewer::post(const std::string& url,
     http::Request request{.method = "POST", .url = url, .headers = {{"Content-Type", "application/jose+json"}},
                           .body = std::move(*jws)};
     if (!accept.empty()) request.headers.emplace_back("Accept", accept);
+    const auto left = send_at - std::chrono::steady_clock::now();
+    if (left > std::chrono::steady_clock::duration::zero())
+      co_await sleep_for(std::chrono::ceil<std::chrono::milliseconds>(left));
     ++stats_.signed_requests;
+    ++stats_.signed_by_step[what];
     auto res = co_await client_->send(std::move(request));
     if (!res) {
       directory_.reset();  // the server may be a new instance: fetch the directory again next time
@@ -505,6 +533,8 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
     std::string name;
     std::string token;
     std::vector<std::string> cleanup;  // dns-01 hook argv
+    bool valid{false};                 // the challenge's answer already said so: no poll
+    std::optional<std::chrono::seconds> retry_after;  // of the last answer about it
   };
   std::vector<Pending> pending;
   const std::string& want = config_.challenge.type;
@@ -572,23 +602,45 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
         pending.push_back(p);
         if (!r) co_return r.error();
       }
-      if (json_string(*chosen, "status") == "pending") {
+      Pending& started = pending.back();
+      json::value challenge = *chosen;
+      if (json_string(challenge, "status") == "pending") {
         auto answered = co_await post(challenge_url, std::string("{}"), false, "challenge", due);
         if (!answered) co_return answered.error();
         if (answered->failed()) co_return step_error("challenge", *answered);
+        challenge = std::move(answered->body);
+        started.retry_after = answered->response.retry_after(clock_->now());
       }
+      // The challenge's answer says how its validation stands: valid needs no poll, invalid
+      // no further question.
+      const std::string challenge_status = json_string(challenge, "status");
+      if (challenge_status == "valid") started.valid = true;
+      if (challenge_status == "invalid") {
+        std::string why;
+        if (const auto* o = challenge.if_object(); o && o->contains("error"))
+          if (auto prob = problem_from_json(o->at("error"))) why = ": " + prob->describe();
+        co_return make_error(want + " validation of " + name + " failed (invalid)" + why);
+      }
+      if (not_yet(challenge_status)) ++stats_.not_yet_answers;
     }
     co_return Result<>{};
   };
 
   auto wait_all = [&]() -> awaitable<Result<>> {
     const auto deadline = std::chrono::steady_clock::now() + timeout_;
-    for (const auto& p : pending) {
+    for (auto& p : pending) {
+      if (p.valid) continue;
       auto interval = tuning_.first_poll;
-      std::chrono::milliseconds delay = interval;
       for (;;) {
-        co_await sleep_for(delay);
-        auto posted = co_await post(p.authz_url, std::string(), false, "authorization poll", due);
+        auto wait = poll_wait(p.retry_after, interval, deadline);
+        if (!wait) {
+          Error e = make_error(want + " validation of " + p.name + " still pending" +
+                               not_done_text(p.retry_after, timeout_, deadline));
+          e.retry_after = p.retry_after;
+          co_return e;
+        }
+        interval = std::min(interval * 2, tuning_.max_poll);
+        auto posted = co_await post(p.authz_url, std::string(), false, "authorization poll", due, {}, *wait);
         if (!posted) co_return posted.error();
         if (posted->failed()) co_return step_error("authorization poll", *posted);
         std::string status = json_string(posted->body, "status");
@@ -602,14 +654,8 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
                   if (auto prob = problem_from_json(co->at("error"))) why = ": " + prob->describe();
           co_return make_error(want + " validation of " + p.name + " failed (" + status + ")" + why);
         }
-        auto ra = posted->response.retry_after(clock_->now());
-        if (std::chrono::steady_clock::now() >= deadline) {
-          Error e = make_error(want + " validation of " + p.name + " still pending after " + format_ms(timeout_));
-          e.retry_after = ra;
-          co_return e;
-        }
-        delay = bounded_delay(ra, interval, deadline);
-        interval = std::min(interval * 2, tuning_.max_poll);
+        ++stats_.not_yet_answers;
+        p.retry_after = posted->response.retry_after(clock_->now());
       }
     }
     co_return Result<>{};
@@ -622,7 +668,7 @@ awaitable<Result<>> AcmeRenewer::authorize(const std::vector<std::string>& autho
   co_return result;
 }
 
-awaitable<Result<std::string>> AcmeRenewer::download_chain(const std::string& certificate_url, Due due) {
+awaitable<Result<AcmeRenewer::Downloaded>> AcmeRenewer::download_chain(const std::string& certificate_url, Due due) {
   auto fetch = [&](const std::string& url) -> awaitable<Result<Posted>> {
     auto posted = co_await post(url, std::string(), false, "certificate download", due,
                                 std::string("application/pem-certificate-chain"));
@@ -635,14 +681,18 @@ awaitable<Result<std::string>> AcmeRenewer::download_chain(const std::string& ce
   };
   auto first = co_await fetch(certificate_url);
   if (!first) co_return first.error();
-  if (config_.preferred_chain.empty()) co_return Result<std::string>(boost::system::in_place_value, std::move(first->response.body));
+  const auto chosen = [](Posted& posted) {
+    return Result<Downloaded>(boost::system::in_place_value,
+                              Downloaded{std::move(posted.response.body), posted.response.date()});
+  };
+  if (config_.preferred_chain.empty()) co_return chosen(*first);
 
   auto top_issuer = [](const std::string& pem) {
     std::string error;
     auto certs = read_pem_chain(pem, error);
     return certs.empty() ? std::string() : issuer_cn(certs.back().get());
   };
-  if (top_issuer(first->response.body) == config_.preferred_chain) co_return Result<std::string>(boost::system::in_place_value, std::move(first->response.body));
+  if (top_issuer(first->response.body) == config_.preferred_chain) co_return chosen(*first);
   for (const auto& link : alternate_links(first->response.header_values("Link"))) {
     auto alt = co_await fetch(absolute(link, certificate_url));
     if (!alt) {
@@ -651,12 +701,12 @@ awaitable<Result<std::string>> AcmeRenewer::download_chain(const std::string& ce
     }
     if (top_issuer(alt->response.body) == config_.preferred_chain) {
       logger()->debug("event=alternate_chain broker={} issuer={}", broker_name_, log::quote(config_.preferred_chain));
-      co_return Result<std::string>(boost::system::in_place_value, std::move(alt->response.body));
+      co_return chosen(*alt);
     }
   }
   logger()->info("event=preferred_chain_missing broker={} preferred={} using={}", broker_name_,
                  log::quote(config_.preferred_chain), log::quote(top_issuer(first->response.body)));
-  co_return Result<std::string>(boost::system::in_place_value, std::move(first->response.body));
+  co_return chosen(*first);
 }
 
 awaitable<std::optional<SystemTime>> AcmeRenewer::renewal_hint(const std::string& leaf_pem) {
@@ -775,6 +825,8 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
   OPENSSL_free(der);
 
   json::value current = order.body;
+  // The Retry-After of the last answer about the order: when to ask about it again.
+  std::optional<std::chrono::seconds> retry_after = order.response.retry_after(clock_->now());
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
   auto interval = tuning_.first_poll;
   // Right after our authorizations the order is ready (or about to be): finalize at once and
@@ -789,36 +841,38 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
         if (auto prob = problem_from_json(o->at("error"))) why = ": " + prob->describe();
       co_return make_error("order is invalid" + why);
     }
-    std::optional<std::chrono::seconds> retry_after;
     if (status == "ready" || try_finalize) {
       try_finalize = false;
       json::object finalize_payload;
       finalize_payload["csr"] = csr_b64;
       auto posted = co_await post(finalize_url, json::serialize(finalize_payload), false, "finalize", due);
       if (!posted) co_return posted.error();
+      retry_after = posted->response.retry_after(clock_->now());
       if (posted->failed()) {
         // orderNotReady: an authorization is not valid yet; poll the order.
         if (!(posted->problem && posted->problem->type == "orderNotReady")) co_return step_error("finalize", *posted);
       } else {
         current = std::move(posted->body);
-        retry_after = posted->response.retry_after(clock_->now());
-        if (json_string(current, "status") == "valid") continue;
+        status = json_string(current, "status");
+        if (status == "valid" || status == "invalid") continue;  // no poll needed
+        if (not_yet(status)) ++stats_.not_yet_answers;
       }
-    } else if (status != "pending" && status != "processing") {
+    } else if (!not_yet(status)) {
       co_return make_error("order has unexpected status " + log::quote(status));
     }
-    auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) {
-      Error e = make_error("order still " + status + " after " + format_ms(timeout_));
+    auto wait = poll_wait(retry_after, interval, deadline);
+    if (!wait) {
+      Error e = make_error("order still " + status + not_done_text(retry_after, timeout_, deadline));
       e.retry_after = retry_after;
       co_return e;
     }
-    co_await sleep_for(bounded_delay(retry_after, interval, deadline));
     interval = std::min(interval * 2, tuning_.max_poll);
-    auto posted = co_await post(order_url, std::string(), false, "order poll", due);
+    auto posted = co_await post(order_url, std::string(), false, "order poll", due, {}, *wait);
     if (!posted) co_return posted.error();
     if (posted->failed()) co_return step_error("order poll", *posted);
     current = std::move(posted->body);
+    retry_after = posted->response.retry_after(clock_->now());
+    if (not_yet(json_string(current, "status"))) ++stats_.not_yet_answers;
   }
 
   std::string certificate_url = json_string(current, "certificate");
@@ -827,7 +881,9 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
   if (!chain) co_return chain.error();
 
   IssueResult result;
-  result.chain_pem = std::move(*chain);
+  result.chain_pem = std::move(chain->chain_pem);
+  // The CA's clock as it sent the certificate: the loop measures clock skew from it.
+  result.broker_time = chain->broker_time;
   result.renew_hint = co_await renewal_hint(result.chain_pem);
   result.state["acme_order_url"] = order_url;
   result.state["acme_certificate_url"] = certificate_url;

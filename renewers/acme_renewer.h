@@ -11,6 +11,7 @@
 #include "renewers/renewer.h"
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -49,6 +50,13 @@ struct AcmeStats {
   std::uint64_t bad_nonce_retries{0};
   std::uint64_t signed_requests{0};      // JWS POSTs (one identity signature each)
   std::uint64_t issued{0};
+  std::uint64_t nonce_fetches{0};        // HEAD newNonce (only when no answer left a nonce)
+  // JWS POSTs by step: "newAccount", "newOrder", "authorization", "challenge",
+  // "authorization poll", "finalize", "order poll", "certificate download".
+  std::map<std::string, std::uint64_t> signed_by_step;
+  // Answers saying "not yet" (an order processing, an authorization or challenge pending or
+  // processing): each allows one poll, and nothing else does.
+  std::uint64_t not_yet_answers{0};
 };
 
 class AcmeRenewer final : public Renewer {
@@ -83,11 +91,17 @@ class AcmeRenewer final : public Renewer {
   // `due`: the issuance's deadline in the identity's queue (tpm_deadline), for every signature.
   using Due = std::chrono::system_clock::time_point;
   boost::asio::awaitable<Result<>> ensure_account(Due due);
+  // `after`: send no sooner than this (a poll); the request is signed while it waits.
   boost::asio::awaitable<Result<Posted>> post(const std::string& url, std::string payload, bool use_jwk,
-                                              const char* what, Due due, std::string accept = {});
+                                              const char* what, Due due, std::string accept = {},
+                                              std::chrono::milliseconds after = std::chrono::milliseconds(0));
   boost::asio::awaitable<Result<IssueResult>> issue_once(const IssueRequest& request, bool& stale_account);
   boost::asio::awaitable<Result<>> authorize(const std::vector<std::string>& authorization_urls, Due due);
-  boost::asio::awaitable<Result<std::string>> download_chain(const std::string& certificate_url, Due due);
+  struct Downloaded {
+    std::string chain_pem;
+    std::optional<SystemTime> broker_time;  // its Date header
+  };
+  boost::asio::awaitable<Result<Downloaded>> download_chain(const std::string& certificate_url, Due due);
   boost::asio::awaitable<std::optional<SystemTime>> renewal_hint(const std::string& leaf_pem);
   boost::asio::awaitable<Result<>> run_hook(const std::vector<std::string>& argv);
   boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d);

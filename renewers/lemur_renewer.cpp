@@ -471,6 +471,8 @@ awaitable<Result<IssueResult>> LemurRenewer::issue(IssueRequest request) {
   Result<IssueResult> out = make_error("");
   if (!json_string(o, "body").empty()) {
     out = certificate_from(o, id, what, broker_name_);
+    // Lemur's clock as it answered: the loop measures clock skew from it.
+    if (out) out->broker_time = res->date();
   } else {
     // Issuers that do not sign at once: Lemur answers with a pending certificate (no body;
     // its id is in the pending_certificates table, not the certificates one).
@@ -524,7 +526,9 @@ awaitable<Result<IssueResult>> LemurRenewer::wait_pending(std::int64_t pending_i
           co_return make_error(get_what + ": the answer is not a JSON object: " + log::excerpt(cert->body, 120));
         logger()->info("event=lemur_pending_resolved broker={} pending_id={} lemur_id={}", broker_name_, pending_id,
                        *cert_id);
-        co_return certificate_from(cv.as_object(), cert_id, get_what, broker_name_);
+        auto out = certificate_from(cv.as_object(), cert_id, get_what, broker_name_);
+        if (out) out->broker_time = cert->date();
+        co_return out;
       }
       if (status == "Cancelled")
         co_return make_error("pending certificate " + std::to_string(pending_id) + " was cancelled in Lemur");

@@ -8,8 +8,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <chrono>
 #include <cstddef>
-#include <list>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -17,21 +19,26 @@ namespace certagent {
 
 namespace asio = boost::asio;
 
-// Bounds concurrent work (e.g. requests in flight to one broker). FIFO, so no starvation.
+// Bounds concurrent work (e.g. issuances in flight to one broker). Waiters are served earliest
+// deadline first, equal deadlines in arrival order (FIFO when nobody gives one), so a storm of
+// certificates with time to spare does not starve one close to expiry.
 // Counts the slots held and their high-water mark, so the bound can be observed (metrics, tests).
 class AsyncSemaphore {
  public:
+  using Deadline = std::chrono::system_clock::time_point;
+
   AsyncSemaphore(asio::any_io_executor executor, std::size_t slots)
       : executor_(std::move(executor)), available_(slots) {}
 
-  asio::awaitable<void> acquire() {
+  // `due`: when the waiter's work must be done (a certificate's expiry); the earliest goes first.
+  asio::awaitable<void> acquire(Deadline due = Deadline::max()) {
     if (available_ > 0 && waiters_.empty()) {
       --available_;
       taken();
       co_return;
     }
     auto waiter = std::make_shared<asio::steady_timer>(executor_, asio::steady_timer::time_point::max());
-    waiters_.push_back(waiter);
+    waiters_.emplace(Key{due, next_arrival_++}, waiter);
     // release() hands the slot over by cancelling the timer.
     co_await waiter->async_wait(asio::as_tuple(asio::use_awaitable));
     taken();
@@ -40,8 +47,8 @@ class AsyncSemaphore {
   void release() {
     if (in_use_ > 0) --in_use_;
     while (!waiters_.empty()) {
-      auto next = std::move(waiters_.front());
-      waiters_.pop_front();
+      auto next = std::move(waiters_.begin()->second);
+      waiters_.erase(waiters_.begin());
       if (next.use_count() > 1) {  // still awaited by someone
         next->cancel();
         return;
@@ -55,6 +62,8 @@ class AsyncSemaphore {
   std::size_t high_water() const { return high_water_; }  // most slots held at once
 
  private:
+  using Key = std::pair<Deadline, std::uint64_t>;  // (deadline, arrival)
+
   void taken() {
     ++in_use_;
     if (in_use_ > high_water_) high_water_ = in_use_;
@@ -64,9 +73,10 @@ class AsyncSemaphore {
   std::size_t available_;
   std::size_t in_use_{0};
   std::size_t high_water_{0};
-  // A list, not a deque: an empty std::deque allocates ~600 bytes, and every certificate loop
-  // holds a semaphore that is almost always idle.
-  std::list<std::shared_ptr<asio::steady_timer>> waiters_;
+  std::uint64_t next_arrival_{0};
+  // A map, not a deque or a priority queue over a vector: an empty std::map allocates nothing,
+  // and every certificate loop holds a semaphore that is almost always idle.
+  std::map<Key, std::shared_ptr<asio::steady_timer>> waiters_;
 };
 
 // Holds a semaphore slot for a scope.

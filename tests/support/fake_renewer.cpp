@@ -81,6 +81,7 @@ void FakeRenewer::release() {
 
 boost::asio::awaitable<Result<renewers::IssueResult>> FakeRenewer::issue(renewers::IssueRequest request) {
   ++calls;
+  requests.push_back(request.cert_name);
   if (auto gate = gate_) co_await gate->async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
   if (fail) {
     if (auto error = fail()) co_return *error;

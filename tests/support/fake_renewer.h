@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace certagent::test {
 
@@ -41,6 +42,7 @@ class FakeRenewer final : public renewers::Renewer {
   std::function<std::optional<Error>()> fail;
 
   int calls{0};    // requests received
+  std::vector<std::string> requests;  // their certificates' names, in the order they came
   int issued{0};   // certificates signed
 
   // Requests wait until release() while held (an attempt in flight during a reload).

@@ -14,6 +14,7 @@
 #include <boost/beast/ssl.hpp>
 
 #include <cctype>
+#include <ctime>
 #include <mutex>
 
 namespace certagent::test {
@@ -164,6 +165,15 @@ std::string TestHttpsServer::url() const {
 void TestHttpsServer::set_handler(Handler handler) {
   std::lock_guard lock(impl_->mutex_);
   impl_->handler_ = std::move(handler);
+}
+
+std::string http_date(std::chrono::system_clock::time_point t) {
+  const std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  ::gmtime_r(&tt, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);  // the C locale's names
+  return buf;
 }
 
 }  // namespace certagent::test

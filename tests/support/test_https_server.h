@@ -57,4 +57,7 @@ class TestHttpsServer {
   std::atomic<int> requests_{0};
 };
 
+// An HTTP Date header value (IMF-fixdate, RFC 9110): "Sun, 06 Dec 2026 06:05:00 GMT".
+std::string http_date(std::chrono::system_clock::time_point t);
+
 }  // namespace certagent::test

@@ -63,11 +63,37 @@ struct FakeAcme {
   int bad_nonce_always{0};          // answer badNonce to every POST
   int nonce_counter{0};
   int ari_requests{0};
+  std::optional<std::chrono::seconds> clock_ahead;  // set: a Date header on every answer
+  // Set: the order starts "pending" with one authorization whose http-01 challenge answers
+  // with this status (and challenge_retry_after); the authorization is valid from its first
+  // poll on (a real CA validates meanwhile).
+  std::string challenge_answer;
+  std::string challenge_retry_after;
+  bool challenge_answered{false};
+  // When each authorization, challenge, finalize and order request arrived, in order (its
+  // target and the time).
+  std::vector<std::pair<std::string, std::chrono::steady_clock::time_point>> order_requests;
 
   Reply json(unsigned status, const std::string& body, std::vector<std::pair<std::string, std::string>> headers = {}) {
     headers.emplace_back("Content-Type", status >= 400 ? "application/problem+json" : "application/json");
     headers.emplace_back("Replay-Nonce", "nonce-" + std::to_string(++nonce_counter));
     return Reply{.status = status, .headers = std::move(headers), .body = body};
+  }
+
+  Reply handle(const Request& r) {
+    Reply reply = answer(r);
+    if (clock_ahead) reply.headers.emplace_back("Date", http_date(std::chrono::system_clock::now() + *clock_ahead));
+    return reply;
+  }
+
+  // The gaps between one of those requests and the next, as the server saw them.
+  std::vector<std::chrono::milliseconds> order_request_gaps() {
+    std::lock_guard lock(mutex);
+    std::vector<std::chrono::milliseconds> gaps;
+    for (std::size_t i = 1; i < order_requests.size(); ++i)
+      gaps.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(order_requests[i].second -
+                                                                           order_requests[i - 1].second));
+    return gaps;
   }
 
   std::string order_json(const std::string& status) {
@@ -80,8 +106,10 @@ struct FakeAcme {
   EVP_PKEY* last_key{nullptr};
   crypto::EvpPkeyPtr key_holder;
 
-  Reply handle(const Request& r) {
+  Reply answer(const Request& r) {
     std::lock_guard lock(mutex);
+    if (r.target == "/finalize/1" || r.target == "/order/1" || r.target == "/authz/1" || r.target == "/chall/1")
+      order_requests.emplace_back(r.target, std::chrono::steady_clock::now());
     if (r.target == "/dir") {
       if (directory_override) return directory_override(r);
       std::string ari = with_ari ? R"(,"renewalInfo":")" + base + R"(/ari")" : "";
@@ -105,7 +133,28 @@ struct FakeAcme {
     if (r.target == "/order") {
       last_new_order = payload_of(r);
       if (new_order_override) return new_order_override(r);
+      if (!challenge_answer.empty()) {
+        challenge_answered = false;
+        return json(201,
+                    R"({"status":"pending","identifiers":[],"authorizations":[")" + base + R"(/authz/1"],"finalize":")" +
+                        base + R"(/finalize/1"})",
+                    {{"Location", base + "/order/1"}});
+      }
       return json(201, order_json("ready"), {{"Location", base + "/order/1"}});
+    }
+    if (r.target == "/authz/1") {
+      const std::string status = challenge_answered ? "valid" : "pending";
+      return json(200, R"({"status":")" + status + R"(","identifier":{"type":"dns","value":"web.garbage.test"},)" +
+                           R"("challenges":[{"type":"http-01","url":")" + base + R"(/chall/1","token":"tok_1","status":")" +
+                           status + R"("}]})");
+    }
+    if (r.target == "/chall/1") {
+      challenge_answered = true;
+      std::vector<std::pair<std::string, std::string>> headers;
+      if (!challenge_retry_after.empty()) headers.emplace_back("Retry-After", challenge_retry_after);
+      return json(200, R"({"type":"http-01","url":")" + base + R"(/chall/1","token":"tok_1","status":")" +
+                           challenge_answer + R"("})",
+                  std::move(headers));
     }
     if (r.target == "/finalize/1") {
       key_holder = csr_key(payload_of(r));
@@ -381,6 +430,93 @@ TEST_F(AcmeGarbage, PollingHonoursRetryAfter) {
   auto quick = issue(*r);
   ASSERT_TRUE(quick.result) << quick.result.error().message;
   EXPECT_LT(quick.wall, 500ms);
+}
+
+// Every answer's Retry-After counts, not only the finalize's: the server sees no poll sooner
+// than it asked for, and a "Retry-After: 0" still gets our backing-off interval, never a tight
+// loop.
+TEST_F(AcmeGarbage, EachPollWaitsForTheRetryAfterOfTheLastAnswer) {
+  fake.processing_polls = 1;  // finalize: processing; poll: processing; poll: valid
+  fake.order_retry_after = "1";
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_TRUE(issued.result) << issued.result.error().message;
+  auto gaps = fake.order_request_gaps();  // finalize -> poll -> poll
+  ASSERT_EQ(gaps.size(), 2u);
+  EXPECT_GE(gaps[0], 1000ms) << "polled before the finalize answer's Retry-After";
+  EXPECT_GE(gaps[1], 1000ms) << "polled before the order poll answer's Retry-After";
+  EXPECT_EQ(r->stats().signed_by_step["order poll"], 2u);
+  EXPECT_EQ(r->stats().not_yet_answers, 2u);
+
+  fake.order_requests.clear();
+  fake.processing_polls = 4;
+  fake.order_retry_after = "0";
+  auto zero = issue(*r);
+  ASSERT_TRUE(zero.result) << zero.result.error().message;
+  gaps = fake.order_request_gaps();
+  ASSERT_EQ(gaps.size(), 5u);
+  const auto first = renewers::AcmeTuning{}.first_poll;
+  for (std::size_t i = 0; i < gaps.size(); ++i)  // 10, 20, 40, 80, 160 ms at least
+    EXPECT_GE(gaps[i], first * (1 << i)) << "poll " << i + 1 << " came too soon after a Retry-After: 0";
+}
+
+// A challenge answered "valid" needs no authorization poll; one answered "processing" is polled
+// after its answer's Retry-After.
+TEST_F(AcmeGarbage, TheChallengesAnswerDecidesTheAuthorizationPoll) {
+  fake.challenge_answer = "valid";
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_TRUE(issued.result) << issued.result.error().message;
+  auto stats = r->stats();
+  EXPECT_EQ(stats.signed_by_step["authorization"], 1u);
+  EXPECT_EQ(stats.signed_by_step["challenge"], 1u);
+  EXPECT_EQ(stats.signed_by_step["authorization poll"], 0u) << "polled an authorization its challenge said was valid";
+
+  fake.order_requests.clear();
+  fake.challenge_answer = "processing";
+  fake.challenge_retry_after = "1";
+  auto polled = issue(*r);
+  ASSERT_TRUE(polled.result) << polled.result.error().message;
+  stats = r->stats();
+  EXPECT_EQ(stats.signed_by_step["authorization poll"], 1u);
+  // authorization, challenge, authorization poll, finalize: the poll no sooner than asked.
+  ASSERT_GE(fake.order_requests.size(), 3u);
+  EXPECT_EQ(fake.order_requests[1].first, "/chall/1");
+  EXPECT_EQ(fake.order_requests[2].first, "/authz/1");
+  EXPECT_GE(fake.order_requests[2].second - fake.order_requests[1].second, 1000ms);
+}
+
+// A Retry-After past the broker's timeout: give up at once and pass the wait on to the loop,
+// rather than poll at the deadline against the CA's wish (a signature for a "not yet").
+TEST_F(AcmeGarbage, ARetryAfterPastTheTimeoutEndsTheAttemptAndIsPassedOn) {
+  fake.processing_polls = 1;
+  fake.order_retry_after = "30";
+  auto r = renewer(5s);
+  auto issued = issue(*r);
+  ASSERT_FALSE(issued.result);
+  EXPECT_EQ(issued.result.error().retry_after, 30s);
+  EXPECT_NE(issued.result.error().message.find("order still processing; the CA asks to come back in 30s"),
+            std::string::npos)
+      << issued.result.error().message;
+  EXPECT_EQ(fake.order_requests.size(), 1u) << "polled although the CA asked to wait past the timeout";
+}
+
+// The CA's Date header (of the certificate download) is handed to the loop, which measures
+// clock skew from it (certagent_clock_skew_seconds), as for cfssl and Lemur.
+TEST_F(AcmeGarbage, TheDateHeaderIsTheBrokersClock) {
+  fake.clock_ahead = 1h;
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_TRUE(issued.result) << issued.result.error().message;
+  ASSERT_TRUE(issued.result->broker_time) << "no Date read";
+  const auto want = std::chrono::system_clock::now() + 1h;
+  EXPECT_GE(*issued.result->broker_time, want - 3s);
+  EXPECT_LE(*issued.result->broker_time, want + 3s);
+
+  fake.clock_ahead.reset();  // no Date header: nothing to measure
+  auto without = issue(*r);
+  ASSERT_TRUE(without.result) << without.result.error().message;
+  EXPECT_FALSE(without.result->broker_time);
 }
 
 TEST_F(AcmeGarbage, StuckOrderTimesOut) {

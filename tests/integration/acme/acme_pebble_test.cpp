@@ -80,6 +80,10 @@ TEST_F(AcmePebble, IssuesWithRealHttp01Validation) {
   EXPECT_FALSE(material->chain_pem.empty());  // pebble's intermediate
   EXPECT_FALSE(issued.result->state.at("acme_certificate_url").empty());
   EXPECT_FALSE(issued.result->renew_hint);  // pebble 2.4 has no ARI
+  // pebble's Date header, for the loop's clock-skew measure: pebble shares our clock.
+  ASSERT_TRUE(issued.result->broker_time);
+  EXPECT_LE(*issued.result->broker_time, std::chrono::system_clock::now() + 2s);
+  EXPECT_GE(*issued.result->broker_time, std::chrono::system_clock::now() - 30s);
   EXPECT_EQ(renewer->stats().accounts_registered, 1u);
   // Not the root of another pebble: the chain is really anchored.
   TestCert stranger = make_cert(CertSpec{.common_name = "Pebble Root CA 000000", .is_ca = true});

@@ -389,6 +389,28 @@ TEST_F(LemurRenewerTest, StillPendingAtTheDeadlineIsCancelledAndRetriedLater) {
   EXPECT_TRUE(server.issued().empty());
 }
 
+// ---- the broker's clock ----------------------------------------------------------------------
+
+// Lemur's Date header is handed to the loop (IssueResult::broker_time), which measures clock
+// skew from it (certagent_clock_skew_seconds, the status CLOCK column), as for cfssl: for an
+// answer with the certificate and for a pending certificate's resolution.
+TEST_F(LemurRenewerTest, TheDateHeaderIsTheBrokersClock) {
+  server.set_clock_ahead(1h);
+  start();
+  auto near = [](SystemTime t, SystemTime want) { return t >= want - 3s && t <= want + 3s; };
+  auto a = issue();
+  ASSERT_TRUE(a.result) << a.result.error().message;
+  ASSERT_TRUE(a.result->broker_time) << "no Date read";
+  EXPECT_TRUE(near(*a.result->broker_time, std::chrono::system_clock::now() + 1h));
+
+  server.set_clock_ahead(-2h);
+  server.set_pending("InternalCA", 1);
+  auto pending = issue();
+  ASSERT_TRUE(pending.result) << pending.result.error().message;
+  ASSERT_TRUE(pending.result->broker_time) << "no Date read on the pending path";
+  EXPECT_TRUE(near(*pending.result->broker_time, std::chrono::system_clock::now() - 2h));
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 TEST_F(LemurRenewerTest, NoSealedTokenSaysToRunEnroll) {

@@ -382,6 +382,11 @@ void LemurTestServer::set_delay(std::chrono::milliseconds delay) {
   delay_ = delay;
 }
 
+void LemurTestServer::set_clock_ahead(std::chrono::seconds ahead) {
+  std::lock_guard lock(mutex_);
+  clock_ahead_ = ahead;
+}
+
 void LemurTestServer::set_db_down(bool down) {
   std::lock_guard lock(mutex_);
   db_down_ = down;
@@ -540,6 +545,7 @@ TestHttpsServer::Reply LemurTestServer::handle(const Request& request) {
     return message(501, "not implemented by the test server");
   }();
   if (delay_ > reply.delay) reply.delay = delay_;
+  if (!reply.raw) reply.headers.emplace_back("Date", http_date(std::chrono::system_clock::now() + clock_ahead_));
   return reply;
 }
 

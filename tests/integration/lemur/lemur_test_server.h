@@ -126,6 +126,8 @@ class LemurTestServer {
 
   void add_fault(Fault fault);
   void set_delay(std::chrono::milliseconds delay);  // before every answer
+  // Every answer carries a Date header, as Lemur's web server sends; this moves its clock.
+  void set_clock_ahead(std::chrono::seconds ahead);
   void set_db_down(bool down);
   // Called (on the server thread) after each certificate is created.
   void on_issued(std::function<void(const Issued&)> callback);
@@ -206,6 +208,7 @@ class LemurTestServer {
   std::vector<std::string> requests_;
   std::string last_authorization_;
   std::chrono::milliseconds delay_{0};
+  std::chrono::seconds clock_ahead_{0};
   bool db_down_{false};
   std::function<void(const Issued&)> on_issued_;
   std::int64_t next_id_{100};

@@ -71,6 +71,43 @@ TEST(TpmBrokerCommands, AcmeSignsEachJwsRequestOnceAndNothingElse) {
   }
 }
 
+// The steady state: a renewal of a name whose authorization the CA reuses (Let's Encrypt does
+// for 30 days; pebble here always). newOrder answers "ready", so no authorization is fetched and
+// no challenge answered; finalize; a poll only for each "not yet" answer (pebble finalizes
+// asynchronously: one); the download. Every nonce comes from the previous answer. One TPM
+// signature per JWS request and no other TPM command. A change that adds a request fails here.
+TEST(TpmBrokerCommands, AcmeRenewalWithAReusedAuthorizationSendsOnlyTheRequestsItMust) {
+  TpmBrokerRig rig({Broker::acme});
+  auto& acme = static_cast<renewers::AcmeRenewer&>(rig.renewer(Broker::acme));
+  auto first = rig.issue(Broker::acme, "web");  // the account, and the name validated once
+  ASSERT_TRUE(first.result) << first.result.error().message;
+  EXPECT_EQ(acme.stats().signed_by_step["challenge"], 1u);
+  for (int i = 0; i < 3; ++i) {
+    const auto before = acme.stats();
+    auto renewed = rig.issue(Broker::acme, "web");
+    ASSERT_TRUE(renewed.result) << renewed.result.error().message;
+    auto after = acme.stats();
+    auto sent = [&](const char* step) {
+      auto b = before.signed_by_step.find(step);
+      return after.signed_by_step[step] - (b == before.signed_by_step.end() ? 0 : b->second);
+    };
+    const auto jws = after.signed_requests - before.signed_requests;
+    const auto not_yet = after.not_yet_answers - before.not_yet_answers;
+    EXPECT_EQ(sent("newOrder"), 1u);
+    EXPECT_EQ(sent("authorization"), 0u) << "an order already ready needs no authorization fetched";
+    EXPECT_EQ(sent("challenge"), 0u);
+    EXPECT_EQ(sent("authorization poll"), 0u);
+    EXPECT_EQ(sent("finalize"), 1u);
+    EXPECT_EQ(sent("order poll"), not_yet) << "a poll without a \"not yet\" answer before it";
+    EXPECT_EQ(sent("certificate download"), 1u);
+    EXPECT_EQ(jws, 3u + not_yet);
+    EXPECT_EQ(after.nonce_fetches, before.nonce_fetches) << "a newNonce although the last answer had a nonce";
+    EXPECT_EQ(after.bad_nonce_retries, before.bad_nonce_retries);
+    EXPECT_EQ(renewed.tpm.completed_count(kCcSign), jws) << renewed.tpm.summary();
+    EXPECT_EQ(renewed.tpm.completed_total(), jws) << renewed.tpm.summary();
+  }
+}
+
 TEST(TpmBrokerCommands, LocalCaUsesNoTpm) {
   TpmBrokerRig rig({Broker::local});
   for (int i = 0; i < 2; ++i) {

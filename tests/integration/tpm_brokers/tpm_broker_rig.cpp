@@ -96,12 +96,14 @@ TpmBrokerRig::TpmBrokerRig(std::set<Broker> brokers, tpm_proxy::LatencyModel mod
   }
 
   if (brokers.count(Broker::acme)) {
-    // VA always valid, no badNonce injection: the same requests every time (the count of
-    // signatures per issuance is asserted against the renewer's own count of JWS requests).
+    // VA always valid, no badNonce injection, every valid authorization reused: the same
+    // requests every time (the count of signatures per issuance is asserted against the
+    // renewer's own count of JWS requests). A new name is validated; a renewal of a name
+    // validated before reuses its authorization, as Let's Encrypt does for 30 days.
     fs::create_directories(dir_ / "pebble");
     pebble_.emplace(dir_ / "pebble", PebbleOptions{.always_valid = true,
                                                    .env = {{"PEBBLE_WFE_NONCEREJECT", "0"},
-                                                           {"PEBBLE_AUTHZREUSE", "0"}}});
+                                                           {"PEBBLE_AUTHZREUSE", "100"}}});
     auto b = pebble_->broker_config("127.0.0.1:" + std::to_string(pebble_->http_port()));
     b.timeout = 20s;
     renewers_[Broker::acme] = must(renewers::AcmeRenewer::create(b, context), "acme renewer");

@@ -19,6 +19,7 @@
 
 #include <climits>
 #include <set>
+#include <thread>
 
 namespace certagent {
 namespace {
@@ -47,13 +48,18 @@ class CertificateLoopTest : public ::testing::Test {
         audit_(dir_ / "audit.log"),
         workers_(1) {
     log::get("agent")->set_level(spdlog::level::off);  // the tests read the store, metrics and audit
+    use_broker(4);
+  }
+
+  // A new fake broker allowing `max_in_flight` issuances at a time (before any loop starts).
+  void use_broker(std::size_t max_in_flight) {
     auto renewer = std::make_unique<FakeRenewer>(clock_);
     broker_ = renewer.get();
     test::write_file(dir_ / "root.pem", broker_->root_pem());
     config::BrokerConfig bc;
     bc.name = "fake";
     bc.type = "fake";
-    bc.max_in_flight = 4;
+    bc.max_in_flight = max_in_flight;
     handle_ = std::make_shared<BrokerHandle>(bc, std::move(renewer), io_.get_executor());
   }
 
@@ -107,14 +113,17 @@ class CertificateLoopTest : public ::testing::Test {
     configs_ = certs;
     store_.configure(certs);
     unsigned seed = 1;
-    for (const auto& c : certs) {
-      auto loop = std::make_shared<CertificateLoop>(services(seed++), c, handle_,
-                                                    std::vector<std::shared_ptr<reloaders::Reloader>>{},
-                                                    expiry_hooks);
-      boost::asio::co_spawn(io_, loop->run(), boost::asio::detached);
-      loops_.push_back(loop);
-    }
+    for (const auto& c : certs) spawn(c, seed++, expiry_hooks);
     settle();
+  }
+
+  // One loop for `c`, which the store must already hold.
+  void spawn(const config::CertificateConfig& c, unsigned seed,
+             std::vector<std::shared_ptr<reloaders::Reloader>> expiry_hooks = {}) {
+    auto loop = std::make_shared<CertificateLoop>(services(seed), c, handle_,
+                                                  std::vector<std::shared_ptr<reloaders::Reloader>>{}, expiry_hooks);
+    boost::asio::co_spawn(io_, loop->run(), boost::asio::detached);
+    loops_.push_back(loop);
   }
 
   // Runs everything that is ready; the clock does not move.
@@ -123,6 +132,19 @@ class CertificateLoopTest : public ::testing::Test {
       io_.restart();
       idle = io_.poll() == 0 ? idle + 1 : 0;
     }
+  }
+
+  // settle() until `done` holds (loops that read their files on the worker thread first may
+  // need more than one round); false after 10 s.
+  template <class Pred>
+  bool settle_until(Pred done) {
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > give_up) return false;
+      settle();
+      std::this_thread::yield();
+    }
+    return true;
   }
 
   // Time passes by `d` (both clocks), firing every deadline on the way in order.
@@ -341,6 +363,42 @@ TEST_F(CertificateLoopTest, WhileTheCircuitIsOpenRequestsGoOneAtATime) {
   broker_->release();
   settle();
   EXPECT_FALSE(handle_->circuit_open());
+}
+
+TEST_F(CertificateLoopTest, ACertificateCloseToExpiryIsNotStarvedByAStormForTheBrokersSlots) {
+  use_broker(1);
+  std::vector<config::CertificateConfig> certs{cert("urgent")};
+  for (int i = 0; i < 300; ++i) certs.push_back(cert("storm" + std::to_string(i)));
+  configs_ = certs;
+  store_.configure(certs);
+  const SystemTime t0 = clock_.now();
+  spawn(certs[0], 1);
+  settle();
+  ASSERT_EQ(entry("urgent").state, CertState::valid);
+  const SystemTime urgent_due = *entry("urgent").next_renewal;
+  const SystemTime urgent_expiry = entry("urgent").material->not_after;
+  ASSERT_LT(urgent_due, t0 + 34min);
+
+  // 20 minutes later 300 new certificates start at once; the broker hangs on the first one, the
+  // other 299 queue for its only slot. Then "urgent" reaches its renew point and queues too.
+  advance(20min);
+  broker_->hold(io_.get_executor());
+  for (int i = 1; i <= 300; ++i) spawn(certs[static_cast<std::size_t>(i)], static_cast<unsigned>(i + 1));
+  ASSERT_TRUE(settle_until([&] { return handle_->in_flight.waiting() == 299u; })) << handle_->in_flight.waiting();
+  advance(urgent_due - clock_.now());
+  ASSERT_EQ(handle_->in_flight.waiting(), 300u);
+  ASSERT_LT(urgent_expiry, clock_.now() + configs_[1].lifetime) << "the storm's deadlines are later";
+
+  broker_->release();
+  ASSERT_TRUE(settle_until([&] { return broker_->requests.size() == 302u; })) << broker_->requests.size();
+  // The one whose leaf lapses first is served next, not after the 299 that arrived before it.
+  EXPECT_EQ(broker_->requests[0], "urgent");
+  EXPECT_EQ(broker_->requests[1], "storm0");
+  EXPECT_EQ(broker_->requests[2], "urgent");
+  for (std::size_t i = 3; i < broker_->requests.size(); ++i)  // the storm in arrival order
+    EXPECT_EQ(broker_->requests[i], "storm" + std::to_string(i - 2));
+  EXPECT_EQ(entry("urgent").state, CertState::valid);
+  EXPECT_EQ(handle_->in_flight.high_water(), 1u);
 }
 
 // ---- fail-closed expiry ----------------------------------------------------------------------

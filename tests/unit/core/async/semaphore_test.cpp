@@ -1,5 +1,6 @@
-// AsyncSemaphore: the bound holds under contention, waiters are served in order, and the
-// in-use count and its high-water mark (exported as the broker in-flight metrics) are exact.
+// AsyncSemaphore: the bound holds under contention, waiters are served earliest deadline first
+// (in arrival order when equal or not given), and the in-use count and its high-water mark
+// (exported as the broker in-flight metrics) are exact.
 
 #include "core/async/semaphore.h"
 
@@ -56,6 +57,43 @@ TEST(AsyncSemaphore, HighWaterCountsOnlyWhatOverlapped) {
   EXPECT_EQ(order.size(), 5u);
   EXPECT_EQ(s.high_water(), 1u);
   EXPECT_EQ(s.in_use(), 0u);
+}
+
+TEST(AsyncSemaphore, WaitersGoEarliestDeadlineFirstThenInArrivalOrder) {
+  asio::io_context ioc;
+  AsyncSemaphore s(ioc.get_executor(), 1);
+  using namespace std::chrono_literals;
+  const AsyncSemaphore::Deadline t0{std::chrono::hours(500000)};
+  std::vector<int> order;
+  std::size_t worst_seen = 0;
+  auto spawn = [&](int id, AsyncSemaphore::Deadline due) {
+    asio::co_spawn(
+        ioc,
+        [&, id, due]() -> asio::awaitable<void> {
+          co_await s.acquire(due);
+          SemaphoreSlot slot(s);
+          order.push_back(id);
+          worst_seen = std::max(worst_seen, s.in_use());
+          co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+        },
+        asio::detached);
+  };
+  // A storm of 1,000 with time to spare (due in 1 h, in arrival order), one without a deadline,
+  // then one due in 5 min and one already expired: those two go right after the holder.
+  spawn(0, t0 + 1h);  // takes the free slot at once
+  for (int i = 1; i <= 1000; ++i) spawn(i, t0 + 1h);
+  spawn(1001, AsyncSemaphore::Deadline::max());
+  spawn(1002, t0 + 5min);
+  spawn(1003, t0 - 1min);
+  ioc.run();
+  ASSERT_EQ(order.size(), 1004u);
+  EXPECT_EQ(order[0], 0);
+  EXPECT_EQ(order[1], 1003) << "the expired one next";
+  EXPECT_EQ(order[2], 1002) << "then the one due in 5 min, not after the storm";
+  for (int i = 1; i <= 1000; ++i) EXPECT_EQ(order[2 + i], i) << "equal deadlines in arrival order";
+  EXPECT_EQ(order[1003], 1001) << "no deadline goes last";
+  EXPECT_EQ(worst_seen, 1u);
+  EXPECT_EQ(s.waiting(), 0u);
 }
 
 }  // namespace
