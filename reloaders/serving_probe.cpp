@@ -253,9 +253,12 @@ asio::awaitable<ProbeReport> probe_serving(const ProbeOptions& options, const st
     }
     const auto now = steady_clock::now();
     if (now >= end) break;
-    auto served = co_await handshake_serial(**ctx, *endpoints, options.server_name, options.protocol,
-                                            std::min(end, now + options.handshake_timeout));
+    const auto attempt_end = std::min(end, now + options.handshake_timeout);
+    auto served = co_await handshake_serial(**ctx, *endpoints, options.server_name, options.protocol, attempt_end);
     const auto done = steady_clock::now();
+    // An attempt cut short by the probe's own deadline tells nothing about the server (its
+    // "timed out" would hide the last real answer), unless it is the only one.
+    if (!served && attempt_end == end && done >= end && report.handshakes > 0) break;
     ++report.handshakes;
     if (served && *served == expected) {
       report.last_serial = *served;

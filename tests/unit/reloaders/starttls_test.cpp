@@ -30,6 +30,7 @@ using config::VerifyProtocol;
 struct Step {
   std::string say;
   std::string expect;
+  std::chrono::milliseconds pause{0};  // before saying it
 };
 const std::string kClose = "<close>";
 
@@ -74,6 +75,7 @@ class ScriptedPeer {
     timeval tv{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     for (const auto& step : steps_) {
+      std::this_thread::sleep_for(step.pause);  // a slow server, not an assertion
       if (step.say == kClose) {
         ::close(fd);
         return;
@@ -272,6 +274,27 @@ TEST(StartTls, ProbeReportCarriesTheProtocolError) {
   EXPECT_FALSE(report->verified);
   EXPECT_NE(report->describe().find("does not accept the session: '554 go away'"), std::string::npos)
       << report->describe();
+}
+
+TEST(StartTls, AnAttemptCutByTheProbesDeadlineDoesNotHideTheLastAnswer) {
+  // Every answer takes 120 ms: the attempt running when the 300 ms deadline passes is cut
+  // short, and its "timed out" must not replace what the server really said.
+  ScriptedPeer peer({{"554 busy\r\n", "", 120ms}});
+  asio::io_context ioc;
+  ProbeOptions o;
+  o.connect = peer.connect();
+  o.protocol = VerifyProtocol::smtp;
+  o.deadline = 300ms;
+  o.interval = 0ms;
+  std::optional<ProbeReport> report;
+  asio::co_spawn(ioc, probe_serving(o, "1", std::chrono::steady_clock::now() + 10s),
+                 [&](std::exception_ptr, ProbeReport r) { report = std::move(r); });
+  ioc.run();
+  ASSERT_TRUE(report);
+  EXPECT_FALSE(report->verified);
+  EXPECT_GE(report->errors, 1);
+  EXPECT_EQ(report->errors, report->handshakes);
+  EXPECT_NE(report->last_error.find("'554 busy'"), std::string::npos) << report->describe();
 }
 
 TEST(StartTls, QuoteAnswer) {
