@@ -627,7 +627,8 @@ class Doctor {
       if (!rc.verify) continue;
       const auto& v = *rc.verify;
       auto served = co_await reloaders::fetch_served_serial(
-          v.connect, v.server_name, std::min<std::chrono::milliseconds>(options_.timeout, std::chrono::seconds(5)));
+          v.connect, v.server_name, std::min<std::chrono::milliseconds>(options_.timeout, std::chrono::seconds(5)),
+          v.protocol);
       const std::string where = v.connect + (v.server_name.empty() ? "" : " (SNI " + v.server_name + ")");
       if (!served) {
         add("verify", subject, Verdict::fail, "nothing serves TLS at " + where + ": " + served.error().message,

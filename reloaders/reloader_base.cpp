@@ -67,6 +67,7 @@ asio::awaitable<ProbeReport> ReloaderBase::probe(const ReloadEvent& event, Deadl
   ProbeOptions options;
   options.connect = v.connect;
   options.server_name = v.server_name;
+  options.protocol = v.protocol;
   options.settle = v.settle;
   options.deadline = v.deadline;
   if (!probe_context_) {

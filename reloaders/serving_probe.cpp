@@ -2,6 +2,7 @@
 
 #include "core/crypto/ossl_ptr.h"
 #include "core/async/watchdog.h"
+#include "reloaders/starttls.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
@@ -11,12 +12,14 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <memory>
 
@@ -29,6 +32,9 @@ using std::chrono::steady_clock;
 namespace {
 
 using TlsStream = asio::ssl::stream<tcp::socket>;
+
+// How long a STARTTLS-style session may take to end after the certificate was seen.
+constexpr milliseconds kCloseLimit{500};
 
 milliseconds ms_between(steady_clock::time_point a, steady_clock::time_point b) {
   return std::chrono::duration_cast<milliseconds>(b - a);
@@ -64,9 +70,41 @@ asio::awaitable<Result<tcp::resolver::results_type>> resolve(const std::string& 
   co_return results;
 }
 
+// Ends a STARTTLS-style session the way the server expects, so that probing every few
+// milliseconds leaves no error lines in its log: the protocol's goodbye, then for SMTP/IMAP
+// the server's own close is awaited; PostgreSQL gets a close_notify (closing without one while
+// its session tickets sit unread resets the connection, and it logs "could not receive data").
+// Bounded by `limit`; whatever happens here, the serial is already read.
+asio::awaitable<void> close_politely(std::shared_ptr<TlsStream> stream, config::VerifyProtocol protocol,
+                                     steady_clock::time_point limit) {
+  auto ex = co_await asio::this_coro::executor;
+  Watchdog watchdog(ex, limit, [stream] {
+    boost::system::error_code ignored;
+    stream->lowest_layer().close(ignored);
+  });
+  const std::string_view bye = goodbye(protocol);
+  if (bye.empty()) {
+    auto [sec] = co_await stream->async_shutdown(asio::as_tuple(asio::use_awaitable));
+    (void)sec;
+  } else {
+    auto [wec, written] = co_await asio::async_write(*stream, asio::buffer(bye.data(), bye.size()),
+                                                     asio::as_tuple(asio::use_awaitable));
+    // The answer (221 / * BYE) and the server's close; at most a few KiB are read.
+    std::array<char, 1024> sink;
+    for (int i = 0; !wec && i < 8; ++i) {
+      auto [rec, n] = co_await stream->async_read_some(asio::buffer(sink), asio::as_tuple(asio::use_awaitable));
+      if (rec) break;
+    }
+  }
+  ERR_clear_error();
+  boost::system::error_code ignored;
+  stream->lowest_layer().close(ignored);
+}
+
 asio::awaitable<Result<std::string>> handshake_serial(asio::ssl::context& ctx,
                                                       const tcp::resolver::results_type& endpoints,
                                                       const std::string& server_name,
+                                                      config::VerifyProtocol protocol,
                                                       steady_clock::time_point deadline) {
   auto ex = co_await asio::this_coro::executor;
   auto stream = std::make_shared<TlsStream>(ex, ctx);
@@ -77,6 +115,11 @@ asio::awaitable<Result<std::string>> handshake_serial(asio::ssl::context& ctx,
   auto [cec, ep] = co_await asio::async_connect(stream->lowest_layer(), endpoints,
                                                 asio::as_tuple(asio::use_awaitable));
   if (cec) co_return make_error(watchdog.fired() ? "connect timed out" : "connect: " + cec.message());
+  if (protocol != config::VerifyProtocol::tls) {
+    std::function<bool()> timed_out = [&watchdog] { return watchdog.fired(); };
+    auto agreed = co_await negotiate_tls(stream->next_layer(), protocol, timed_out);
+    if (!agreed) co_return agreed.error();
+  }
   if (!server_name.empty() && !SSL_set_tlsext_host_name(stream->native_handle(), server_name.c_str())) {
     co_return make_error("cannot set SNI " + server_name);
   }
@@ -87,8 +130,12 @@ asio::awaitable<Result<std::string>> handshake_serial(asio::ssl::context& ctx,
     co_return make_error(watchdog.fired() ? "TLS handshake timed out" : "TLS handshake: " + hec.message());
   }
   crypto::X509Ptr leaf(SSL_get1_peer_certificate(stream->native_handle()));
-  boost::system::error_code ignored;
-  stream->lowest_layer().close(ignored);
+  if (protocol == config::VerifyProtocol::tls) {
+    boost::system::error_code ignored;
+    stream->lowest_layer().close(ignored);
+  } else {
+    co_await close_politely(stream, protocol, std::min(deadline, steady_clock::now() + kCloseLimit));
+  }
   if (!leaf) co_return make_error("the server sent no certificate");
   auto serial = serial_of(leaf.get());
   if (serial.empty()) co_return make_error("cannot read the served certificate's serial");
@@ -162,13 +209,14 @@ std::string ProbeReport::describe() const {
 
 asio::awaitable<Result<std::string>> fetch_served_serial(const std::string& connect,
                                                          const std::string& server_name,
-                                                         milliseconds timeout) {
+                                                         milliseconds timeout,
+                                                         config::VerifyProtocol protocol) {
   const auto deadline = steady_clock::now() + timeout;
   auto ctx = make_probe_context();
   if (!ctx) co_return ctx.error();
   auto endpoints = co_await resolve(connect, deadline);
   if (!endpoints) co_return endpoints.error();
-  co_return co_await handshake_serial(**ctx, *endpoints, server_name, deadline);
+  co_return co_await handshake_serial(**ctx, *endpoints, server_name, protocol, deadline);
 }
 
 asio::awaitable<ProbeReport> probe_serving(const ProbeOptions& options, const std::string& expected_serial,
@@ -205,9 +253,12 @@ asio::awaitable<ProbeReport> probe_serving(const ProbeOptions& options, const st
     }
     const auto now = steady_clock::now();
     if (now >= end) break;
-    auto served = co_await handshake_serial(**ctx, *endpoints, options.server_name,
-                                            std::min(end, now + options.handshake_timeout));
+    const auto attempt_end = std::min(end, now + options.handshake_timeout);
+    auto served = co_await handshake_serial(**ctx, *endpoints, options.server_name, options.protocol, attempt_end);
     const auto done = steady_clock::now();
+    // An attempt cut short by the probe's own deadline tells nothing about the server (its
+    // "timed out" would hide the last real answer), unless it is the only one.
+    if (!served && attempt_end == end && done >= end && report.handshakes > 0) break;
     ++report.handshakes;
     if (served && *served == expected) {
       report.last_serial = *served;

@@ -1,10 +1,12 @@
 #pragma once
-// Verifies that a TLS terminator serves a given certificate: fresh full handshakes (new TCP
-// connection, new SSL object, no session cache, no tickets, no client certificate) until the
+// Verifies that a TLS server serves a given certificate: fresh full handshakes (new TCP
+// connection, then PostgreSQL's SSLRequest or SMTP/IMAP STARTTLS when configured, new SSL
+// object, no session cache, no tickets, no client certificate) until the
 // leaf's serial equals the expected one and every handshake for `settle` has shown it. The
 // chain is not verified: the serial comparison is the point. nginx's old workers keep answering
 // for ~100 ms after a reload, so a check that stopped at the first new handshake would lie.
 
+#include "core/config/config.h"
 #include "core/result.h"
 
 #include <boost/asio/awaitable.hpp>
@@ -30,6 +32,7 @@ namespace certagent::reloaders {
 struct ProbeOptions {
   std::string connect;                         // "127.0.0.1:443", "[::1]:443", "host:443"
   std::string server_name;                     // SNI; empty: none sent
+  config::VerifyProtocol protocol{config::VerifyProtocol::tls};  // what comes before TLS (starttls.h)
   std::chrono::milliseconds settle{150};
   std::chrono::milliseconds deadline{10000};   // from the start of the probe
   std::chrono::milliseconds interval{5};       // pause between handshakes
@@ -58,9 +61,11 @@ std::string normalize_serial(std::string_view hex);
 // "127.0.0.1:443" -> {"127.0.0.1", "443"}; "[::1]:8443" -> {"::1", "8443"}.
 [[nodiscard]] Result<std::pair<std::string, std::string>> split_host_port(std::string_view s);
 
-// One fresh full handshake; the served leaf's serial (normalized) or why it failed.
+// One fresh full handshake (after the protocol's SSLRequest / STARTTLS); the served leaf's
+// serial (normalized) or why it failed.
 [[nodiscard]] boost::asio::awaitable<Result<std::string>> fetch_served_serial(
-    const std::string& connect, const std::string& server_name, std::chrono::milliseconds timeout);
+    const std::string& connect, const std::string& server_name, std::chrono::milliseconds timeout,
+    config::VerifyProtocol protocol = config::VerifyProtocol::tls);
 
 // Probes until verified, the deadline passes, or `abort_check` (called between handshakes)
 // returns a reason. `hard_deadline` (the reloader's whole budget) caps options.deadline.

@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <array>
 #include <fstream>
 #include <limits>
@@ -614,9 +615,9 @@ std::optional<ReloaderConfig> Schema::reloader(const Field& f) {
 }
 
 std::optional<VerifyConfig> Schema::verify(const Field& f, Duration default_settle) {
-  MapView m(r_, f, "a mapping { connect, server_name, settle, deadline }");
+  MapView m(r_, f, "a mapping { connect, server_name, settle, deadline, protocol }");
   if (!m.valid()) return std::nullopt;
-  m.allow({"connect", "server_name", "settle", "deadline"});
+  m.allow({"connect", "server_name", "settle", "deadline", "protocol"});
   VerifyConfig v;
   v.settle = default_settle;
   if (auto cf = m.require("connect", kHostPortExpected)) {
@@ -628,12 +629,24 @@ std::optional<VerifyConfig> Schema::verify(const Field& f, Duration default_sett
   m.opt_string("server_name", v.server_name);
   m.opt_duration("settle", v.settle, false);
   m.opt_duration("deadline", v.deadline, true);
+  if (auto pf = m.get("protocol")) {
+    const std::vector<std::string_view> names(std::begin(kVerifyProtocols), std::end(kVerifyProtocols));
+    if (auto p = r_.one_of(*pf, names, "verify protocol")) {
+      auto at = std::find(names.begin(), names.end(), *p);
+      v.protocol = static_cast<VerifyProtocol>(at - names.begin());
+    }
+  }
   return v;
 }
 
 }  // namespace
 
 // ---- entry points ---------------------------------------------------------------------------
+
+std::string_view to_string(VerifyProtocol p) {
+  auto i = static_cast<std::size_t>(p);
+  return i < std::size(kVerifyProtocols) ? kVerifyProtocols[i] : "tls";
+}
 
 const BrokerType* Catalog::broker(std::string_view name) const {
   for (const auto& t : brokers) {

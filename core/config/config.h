@@ -20,6 +20,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace certagent::config {
@@ -88,11 +89,18 @@ struct BrokerConfig {
 
 // ---- reloaders -----------------------------------------------------------------------------
 
+// What the probe says before the TLS handshake: nothing (tls), PostgreSQL's SSLRequest, or
+// STARTTLS after the SMTP greeting and EHLO / after the IMAP greeting.
+enum class VerifyProtocol { tls, postgres, smtp, imap };
+std::string_view to_string(VerifyProtocol p);  // "tls" | "postgres" | "smtp" | "imap"
+inline constexpr std::string_view kVerifyProtocols[] = {"tls", "postgres", "smtp", "imap"};
+
 struct VerifyConfig {
   std::string connect;                       // "127.0.0.1:443"
   std::string server_name;                   // SNI; empty: none
   Duration settle{std::chrono::milliseconds(150)};
   Duration deadline{std::chrono::seconds(10)};
+  VerifyProtocol protocol{VerifyProtocol::tls};
 
   bool operator==(const VerifyConfig&) const = default;
 };

@@ -37,6 +37,7 @@ void write_reloader(ConfigWriter& w, const ReloaderConfig& r) {
     w.str("server_name", r.verify->server_name);
     w.duration("settle", r.verify->settle);
     w.duration("deadline", r.verify->deadline);
+    w.str("protocol", std::string(to_string(r.verify->protocol)));
     w.end_map();
   }
   w.end_map();

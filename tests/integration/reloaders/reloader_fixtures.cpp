@@ -139,10 +139,11 @@ struct Generations::Impl {
   FileSink sink;
 };
 
-Generations::Generations(fs::path dir) : dir_(std::move(dir)) {
+Generations::Generations(fs::path dir, std::string owner) : dir_(std::move(dir)) {
   fs::create_directories(dir_);
   config::FilesConfig files;
   files.dir = dir_;
+  files.owner = std::move(owner);
   files.keep = 3;
   impl_ = std::make_unique<Impl>(files);
 }
@@ -358,9 +359,10 @@ LoadRun rotate_under_load(boost::asio::io_context& ioc, certagent::reloaders::Re
 
 // ---- misc -------------------------------------------------------------------------------------
 
-std::string served_serial(int port, const std::string& sni) {
+std::string served_serial(int port, const std::string& sni, config::VerifyProtocol protocol) {
   boost::asio::io_context ioc;
-  auto r = run_on(ioc, certagent::reloaders::fetch_served_serial("127.0.0.1:" + std::to_string(port), sni, 5s));
+  auto r = run_on(ioc, certagent::reloaders::fetch_served_serial("127.0.0.1:" + std::to_string(port), sni, 5s,
+                                                                 protocol));
   return r ? *r : "error: " + r.error().message;
 }
 

@@ -58,7 +58,8 @@ class TestCa {
 // Writes generations in DESIGN.md's ..data layout with the real file sink (agent/file_sink.h).
 class Generations {
  public:
-  explicit Generations(fs::path dir);
+  // `owner`: files.owner (empty: the test's user), e.g. the user PostgreSQL runs as.
+  explicit Generations(fs::path dir, std::string owner = {});
   ~Generations();
   void commit(const Material& m);  // fails the test on error
   const fs::path& dir() const { return dir_; }
@@ -149,8 +150,10 @@ LoadRun rotate_under_load(boost::asio::io_context& ioc, certagent::reloaders::Re
                           std::chrono::milliseconds interval, bool connection_close, std::uint64_t& next_serial,
                           int connections = 50);
 
-// The served leaf's serial through one fresh handshake (openssl-free: our own probe).
-std::string served_serial(int port, const std::string& sni = "localhost");
+// The served leaf's serial through one fresh handshake (openssl-free: our own probe), after
+// the SSLRequest / STARTTLS of `protocol`.
+std::string served_serial(int port, const std::string& sni = "localhost",
+                          config::VerifyProtocol protocol = config::VerifyProtocol::tls);
 
 certagent::reloaders::ReloadEvent event_for(const std::string& name, const Material& m,
                                             std::optional<fs::path> files_dir = std::nullopt);

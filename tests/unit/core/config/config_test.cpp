@@ -374,6 +374,22 @@ const ErrorCase kErrorCases[] = {
      "      - type: nginx\n"
      "        verify: { connect: \"127.0.0.1\" }\n",
      "9:28", "got '127.0.0.1', expected host:port like 127.0.0.1:443"},
+    {"verify with an unknown protocol", HEAD
+     "    broker: dev\n"
+     "    common_name: web\n"
+     "    reload:\n"
+     "      - type: exec\n"
+     "        command: [pg_ctl, reload]\n"
+     "        verify: { connect: \"127.0.0.1:5432\", protocol: postgresql }\n",
+     "10:56", "unknown verify protocol 'postgresql', expected verify protocol: one of tls, postgres, smtp, imap"},
+    {"verify with a protocol that is a list", HEAD
+     "    broker: dev\n"
+     "    common_name: web\n"
+     "    reload:\n"
+     "      - type: exec\n"
+     "        command: [postfix, reload]\n"
+     "        verify: { connect: \"127.0.0.1:25\", protocol: [smtp] }\n",
+     "10:54", "expected verify protocol: one of tls, postgres, smtp, imap"},
     {"signal with both pid and pid_file", HEAD
      "    broker: dev\n"
      "    common_name: web\n"
@@ -788,6 +804,7 @@ TEST(ConfigDefaults, ReloaderDefaultsByType) {
   EXPECT_EQ(r[2].verify->connect, "127.0.0.1:8443");
   EXPECT_EQ(r[2].verify->settle, 150ms);
   EXPECT_EQ(r[2].verify->deadline, 10s);
+  EXPECT_EQ(r[2].verify->protocol, VerifyProtocol::tls);
   EXPECT_TRUE(r[3].settings.as<reloaders::NginxReloaderConfig>().test_command.empty());
   EXPECT_EQ(r[3].timeout, 5s);
   EXPECT_FALSE(r[3].verify.has_value());
@@ -919,6 +936,7 @@ TEST(ConfigDump, UnusualValuesRoundTrip) {
       "    socket: { allow_uids: [33], allow_gids: [4, 5] }\n"
       "    reload:\n"
       "      - { type: signal, pid: 4242, signal: 34 }\n"
+      "      - { type: exec, command: [postfix, reload], verify: { connect: \"127.0.0.1:25\", protocol: smtp } }\n"
       "      - { type: nginx, command: [/usr/sbin/nginx, -c, /etc/n.conf, -s, reload],\n"
       "          test_command: [/usr/sbin/nginx, -t, -c, /etc/n.conf] }\n"
       "    on_expiry:\n"
@@ -932,6 +950,8 @@ TEST(ConfigDump, UnusualValuesRoundTrip) {
   EXPECT_EQ(c.certificates[0].files->formats, (std::vector<std::string>{"pem", "pkcs12"}));
   EXPECT_EQ(c.certificates[0].files->pkcs12->password_file, "/etc/certagent/x.pass");
   EXPECT_TRUE(c.certificates[0].files->pkcs12->sealed);
+  ASSERT_TRUE(c.certificates[0].reload[1].verify);
+  EXPECT_EQ(c.certificates[0].reload[1].verify->protocol, VerifyProtocol::smtp);
   expect_round_trip(c);
 }
 
