@@ -580,6 +580,33 @@ TEST_F(SidecarApiTest, ConnectionsWithoutCallsAreClosedAfterIdleTimeout) {
   ::close(fd);
 }
 
+TEST_F(SidecarApiTest, ConnectionLimitRefusesAtOnceAndForgetsClosedConnections) {
+  auto config = api_config();
+  config.max_connections_per_uid = 2;
+  start(config);
+  const int a = connect_raw(path_);
+  const int b = connect_raw(path_);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  // The third of this uid is closed at once, and counted.
+  const int c = connect_raw(path_);
+  EXPECT_TRUE(closed_by_server(c, kWait));
+  ::close(c);
+  EXPECT_TRUE(wait_until([&] {
+    return metric("certagent_sidecar_rejected_total", {{"reason", "max_connections_per_uid"}}) >= 1;
+  }, kWait));
+  // Once the first two are gone, a new connection is admitted again (closed connections are
+  // forgotten when a limit would otherwise refuse).
+  ::close(a);
+  ::close(b);
+  EXPECT_TRUE(wait_until([&] {
+    const int probe = connect_raw(path_);
+    const bool refused = closed_by_server(probe, 300ms);
+    ::close(probe);
+    return !refused;
+  }, kWait));
+}
+
 TEST_F(SidecarApiTest, StreamLimitsAnswerUnavailable) {
   auto config = api_config();
   config.max_streams_per_uid = 1;
