@@ -11,7 +11,7 @@
 #include "core/logging.h"
 #include "agent/metrics.h"
 #include "agent/sd_notify.h"
-#include "agent/sidecar/sidecar_server.h"
+#include "agent/sidecar/loader.h"
 #include "agent/socket_server.h"
 #include "agent/state_file.h"
 #include "agent/store.h"
@@ -52,18 +52,21 @@ class ServerSet {
  public:
   ServerSet(asio::io_context& io, const config::Config& config, CertificateStore& store,
             Metrics& metrics, const Clock& clock, std::function<bool()> healthy)
-      : socket_(io, config.socket, store, metrics, clock, healthy),
-        metrics_(io, config.metrics.listen, store, metrics, clock, healthy) {
-    // Without workload_api nothing of gRPC is even constructed: no threads, no memory.
-    if (!config.workload_api.path.empty())
-      sidecar_ = std::make_unique<sidecar::SidecarServer>(io, config.workload_api, store, metrics,
-                                                          clock);
-  }
+      : io_(io), config_(config), store_(store), metrics_registry_(metrics), clock_(clock),
+        socket_(io, config.socket, store, metrics, clock, healthy),
+        metrics_(io, config.metrics.listen, store, metrics, clock, healthy) {}
 
   Result<> start() {
     if (auto r = socket_.start(); !r) return r;  // its message names the path
-    if (sidecar_)
+    // Without workload_api the sidecar module is not even loaded: no gRPC library mapped, no
+    // gRPC thread, no memory.
+    if (!config_.workload_api.path.empty()) {
+      auto endpoint = sidecar::load_endpoint(io_, config_.workload_api, store_, metrics_registry_,
+                                             clock_);
+      if (!endpoint) return with_context("workload_api", endpoint.error());
+      sidecar_ = std::move(*endpoint);
       if (auto r = sidecar_->start(); !r) return r;
+    }
     if (auto r = metrics_.start(); !r) return with_context("metrics listener", r.error());
     return {};
   }
@@ -74,8 +77,13 @@ class ServerSet {
   }
 
  private:
+  asio::io_context& io_;
+  const config::Config& config_;
+  CertificateStore& store_;
+  Metrics& metrics_registry_;
+  const Clock& clock_;
   SocketServer socket_;
-  std::unique_ptr<sidecar::SidecarServer> sidecar_;
+  std::unique_ptr<sidecar::Endpoint> sidecar_;
   MetricsListener metrics_;
 };
 

@@ -12,7 +12,9 @@ build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc)
 test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
   procps util-linux systemd dpkg-dev lintian man-db binutils prometheus
-  python3-grpcio python3-protobuf postgresql-15 postfix dovecot-imapd)
+  python3-grpcio python3-protobuf postgresql-15 postfix dovecot-imapd
+  golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev golang-google-protobuf-dev
+  protoc-gen-go protoc-gen-go-grpc)
 # qemu-utils: qemu-img for the per-instance overlays; e2fsprogs: mkfs.ext4 -d and debugfs.
 image_pkgs=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs swtpm swtpm-tools golang-cfssl)
 demo_pkgs=(openssl)

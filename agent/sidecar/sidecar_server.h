@@ -9,40 +9,29 @@
 // authorization comes from the kernel, never from what the client sends.
 //
 // Threads: gRPC runs its reactions on its own threads; they only take a stream's lock and post
-// to the daemon's io_context, where the store lives and every decision is made. Nothing of gRPC
-// is started (no threads, no grpc_init) unless workload_api.path is set.
+// to the daemon's io_context, where the store lives and every decision is made.
+//
+// The daemon never links this: it loads it as the module certagent-sidecar.so (module.cpp,
+// loader.h) only when workload_api.path is set. Tests and the benchmark link it directly.
 
-#include "agent/metrics.h"
-#include "agent/store.h"
-#include "core/clock.h"
-#include "core/config/config.h"
-#include "core/result.h"
+#include "agent/sidecar/endpoint.h"
 
-#include <boost/asio/io_context.hpp>
-
-#include <cstddef>
 #include <memory>
 
 namespace certagent::sidecar {
 
-class SidecarServer {
+class SidecarServer final : public Endpoint {
  public:
   // Everything referenced must outlive the server.
   SidecarServer(boost::asio::io_context& io, const config::WorkloadApiConfig& config,
                 CertificateStore& store, Metrics& metrics, const Clock& clock);
-  ~SidecarServer();  // stop()
+  ~SidecarServer() override;  // stop()
   SidecarServer(const SidecarServer&) = delete;
   SidecarServer& operator=(const SidecarServer&) = delete;
 
-  // Creates workload_api.path (as socket.path is created) and starts gRPC. An empty path:
-  // nothing to serve, returns success.
-  [[nodiscard]] Result<> start();
-  // Ends every stream (UNAVAILABLE), stops gRPC and removes the socket file. Blocks until gRPC
-  // has let go of every call.
-  void stop();
-
-  // Open streams (SDS and Workload API), as the io_context thread sees them.
-  std::size_t streams() const;
+  [[nodiscard]] Result<> start() override;
+  void stop() override;
+  std::size_t streams() const override;
 
   class Impl;  // in the .cpp
 

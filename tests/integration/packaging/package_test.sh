@@ -83,6 +83,7 @@ has() {  # has path mode
 }
 for entry in \
     "/usr/bin/certagent -rwxr-xr-x" \
+    "/usr/lib/certagent/certagent-sidecar.so -rw-r--r--" \
     "/etc/certagent/agent.yaml -rw-r--r--" \
     "/usr/lib/systemd/system/certagent.service -rw-r--r--" \
     "/usr/lib/systemd/system/certagent-enroll.service -rw-r--r--" \

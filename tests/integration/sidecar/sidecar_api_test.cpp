@@ -64,11 +64,16 @@ config::CertificateConfig cert_config(const std::string& name, std::vector<std::
   return c;
 }
 
-// One run of sidecar_client.py; its output is one JSON object per line.
+// The independent clients: Debian's python3-grpcio (sidecar_client.py) and grpc-go
+// (go_client/main.go, built offline from Debian's golang-google-grpc-dev). Same command line,
+// same output.
+enum class ClientKind { python, go };
+
+// One run of a client; its output is one JSON object per line.
 class PyClient {
  public:
   PyClient(const fs::path& dir, const fs::path& socket, std::vector<std::string> args,
-           std::vector<std::string> as_user = {}) {
+           std::vector<std::string> as_user = {}, ClientKind kind = ClientKind::python) {
     static int n = 0;
     out_ = dir / ("client-" + std::to_string(++n) + ".out");
     err_ = dir / ("client-" + std::to_string(n) + ".err");
@@ -77,8 +82,17 @@ class PyClient {
       argv.push_back(test::require_program("setpriv").string());
       argv.insert(argv.end(), as_user.begin(), as_user.end());
     }
-    EXPECT_TRUE(fs::exists("/usr/bin/python3")) << "python3-grpcio needs Debian's python3";
-    argv.insert(argv.end(), {"/usr/bin/python3", CERTAGENT_SIDECAR_CLIENT, socket.string()});
+    if (kind == ClientKind::go) {
+      // Not a skip: a missing Go toolchain at configure time is a failure here.
+      EXPECT_TRUE(fs::exists(CERTAGENT_SIDECAR_GO_CLIENT))
+          << "the Go client was not built: install golang-go golang-google-grpc-dev "
+             "golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc "
+             "(scripts/install-deps.sh test) and re-run cmake";
+      argv.insert(argv.end(), {CERTAGENT_SIDECAR_GO_CLIENT, socket.string()});
+    } else {
+      EXPECT_TRUE(fs::exists("/usr/bin/python3")) << "python3-grpcio needs Debian's python3";
+      argv.insert(argv.end(), {"/usr/bin/python3", CERTAGENT_SIDECAR_CLIENT, socket.string()});
+    }
     argv.insert(argv.end(), args.begin(), args.end());
     test::Process::Options options;
     options.env["PYTHONPATH"] = CERTAGENT_SIDECAR_PY;
@@ -218,6 +232,9 @@ class SidecarApiTest : public ::testing::Test {
 
   PyClient client(std::vector<std::string> args, std::vector<std::string> as_user = {}) {
     return PyClient(dir_.path(), path_, std::move(args), std::move(as_user));
+  }
+  PyClient go_client(std::vector<std::string> args, std::vector<std::string> as_user = {}) {
+    return PyClient(dir_.path(), path_, std::move(args), std::move(as_user), ClientKind::go);
   }
 
   double metric(std::string_view name, const Metrics::Labels& labels = {}) {
@@ -439,6 +456,71 @@ TEST_F(SidecarApiTest, ExpiryTimerFailsClosedWithoutTheStore) {
   EXPECT_TRUE(s.messages()[2].at("resources").as_array().empty());
 }
 
+// ---- a second independent client: grpc-go ----------------------------------------------------
+
+TEST_F(SidecarApiTest, GoClientSdsGetsCertificateTrustAndTwoRotations) {
+  start();
+  auto c = go_client({"sds", "web", "web/trust", "db"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  auto first = c.messages()[0];
+  EXPECT_EQ(str(first.at("type_url")), std::string(sidecar::kSecretTypeUrl));
+  const auto* tls = resource(first, "web");
+  ASSERT_NE(tls, nullptr) << json::serialize(first);
+  EXPECT_EQ(str(tls->at("kind")), "tls");
+  EXPECT_EQ(str(tls->at("leaf_sha256")), held("web")->sha256_hex);
+  EXPECT_EQ(str(tls->at("key_sha256")), sha256_hex(held("web")->key_pem.view()));
+  const auto* trust = resource(first, "web/trust");
+  ASSERT_NE(trust, nullptr);
+  EXPECT_EQ(str(trust->at("trusted_ca_sha256")), sha256_hex(ca_.cert_pem));
+  EXPECT_EQ(resource(first, "db"), nullptr);  // not this uid's
+  std::set<std::string> versions{str(first.at("version"))};
+  for (std::size_t i = 2; i <= 3; ++i) {
+    commit("web", material("web"));
+    ASSERT_TRUE(c.wait_messages(i)) << c.stderr_text();
+    const auto m = c.messages()[i - 1];
+    const auto* r = resource(m, "web");
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(str(r->at("leaf_sha256")), held("web")->sha256_hex);
+    versions.insert(str(m.at("version")));
+  }
+  EXPECT_EQ(versions.size(), 3u);
+}
+
+TEST_F(SidecarApiTest, GoClientWorkloadApiRotationsRefusalAndExpiry) {
+  start();
+  auto c = go_client({"svid"}, as_uid(kWebUid));
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  auto svids = c.messages()[0].at("svids").as_array();
+  ASSERT_EQ(svids.size(), 1u);
+  EXPECT_EQ(str(svids[0].as_object().at("spiffe_id")), "spiffe://example.org/web");
+  EXPECT_EQ(str(svids[0].as_object().at("leaf_sha256")), held("web")->sha256_hex);
+  auto key_der = sidecar::pem_key_to_der(held("web")->key_pem.view());
+  ASSERT_TRUE(key_der);
+  EXPECT_EQ(str(svids[0].as_object().at("key_sha256")), sha256_hex(key_der->view()));
+  for (std::size_t i = 2; i <= 3; ++i) {
+    commit("web", material("web"));
+    ASSERT_TRUE(c.wait_messages(i)) << c.stderr_text();
+    EXPECT_EQ(str(c.messages()[i - 1].at("svids").as_array()[0].as_object().at("leaf_sha256")),
+              held("web")->sha256_hex);
+  }
+  // Refused by uid.
+  auto other = go_client({"svid"}, as_uid(kOtherUid));
+  EXPECT_EQ(other.wait_end(), "PERMISSION_DENIED") << other.stderr_text();
+  EXPECT_NE(other.end_message().find("no identity"), std::string::npos) << other.end_message();
+  // The group member gets the bundle of its trust domain.
+  auto member = go_client({"bundles"}, as_uid(kOtherUid, {kApiGid}));
+  ASSERT_TRUE(member.wait_messages(1)) << member.stderr_text();
+  EXPECT_EQ(member.messages()[0].at("bundles").as_object().at("spiffe://example.org").as_int64(), 1);
+  // Fail-closed at expiry: the stream ends as the standard says.
+  on_io([&] {
+    clock_.set(store_.find("web")->material->not_after + 1s);
+    store_.mark_expired("web");
+  });
+  EXPECT_EQ(c.wait_end(), "PERMISSION_DENIED") << c.stderr_text();
+  EXPECT_NE(c.end_message().find("no valid X.509-SVID"), std::string::npos) << c.end_message();
+  EXPECT_EQ(c.messages().size(), 3u);
+}
+
 // ---- limits and garbage ------------------------------------------------------------------------
 
 int connect_raw(const fs::path& path) {
@@ -496,6 +578,33 @@ TEST_F(SidecarApiTest, ConnectionsWithoutCallsAreClosedAfterIdleTimeout) {
   ASSERT_GE(fd, 0);
   EXPECT_TRUE(closed_by_server(fd, kWait));
   ::close(fd);
+}
+
+TEST_F(SidecarApiTest, ConnectionLimitRefusesAtOnceAndForgetsClosedConnections) {
+  auto config = api_config();
+  config.max_connections_per_uid = 2;
+  start(config);
+  const int a = connect_raw(path_);
+  const int b = connect_raw(path_);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  // The third of this uid is closed at once, and counted.
+  const int c = connect_raw(path_);
+  EXPECT_TRUE(closed_by_server(c, kWait));
+  ::close(c);
+  EXPECT_TRUE(wait_until([&] {
+    return metric("certagent_sidecar_rejected_total", {{"reason", "max_connections_per_uid"}}) >= 1;
+  }, kWait));
+  // Once the first two are gone, a new connection is admitted again (closed connections are
+  // forgotten when a limit would otherwise refuse).
+  ::close(a);
+  ::close(b);
+  EXPECT_TRUE(wait_until([&] {
+    const int probe = connect_raw(path_);
+    const bool refused = closed_by_server(probe, 300ms);
+    ::close(probe);
+    return !refused;
+  }, kWait));
 }
 
 TEST_F(SidecarApiTest, StreamLimitsAnswerUnavailable) {

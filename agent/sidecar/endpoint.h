@@ -1,0 +1,42 @@
+#pragma once
+// The sidecar API as the daemon sees it: an endpoint it starts and stops. The implementation
+// (sidecar_server.*, gRPC and protobuf) is built as a module, certagent-sidecar.so, that the
+// daemon dlopen()s only when workload_api.path is set (agent/sidecar/loader.h): without it, no
+// gRPC library is even mapped. No gRPC header here.
+
+#include "agent/metrics.h"
+#include "agent/store.h"
+#include "core/clock.h"
+#include "core/config/config.h"
+#include "core/result.h"
+
+#include <boost/asio/io_context.hpp>
+
+#include <cstddef>
+
+namespace certagent::sidecar {
+
+class Endpoint {
+ public:
+  virtual ~Endpoint() = default;
+  // Creates workload_api.path (as socket.path is created) and starts gRPC. An empty path:
+  // nothing to serve, returns success.
+  [[nodiscard]] virtual Result<> start() = 0;
+  // Ends every stream (UNAVAILABLE), stops gRPC and removes the socket file. Blocks until gRPC
+  // has let go of every call.
+  virtual void stop() = 0;
+  // Open streams (SDS and Workload API), as the io_context thread sees them.
+  virtual std::size_t streams() const = 0;
+};
+
+// What the module exports (extern "C", so dlsym finds it by this name): a new endpoint, whose
+// references must outlive it. The daemon and the module are built from one tree; the module
+// also exports kModuleVersionSymbol, the project version, which the loader checks first.
+inline constexpr const char* kCreateSymbol = "certagent_sidecar_create_v1";
+inline constexpr const char* kModuleVersionSymbol = "certagent_sidecar_module_version";
+using CreateFunction = Endpoint* (*)(boost::asio::io_context& io,
+                                     const config::WorkloadApiConfig& config,
+                                     CertificateStore& store, Metrics& metrics,
+                                     const Clock& clock);
+
+}  // namespace certagent::sidecar
