@@ -222,9 +222,9 @@ clock_checks() {
   snapshot "$cursor"
   check "clock, resume: one event=clock_jump (logged: $(count_in 'event=clock_jump')), step_ms=$(jump_ms) ~ the sleep (${slept} s)" \
     one_jump "$(awk -v s="$slept" 'BEGIN { print s * 1000 }')" 1500
-  # The kernel's "PM: suspend exit" is the resume, on the journal's monotonic clock.
+  # The kernel's "PM: suspend exit" is the resume; its own timestamp, not journald's reading of it.
   resumed=$(timeout 30 journalctl -k -b -o json --no-pager | jq -r 'select(.MESSAGE | tostring | startswith("PM: suspend exit"))
-    | .__MONOTONIC_TIMESTAMP | tonumber / 1e6' | tail -n1)
+    | (._SOURCE_MONOTONIC_TIMESTAMP // .__MONOTONIC_TIMESTAMP) | tonumber / 1e6' | tail -n1)
   fact clock_suspend "suspend to RAM (S3) for $slept s: one clock_jump step_ms=$(jump_ms), logged $(minus "$(first_at 'event=clock_jump')" "$resumed") s after the kernel's resume; material valid; a renewal right after took $(minus "$(first_at 'event=certificate_issued name=sidecar ')" "$(first_at 'event=renewal_requested')") s"
   echo "clock checks: end, wall clock $(date -u +%FT%T.%NZ), uptime $(uptime_now)"
 }
