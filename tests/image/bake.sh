@@ -55,7 +55,9 @@ in_root useradd --system --user-group --groups certagent --no-create-home --shel
 # The results disk (the host's seed in, the runner's results out) and the test's units.
 install -d "$root/results"
 echo '/dev/vdb /results ext4 rw,nofail,x-systemd.device-timeout=60s 0 0' >>"$root/etc/fstab"
-install -D -m 0755 "$here/test-image/runner.sh" "$root/usr/local/libexec/certagent-image-test/runner.sh"
+for f in runner.sh clock.sh clock-tool.pl; do
+  install -D -m 0755 "$here/test-image/$f" "$root/usr/local/libexec/certagent-image-test/$f"
+done
 for u in multirootca.service certagent-image-seed.service certagent-image-test.service; do
   install -m 0644 "$here/test-image/$u" "$root/etc/systemd/system/$u"
 done

@@ -16,7 +16,10 @@
 #      stopped and started again between the boots: a power cycle); n, without a TPM, once.
 #      Two at a time (2 cores): a1 a2 in one lane, b1 n1 b2 in the other.
 #   5. The runner unit inside the guest writes its checks to a second disk; the host reads it with
-#      debugfs and compares across boots and instances.
+#      debugfs and compares across boots and instances. On a2 it ends with the clock checks
+#      (test-image/clock.sh, issue 20): the guest steps its own clock (tiny steps, about +1 h
+#      into the renewal window, back as much during a backoff) and suspends to RAM (qemu's S3,
+#      woken by the RTC); the host's clock is never touched.
 #
 # KVM is used only when a short probe boot shows it works (a paravirtual nested /dev/kvm can hang
 # a stock kernel); otherwise TCG. Every step has a hard timeout. Needs root (mmdebstrap's root
@@ -96,7 +99,8 @@ rootfs=$run/rootfs
 if [ "${CERTAGENT_IMAGE_REUSE:-0}" = 1 ] && [ -s "$run/base.img" ] && [ -d "$bake" ] && [ -s "$run/vmlinuz" ]; then
   echo "CERTAGENT_IMAGE_REUSE=1: booting the image kept in $run, with the runner and units from the checkout"
   rm -rf "$run"/a "$run"/b "$run"/n "$run"/timings "$run"/lane-*.log
-  for f in usr/local/libexec/certagent-image-test/runner.sh etc/systemd/system/multirootca.service \
+  for f in usr/local/libexec/certagent-image-test/runner.sh usr/local/libexec/certagent-image-test/clock.sh \
+      usr/local/libexec/certagent-image-test/clock-tool.pl etc/systemd/system/multirootca.service \
       etc/systemd/system/certagent-image-seed.service etc/systemd/system/certagent-image-test.service; do
     debugfs -w -R "rm /$f" "$run/base.img" >/dev/null 2>&1
     debugfs -w -R "write $here/test-image/$(basename "$f") /$f" "$run/base.img" >/dev/null 2>&1
@@ -233,14 +237,16 @@ new_instance() {  # new_instance NAME
     { echo "qemu-img create failed for $1" >&2; return 1; }
 }
 
-# boot NAME N ROLE: one power-on of an instance, until the guest powers itself off.
+# boot NAME N ROLE [clock]: one power-on of an instance, until the guest powers itself off;
+# with `clock`, the runner ends with the clock checks.
 boot() {
-  local name=$1 n=$2 role=$3 dir=$run/$1 t0=$SECONDS rc
+  local name=$1 n=$2 role=$3 extra=${4:-} dir=$run/$1 t0=$SECONDS rc
   local seedroot=$dir/seed-$n results=$dir/results-$n.img
   local sock=$tmp/$name.swtpm.sock pidfile=$tmp/$name.swtpm.pid
   mkdir -p "$seedroot/seed"
   echo "$role" >"$seedroot/seed/role"
   echo "$n" >"$seedroot/seed/boot"
+  [ "$extra" = clock ] && echo yes >"$seedroot/seed/clock"
   if [ "$n" = 1 ]; then  # cloud-init writes the secret once per instance: on its first boot
     mkdir -p "$seedroot/seed/secrets"
     install -m 0600 "$bake/cfssl.key" "$seedroot/seed/secrets/cfssl.key"
@@ -271,6 +277,7 @@ boot() {
     -drive "file=$dir/disk.qcow2,if=virtio,format=qcow2,cache=unsafe" \
     -drive "file=$results,if=virtio,format=raw,cache=unsafe" \
     -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-pci,rng=rng0 \
+    -global PIIX4_PM.disable_s3=0 \
     "${tpm_args[@]}" >"$dir/qemu-$n.log" 2>&1 &
   local qemu_pid=$!
   echo "$qemu_pid" >"$tmp/$name.qemu.pid"
@@ -296,7 +303,8 @@ boot() {
 
 # An instance's second boot only makes sense once its first one finished.
 finished() { [ -f "$run/$1/boot-$2/out/done" ]; }
-lane_a() { boot a 1 tpm && finished a 1 && boot a 2 tpm; }
+# a2 runs the clock checks too (~40 s): lane a is the shorter one.
+lane_a() { boot a 1 tpm && finished a 1 && boot a 2 tpm clock; }
 lane_b() { boot b 1 tpm; boot n 1 notpm; finished b 1 && boot b 2 tpm; }
 
 for i in a b n; do new_instance "$i" || die "could not make the disk of instance $i"; done
@@ -365,6 +373,12 @@ for b in "a 1" "a 2" "b 1" "b 2" "n 1"; do
     "$(fact "$1" "$2" uptime_at_runner || echo -)" \
     "$(fact "$1" "$2" ready_uptime || echo -)" "$(fact "$1" "$2" ready_seconds_after_start || echo -)" \
     "$(fact "$1" "$2" enroll_seconds || echo -)"
+done
+check "a2: the clock checks ran to the end (facts clock_back, clock_suspend)" \
+  test -n "$(fact a 2 clock_back)" -a -n "$(fact a 2 clock_suspend)"
+echo "clock moves in a2 (the guest's own clock; tiny steps, forward, back during a backoff, suspend):"
+for f in clock_tiny clock_forward clock_back clock_suspend; do
+  printf '  %-13s %s\n' "$f" "$(fact a 2 "$f" || echo -)"
 done
 echo "exposure in the guest: certagent.service $(fact a 1 exposure_certagent.service), certagent-enroll.service $(fact a 1 exposure_certagent-enroll.service)"
 timing "total (accelerator $accel_name)" $((SECONDS - started))

@@ -6,7 +6,8 @@
 # cross-boot and cross-instance comparisons to the results disk (/results/out). The unit powers
 # the machine off afterwards, whatever the outcome.
 #
-# The host tells it what to expect in /results/seed: `role` (tpm | notpm) and `boot` (1 | 2).
+# The host tells it what to expect in /results/seed: `role` (tpm | notpm) and `boot` (1 | 2), and
+# with `clock` to run the clock checks (clock.sh) last.
 # Every command that could block has a timeout; every wait is for a condition with a deadline.
 set -uo pipefail
 export LC_ALL=C.UTF-8 SYSTEMD_PAGER='' SYSTEMD_COLORS=0 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -256,6 +257,14 @@ check "no secret left in /etc/certagent/secrets" test -z "$(ls -A /etc/certagent
 # (systemd-analyze time would say the boot is not finished: this runner is part of it.)
 fact multi_user_uptime "$(awk -v a="$(prop multi-user.target ActiveEnterTimestampMonotonic)" \
   'BEGIN { printf "%.1f", a / 1e6 }')"
+
+# ---- the clock moves (issue 20): on the boot the host marks, after every other check -------------
+# The guest steps its own clock and suspends; clock.sh puts the clock back where it was.
+if [ -f "$seed/clock" ]; then
+  # shellcheck source=clock.sh
+  . /usr/local/libexec/certagent-image-test/clock.sh
+  clock_checks
+fi
 timeout 30 journalctl -b --no-pager -o short-monotonic >"$out/journal.txt"
 echo done >"$out/done"
 sync
