@@ -2,8 +2,9 @@
 # Installs what certagent needs from Debian's packages: `build` for building it, `test` for the
 # real servers the tests start, `image` for the booted-image test (tests/image: a Debian 12 root
 # filesystem from mmdebstrap, booted under qemu with a swtpm TPM), `demo` for the demo, `bench`
-# for the peers of the side-by-side ACME benchmark (bench/acme). Run as root; only installs what
-# is missing.
+# for the peers of the side-by-side ACME benchmark (bench/acme), `fuzz` for the sanitizer and
+# libFuzzer build (clang; libclang-rt-14-dev holds the ASan/UBSan/libFuzzer runtimes, llvm-14 the
+# symbolizer for readable reports). Run as root; only installs what is missing.
 set -euo pipefail
 
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
@@ -16,6 +17,7 @@ test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy 
 image_pkgs=(mmdebstrap qemu-system-x86 qemu-utils e2fsprogs swtpm swtpm-tools golang-cfssl)
 demo_pkgs=(openssl)
 bench_pkgs=(lego uacme certbot)
+fuzz_pkgs=(clang-14 libclang-rt-14-dev llvm-14)
 
 want=("${build_pkgs[@]}")
 for group in "$@"; do
@@ -25,7 +27,8 @@ for group in "$@"; do
     image) want+=("${image_pkgs[@]}") ;;
     demo) want+=("${demo_pkgs[@]}") ;;
     bench) want+=("${bench_pkgs[@]}") ;;
-    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench)" >&2; exit 2 ;;
+    fuzz) want+=("${fuzz_pkgs[@]}") ;;
+    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench | fuzz)" >&2; exit 2 ;;
   esac
 done
 
