@@ -134,6 +134,14 @@ Result<KeyBlobs> unmarshal_blobs(std::span<const std::uint8_t> pub, std::span<co
   TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(pub.data(), pub.size(), &offset, &out.pub);
   if (rc != TSS2_RC_SUCCESS || offset != pub.size())
     return make_error(std::string(pub_name) + " is not a marshalled TPM2B_PUBLIC");
+  // Tss2_MU reads the public area whatever its size field says: a file whose size field
+  // disagrees with its contents is corrupt, though it unmarshals (found by fuzz_tpm_blobs).
+  std::uint8_t again[sizeof(TPM2B_PUBLIC)];
+  std::size_t again_size = 0;
+  if (Tss2_MU_TPM2B_PUBLIC_Marshal(&out.pub, again, sizeof again, &again_size) != TSS2_RC_SUCCESS ||
+      again_size != pub.size() || std::memcmp(again, pub.data(), again_size) != 0)
+    return make_error(std::string(pub_name) + " is not a marshalled TPM2B_PUBLIC (its size field does not match "
+                                              "its contents)");
   offset = 0;
   rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(priv.data(), priv.size(), &offset, &out.priv);
   if (rc != TSS2_RC_SUCCESS || offset != priv.size())
