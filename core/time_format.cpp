@@ -57,6 +57,12 @@ std::optional<SystemTime> parse_rfc3339(std::string_view text) {
   tm.tm_sec = s;
   const std::time_t t = ::timegm(&tm);
   if (t == static_cast<std::time_t>(-1)) return std::nullopt;
+  // Beyond SystemTime's range (before 1678, after 2261; found by fuzz_formats) is no time anything
+  // here writes or compares with: refused, not wrapped.
+  constexpr std::time_t kDay = 86400;
+  if (system_time_from_time_t(t - 2 * kDay) == SystemTime::min() ||
+      system_time_from_time_t(t + 2 * kDay) == SystemTime::max())
+    return std::nullopt;
   return std::chrono::system_clock::from_time_t(t) - std::chrono::minutes(offset_minutes) +
          std::chrono::duration_cast<std::chrono::system_clock::duration>(frac);
 }

@@ -7,7 +7,8 @@
 #
 #   scripts/fuzz.sh BUILD_DIR [SECONDS_EACH] [NAME ...]     (default 20 s, every harness)
 #
-# Prints one line per harness: executions, coverage (edges) and the outcome.
+# Prints one line per harness: executions, coverage (edges), CPU seconds and the outcome.
+# FUZZ_WORK_DIR keeps the inputs found (one directory per harness) for a later run to go on from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,8 +22,13 @@ fi
 
 artifacts=${FUZZ_ARTIFACTS:-$build_dir/fuzz-artifacts}
 mkdir -p "$artifacts"
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+if [ -n "${FUZZ_WORK_DIR:-}" ]; then
+  scratch=$FUZZ_WORK_DIR
+  mkdir -p "$scratch"
+else
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$scratch"' EXIT
+fi
 
 # Leaks are findings; UB already aborts (-fno-sanitize-recover=all).
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
@@ -43,13 +49,16 @@ for name in "${names[@]}"; do
   start=$(date +%s)
   rc=0
   # -timeout: one input taking 10 s is a finding (a hang); -rss_limit_mb: so is 2 GiB.
-  "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$artifacts/$name-" "${dict[@]}" "$scratch/$name" "$corpus" >"$log" 2>&1 || rc=$?
+  TIMEFORMAT='%U %S'
+  { time "$bin" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$artifacts/$name-" "${dict[@]}" "$scratch/$name" "$corpus" >"$log" 2>&1; } \
+    2>"$scratch/$name.cpu" || rc=$?
   wall=$(($(date +%s) - start))
+  cpu=$(awk '{ printf "%.0f", $1 + $2 }' "$scratch/$name.cpu" 2>/dev/null || echo "?")
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
   edges=$( (grep -o 'cov: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)
   if [ "$rc" -eq 0 ]; then
-    echo "fuzz: $name ok: ${execs:-?} executions in ${wall} s, ${edges:-?} edges"
+    echo "fuzz: $name ok: ${execs:-?} executions in ${wall} s (${cpu} CPU s), ${edges:-?} edges"
   else
     echo "fuzz: $name FAILED (exit $rc) after ${execs:-?} executions in ${wall} s; report:" >&2
     grep -v '^#[0-9]' "$log" | tail -60 >&2

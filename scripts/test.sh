@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds, and runs every test; then builds
 # once more with clang under AddressSanitizer + UndefinedBehaviorSanitizer (LeakSanitizer on)
-# with the libFuzzer harnesses, runs the suite there, runs each harness over its seed corpus and
-# fuzzes each for FUZZ_SECONDS (default 20). Any crash, leak or UB report fails the run.
-# SANITIZE=0 skips the second build.
+# with the libFuzzer harnesses, runs the suite there (each harness over its seed corpus included)
+# and fuzzes each harness for FUZZ_SECONDS (default 20). Any crash, leak, UB report or broken
+# invariant fails the run. SANITIZE=0 skips the second build. Each stage prints its wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+stage_start=$SECONDS
+stage() {
+  echo "test.sh: $1 took $((SECONDS - stage_start)) s"
+  stage_start=$SECONDS
+}
+
 scripts/install-deps.sh build test image fuzz
+stage "install"
 
 build_dir=${BUILD_DIR:-build}
 cmake -G Ninja -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCERTAGENT_WERROR=ON
 cmake --build "$build_dir" -j "$(nproc)"
+stage "build"
 ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" --timeout 900 "$@"
+stage "tests"
 
 [ "${SANITIZE:-1}" = 0 ] && exit 0
 
@@ -24,10 +33,14 @@ cmake -G Ninja -S . -B "$san_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCERTAGENT_
   -DCMAKE_CXX_COMPILER=clang++-14 -DCERTAGENT_SANITIZE=address,undefined -DCERTAGENT_FUZZ=ON \
   -DCERTAGENT_HARDENING=OFF -DCERTAGENT_BENCH=OFF
 cmake --build "$san_dir" -j "$(nproc)"
-# The slow whole-system tests (booted image, packaging, scale, chaos, reload under load) run in
-# the normal build only: they test the system, not memory safety, and would double CI's time.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:detect_stack_use_after_return=0}
+stage "sanitizer build"
+# The whole-system tests (booted image, packaging, scale, chaos, reloads under load) run in the
+# normal build only: they test the system rather than memory safety, and would double CI's time.
+# no_sanitizer: tests that cannot work under ASan (core_dump_test: ASan turns core dumps off).
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 ctest --test-dir "$san_dir" --output-on-failure -j "$(nproc)" --timeout 900 \
   -LE '^(image|packaging|scale|chaos|load|no_sanitizer)$'
+stage "sanitizer tests"
 scripts/fuzz.sh "$san_dir" "${FUZZ_SECONDS:-20}"
+stage "fuzzing"

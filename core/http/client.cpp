@@ -117,7 +117,7 @@ std::optional<SystemTime> parse_http_date(std::string_view value) {
     if (end == nullptr || *end != '\0') continue;
     time_t t = ::timegm(&tm);
     if (t == static_cast<time_t>(-1)) continue;
-    return std::chrono::system_clock::from_time_t(t);
+    return system_time_from_time_t(t);
   }
   return std::nullopt;
 }
