@@ -4,7 +4,6 @@
 // durations (backoff) run on the monotonic clock, which a clock step does not move.
 
 #include <chrono>
-#include <ctime>
 
 namespace certagent {
 
@@ -12,18 +11,6 @@ using SystemTime = std::chrono::system_clock::time_point;
 using SteadyTime = std::chrono::steady_clock::time_point;
 using Seconds = std::chrono::seconds;
 using Millis = std::chrono::milliseconds;
-
-// Seconds since the epoch as a SystemTime, saturated at SystemTime's range (nanoseconds: about
-// 1678..2262). std::chrono::system_clock::from_time_t overflows (undefined behaviour) beyond it,
-// and peers send such times: a certificate valid until 9999 (RFC 5280's "no expiry"), a
-// Retry-After date in 4030 (found by fuzz_formats).
-inline SystemTime system_time_from_time_t(std::time_t t) {
-  constexpr auto kMax = std::chrono::floor<std::chrono::seconds>(SystemTime::max()).time_since_epoch().count();
-  constexpr auto kMin = std::chrono::ceil<std::chrono::seconds>(SystemTime::min()).time_since_epoch().count();
-  if (t >= kMax) return SystemTime::max();
-  if (t <= kMin) return SystemTime::min();
-  return std::chrono::system_clock::from_time_t(t);
-}
 
 class Clock {
  public:

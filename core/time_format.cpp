@@ -7,6 +7,14 @@
 
 namespace certagent {
 
+SystemTime system_time_from_time_t(std::time_t t) {
+  constexpr auto kMax = std::chrono::floor<std::chrono::seconds>(SystemTime::max()).time_since_epoch().count();
+  constexpr auto kMin = std::chrono::ceil<std::chrono::seconds>(SystemTime::min()).time_since_epoch().count();
+  if (t >= kMax) return SystemTime::max();
+  if (t <= kMin) return SystemTime::min();
+  return std::chrono::system_clock::from_time_t(t);
+}
+
 std::string format_rfc3339(SystemTime t) {
   const auto secs = std::chrono::floor<std::chrono::seconds>(t);
   const std::time_t tt = std::chrono::system_clock::to_time_t(secs);

@@ -3,6 +3,7 @@
 #include "core/crypto/csr.h"
 #include "core/crypto/errors.h"
 #include "core/crypto/keys.h"
+#include "core/time_format.h"
 
 #include <fcntl.h>
 #include <openssl/err.h>

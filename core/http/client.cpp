@@ -3,6 +3,7 @@
 #include "core/crypto/errors.h"
 #include "core/logging.h"
 #include "core/secret.h"
+#include "core/time_format.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/channel.hpp>
