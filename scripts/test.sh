@@ -27,9 +27,10 @@ stage "tests"
 
 # One clang build serves both: libraries with ASan+UBSan and libFuzzer's coverage hooks, the
 # harnesses linked with libFuzzer, the tests with the sanitizer runtimes only. Hardening is off
-# (_FORTIFY_SOURCE hides overflows from ASan); benchmarks are not built.
+# (_FORTIFY_SOURCE hides overflows from ASan); benchmarks are not built. Warnings are errors in
+# the g++ build above; clang's own extra warnings do not fail this one.
 san_dir=${SAN_BUILD_DIR:-build-san}
-cmake -G Ninja -S . -B "$san_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCERTAGENT_WERROR=ON \
+cmake -G Ninja -S . -B "$san_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCERTAGENT_WERROR=OFF \
   -DCMAKE_CXX_COMPILER=clang++-14 -DCERTAGENT_SANITIZE=address,undefined -DCERTAGENT_FUZZ=ON \
   -DCERTAGENT_HARDENING=OFF -DCERTAGENT_BENCH=OFF
 cmake --build "$san_dir" -j "$(nproc)"

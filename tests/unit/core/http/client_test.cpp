@@ -100,6 +100,15 @@ TEST(ParseUrl, HostsAndPathsThatWouldBreakTheRequestAreRefused) {
   }
 }
 
+// Found by fuzz_formats: a date after 2262 overflowed std::chrono::system_clock::from_time_t
+// (undefined behaviour; in practice a date in the past, so "retry now").
+TEST(RetryAfter, DatesBeyondSystemTimeMeanWaitingLong) {
+  auto now = std::chrono::system_clock::from_time_t(784111777);
+  auto after = parse_retry_after("Wed, 21 Oct 4030 07:28:00 GMT", now);
+  ASSERT_TRUE(after);
+  EXPECT_GT(*after, std::chrono::hours(24 * 365 * 200));
+}
+
 TEST(RetryAfter, SecondsAndDates) {
   auto now = std::chrono::system_clock::from_time_t(784111777);  // Sun, 06 Nov 1994 08:49:37 GMT
   EXPECT_EQ(parse_retry_after("120", now), 120s);
