@@ -153,7 +153,7 @@ std::optional<std::string> option(const Args& a, const std::string& k) {
 // Only the options a command takes: a typo must not be silently ignored.
 int check_options(const Args& a, std::initializer_list<const char*> allowed, std::size_t positional) {
   for (const auto& [k, v] : a.options)
-    if (std::find_if(allowed.begin(), allowed.end(), [&](const char* x) { return k == x; }) ==
+    if (std::find_if(allowed.begin(), allowed.end(), [&k = k](const char* x) { return k == x; }) ==
         allowed.end())
       return usage_error(a.command + " does not take " + k);
   for (const auto& f : a.flags)

@@ -140,7 +140,9 @@ std::optional<std::chrono::sys_time<Micros>> parse_generation_time(std::string_v
   }
   tm.tm_year -= 1900;
   tm.tm_mon -= 1;
-  auto secs = std::chrono::system_clock::from_time_t(timegm(&tm));
+  const SystemTime secs = system_time_from_time_t(timegm(&tm));
+  // Only names the sink wrote are generations: their times fit with room to spare.
+  if (secs == SystemTime::max() || secs == SystemTime::min()) return std::nullopt;
   return std::chrono::time_point_cast<Micros>(secs) + Micros(micros);
 }
 

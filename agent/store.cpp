@@ -34,7 +34,7 @@ void CertificateStore::configure(const std::vector<config::CertificateConfig>& c
   // Tell listeners (socket watchers) before the entry goes, so they can end their streams.
   for (const auto& [name, entry] : entries_) {
     const bool kept = std::any_of(certs.begin(), certs.end(),
-                                  [&](const config::CertificateConfig& c) { return c.name == name; });
+                                  [&name = name](const config::CertificateConfig& c) { return c.name == name; });
     if (!kept) notify(entry, CertEvent::removed);
   }
   std::map<std::string, CertEntry> next;

@@ -7,6 +7,14 @@
 
 namespace certagent {
 
+SystemTime system_time_from_time_t(std::time_t t) {
+  constexpr auto kMax = std::chrono::floor<std::chrono::seconds>(SystemTime::max()).time_since_epoch().count();
+  constexpr auto kMin = std::chrono::ceil<std::chrono::seconds>(SystemTime::min()).time_since_epoch().count();
+  if (t >= kMax) return SystemTime::max();
+  if (t <= kMin) return SystemTime::min();
+  return std::chrono::system_clock::from_time_t(t);
+}
+
 std::string format_rfc3339(SystemTime t) {
   const auto secs = std::chrono::floor<std::chrono::seconds>(t);
   const std::time_t tt = std::chrono::system_clock::to_time_t(secs);
@@ -57,6 +65,12 @@ std::optional<SystemTime> parse_rfc3339(std::string_view text) {
   tm.tm_sec = s;
   const std::time_t t = ::timegm(&tm);
   if (t == static_cast<std::time_t>(-1)) return std::nullopt;
+  // Beyond SystemTime's range (before 1678, after 2261; found by fuzz_formats) is no time anything
+  // here writes or compares with: refused, not wrapped.
+  constexpr std::time_t kDay = 86400;
+  if (system_time_from_time_t(t - 2 * kDay) == SystemTime::min() ||
+      system_time_from_time_t(t + 2 * kDay) == SystemTime::max())
+    return std::nullopt;
   return std::chrono::system_clock::from_time_t(t) - std::chrono::minutes(offset_minutes) +
          std::chrono::duration_cast<std::chrono::system_clock::duration>(frac);
 }

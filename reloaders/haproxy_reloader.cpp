@@ -117,6 +117,7 @@ std::vector<std::string> parse_show_ssl_cert(std::string_view answer) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     if (line[0] == '*') line.erase(0, 1);
+    if (line.empty()) continue;  // a lone '*' (found by fuzz_formats)
     names.push_back(line);
   }
   return names;

@@ -2,9 +2,10 @@
 # Installs what certagent needs from Debian's packages: `build` for building it, `test` for the
 # real servers the tests start, `image` for the booted-image test (tests/image: a Debian 12 root
 # filesystem from mmdebstrap, booted under qemu with a swtpm TPM), `demo` for the demo, `bench`
-# for the peers of the side-by-side ACME benchmark (bench/acme), `java` (optional, not in CI) for
-# keytool in file_sink_pkcs12_test. Run as root; only installs what
-# is missing.
+# for the peers of the side-by-side ACME benchmark (bench/acme), `fuzz` for the sanitizer and
+# libFuzzer build (clang; libclang-rt-14-dev holds the ASan/UBSan/libFuzzer runtimes, llvm-14 the
+# symbolizer for readable reports), `java` (optional, not in CI) for keytool in
+# file_sink_pkcs12_test. Run as root; only installs what is missing.
 set -euo pipefail
 
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
@@ -23,6 +24,7 @@ bench_pkgs=(lego uacme certbot)
 # is registered only when CMake finds keytool). ~44 MB download, 189 MB installed, plus a JVM run
 # by ca-certificates-java's trigger: too slow for every CI run.
 java_pkgs=(openjdk-17-jre-headless)
+fuzz_pkgs=(clang-14 libclang-rt-14-dev llvm-14)
 
 want=("${build_pkgs[@]}")
 for group in "$@"; do
@@ -33,7 +35,8 @@ for group in "$@"; do
     demo) want+=("${demo_pkgs[@]}") ;;
     bench) want+=("${bench_pkgs[@]}") ;;
     java) want+=("${java_pkgs[@]}") ;;
-    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench | java)" >&2; exit 2 ;;
+    fuzz) want+=("${fuzz_pkgs[@]}") ;;
+    *) echo "install-deps.sh: unknown group '$group' (build | test | image | demo | bench | java | fuzz)" >&2; exit 2 ;;
   esac
 done
 

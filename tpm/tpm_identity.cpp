@@ -3,6 +3,7 @@
 #include "core/crypto/errors.h"
 #include "core/logging.h"
 #include "tpm/esys_handles.h"
+#include "tpm/tpm_blobs.h"
 #include "tpm/tpm_evp_key.h"
 #include "tpm/tss_error.h"
 
@@ -53,10 +54,10 @@ using EvpCipherCtxPtr = std::unique_ptr<EVP_CIPHER_CTX, crypto::CDeleter<EVP_CIP
 
 // ---- blobs on disk ---------------------------------------------------------------------------
 
-struct KeyBlobs {
-  TPM2B_PUBLIC pub{};
-  TPM2B_PRIVATE priv{};
-};
+using detail::check_identity_public;
+using detail::envelope_decrypt;
+using detail::envelope_encrypt;
+using detail::KeyBlobs;
 
 struct BlobPaths {
   fs::path pub;
@@ -115,15 +116,36 @@ BlobRead read_blobs(const BlobPaths& paths) {
   auto priv = read_file_bytes(paths.priv, kMaxBlobSize);
   if (!priv) return {BlobState::broken, {}, priv.error().message};
   if (!*priv) return {BlobState::broken, {}, paths.priv.string() + " is missing"};
-  std::size_t offset = 0;
-  TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal((*pub)->data(), (*pub)->size(), &offset, &out.blobs.pub);
-  if (rc != TSS2_RC_SUCCESS || offset != (*pub)->size())
-    return {BlobState::broken, {}, paths.pub.string() + " is not a marshalled TPM2B_PUBLIC"};
-  offset = 0;
-  rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal((*priv)->data(), (*priv)->size(), &offset, &out.blobs.priv);
-  if (rc != TSS2_RC_SUCCESS || offset != (*priv)->size())
-    return {BlobState::broken, {}, paths.priv.string() + " is not a marshalled TPM2B_PRIVATE"};
+  auto blobs = detail::unmarshal_blobs(**pub, **priv, paths.pub.string(), paths.priv.string());
+  if (!blobs) return {BlobState::broken, {}, blobs.error().message};
+  out.blobs = *blobs;
   out.state = BlobState::ok;
+  return out;
+}
+
+}  // namespace
+
+namespace detail {
+
+Result<KeyBlobs> unmarshal_blobs(std::span<const std::uint8_t> pub, std::span<const std::uint8_t> priv,
+                                 std::string_view pub_name, std::string_view priv_name) {
+  KeyBlobs out;
+  std::size_t offset = 0;
+  TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(pub.data(), pub.size(), &offset, &out.pub);
+  if (rc != TSS2_RC_SUCCESS || offset != pub.size())
+    return make_error(std::string(pub_name) + " is not a marshalled TPM2B_PUBLIC");
+  // Tss2_MU reads the public area whatever its size field says: a file whose size field
+  // disagrees with its contents is corrupt, though it unmarshals (found by fuzz_tpm_blobs).
+  std::uint8_t again[sizeof(TPM2B_PUBLIC)];
+  std::size_t again_size = 0;
+  if (Tss2_MU_TPM2B_PUBLIC_Marshal(&out.pub, again, sizeof again, &again_size) != TSS2_RC_SUCCESS ||
+      again_size != pub.size() || std::memcmp(again, pub.data(), again_size) != 0)
+    return make_error(std::string(pub_name) + " is not a marshalled TPM2B_PUBLIC (its size field does not match "
+                                              "its contents)");
+  offset = 0;
+  rc = Tss2_MU_TPM2B_PRIVATE_Unmarshal(priv.data(), priv.size(), &offset, &out.priv);
+  if (rc != TSS2_RC_SUCCESS || offset != priv.size())
+    return make_error(std::string(priv_name) + " is not a marshalled TPM2B_PRIVATE");
   return out;
 }
 
@@ -145,6 +167,10 @@ Result<> check_identity_public(const TPM2B_PUBLIC& pub) {
     return make_error("its attributes are not fixedTPM|fixedParent|sensitiveDataOrigin|sign");
   return {};
 }
+
+}  // namespace detail
+
+namespace {
 
 // ---- templates -------------------------------------------------------------------------------
 
@@ -216,6 +242,10 @@ Result<Bytes> ecdsa_der(const TPMT_SIGNATURE& sig) {
   return der;
 }
 
+}  // namespace
+
+namespace detail {
+
 // AES-256-GCM envelope: magic || nonce || ciphertext || tag, bound to the secret's name.
 Result<Bytes> envelope_encrypt(std::span<const std::uint8_t> key, std::string_view name,
                                std::span<const std::uint8_t> plain) {
@@ -264,6 +294,10 @@ Result<Secret> envelope_decrypt(std::span<const std::uint8_t> key, std::string_v
   }
   return result;
 }
+
+}  // namespace detail
+
+namespace {
 
 // ---- the TPM thread ----------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -662,6 +664,38 @@ const ReloaderType* Catalog::reloader(std::string_view name) const {
   return nullptr;
 }
 
+namespace {
+
+// Where the text stops being UTF-8 (overlong forms, surrogates and code points past U+10FFFF
+// count as invalid), or npos. YAML is UTF-8 here: yaml-cpp reads other bytes but writes them back
+// differently, so a config with them would not survive check-config (found by fuzz_config).
+std::size_t first_invalid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t len = 0;
+    std::uint32_t cp = 0;
+    if (c < 0x80) { ++i; continue; }
+    if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1fu; }
+    else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0fu; }
+    else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07u; }
+    else return i;
+    if (s.size() - i < len) return i;
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0u) != 0x80u) return i;
+      cp = (cp << 6) | (cc & 0x3fu);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+      return i;
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
 Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_name, const Catalog& catalog) {
   std::error_code ec;
   fs::path absolute = fs::absolute(source_name, ec);
@@ -669,6 +703,20 @@ Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_n
   YamlReader reader(source_name.string(), base);
   Config config;
   config.source = source_name;
+  if (const std::size_t bad = first_invalid_utf8(yaml_text); bad != std::string_view::npos) {
+    YAML::Mark mark;
+    mark.pos = static_cast<int>(bad);
+    const std::string_view before = yaml_text.substr(0, bad);
+    mark.line = static_cast<int>(std::count(before.begin(), before.end(), '\n'));
+    const std::size_t line_start = before.rfind('\n');
+    mark.column = static_cast<int>(line_start == std::string_view::npos ? bad : bad - line_start - 1);
+    char byte[8];
+    std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(yaml_text[bad]));
+    reader.error(mark, std::string("byte ") + byte + " is not UTF-8, expected a UTF-8 text file");
+    Error err = make_error(reader.joined_errors());
+    err.configuration = true;
+    return err;
+  }
   try {
     std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml_text));
     if (docs.empty() || docs[0].IsNull()) {

@@ -23,8 +23,10 @@ concept PluginSettings = std::copy_constructible<T> && std::equality_comparable<
 class SettingsSlot {
  public:
   SettingsSlot() = default;
-  template <PluginSettings T>
-    requires(!std::same_as<T, SettingsSlot>)
+  // The same_as test comes first: checking PluginSettings<SettingsSlot> would ask whether
+  // SettingsSlot is copy constructible while declaring its copy constructor (clang recurses).
+  template <class T>
+    requires(!std::same_as<T, SettingsSlot> && PluginSettings<T>)
   SettingsSlot(T value) : held_(std::make_shared<const Held<T>>(std::move(value))) {}  // NOLINT: implicit by design
 
   bool empty() const { return !held_; }

@@ -3,6 +3,7 @@
 #include "core/crypto/csr.h"
 #include "core/crypto/errors.h"
 #include "core/crypto/keys.h"
+#include "core/time_format.h"
 
 #include <fcntl.h>
 #include <openssl/err.h>
@@ -147,7 +148,7 @@ Result<SystemTime> to_system_time(const ASN1_TIME* t) {
   std::tm tm{};
   if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return openssl_error("unreadable certificate time");
   const time_t secs = timegm(&tm);
-  return std::chrono::system_clock::from_time_t(secs);
+  return system_time_from_time_t(secs);
 }
 
 CertInfo describe(X509* cert) {

@@ -3,6 +3,7 @@
 #include "core/crypto/errors.h"
 #include "core/logging.h"
 #include "core/secret.h"
+#include "core/time_format.h"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/experimental/channel.hpp>
@@ -117,7 +118,7 @@ std::optional<SystemTime> parse_http_date(std::string_view value) {
     if (end == nullptr || *end != '\0') continue;
     time_t t = ::timegm(&tm);
     if (t == static_cast<time_t>(-1)) continue;
-    return std::chrono::system_clock::from_time_t(t);
+    return system_time_from_time_t(t);
   }
   return std::nullopt;
 }
@@ -137,6 +138,21 @@ std::string Url::origin() const {
   std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
   return scheme + "://" + h + ":" + port;
 }
+
+namespace {
+
+// A host as a URL may carry it: a name or IPv4 address (letters, digits, '-', '.', '_', '~'),
+// or IPv6 text inside brackets (hex digits, ':', '.'). Anything else (a ':' or ']' outside
+// brackets, white space, control characters) would break the Host header or the origin.
+bool url_host_ok(std::string_view host, bool bracketed) {
+  return !host.empty() && std::all_of(host.begin(), host.end(), [bracketed](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    if (bracketed) return std::isxdigit(u) != 0 || c == ':' || c == '.';
+    return std::isalnum(u) != 0 || c == '-' || c == '.' || c == '_' || c == '~';
+  });
+}
+
+}  // namespace
 
 Result<Url> parse_url(std::string_view text) {
   Url url;
@@ -167,6 +183,11 @@ Result<Url> parse_url(std::string_view text) {
     if (colon != std::string_view::npos) port = authority.substr(colon + 1);
   }
   if (url.host.empty()) return make_error("URL " + log::quote(text) + " has no host");
+  if (!url_host_ok(url.host, !authority.empty() && authority.front() == '['))
+    return make_error("URL " + log::quote(text) + ": bad host " + log::quote(url.host));
+  // The target goes into the request line as it is.
+  if (std::any_of(tail.begin(), tail.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; }))
+    return make_error("URL " + log::quote(text) + ": white space or a control character in the path");
   if (port.empty()) {
     url.port = url.tls() ? "443" : "80";
   } else {

@@ -262,7 +262,7 @@ TEST(AcmePebbleChains, PreferredChainPicksTheAlternate) {
   crypto::SubjectNames names{.dns_names = {"chain.certagent.test"}};
   for (const auto& [root, other] : {std::pair{root0, root1}, std::pair{root1, root0}}) {
     auto broker = pebble.broker_config("127.0.0.1:0");
-    edit_settings<renewers::AcmeRenewerConfig>(broker, [&](auto& s) { s.preferred_chain = subject_cn(root); });
+    edit_settings<renewers::AcmeRenewerConfig>(broker, [&root = root](auto& s) { s.preferred_chain = subject_cn(root); });
     auto renewer = make_renewer(ioc, broker, identity.get(), dir.path());
     auto issued = issue_once(ioc, *renewer, names, 5min);
     ASSERT_TRUE(issued.result) << issued.result.error().message;

@@ -208,6 +208,8 @@ TEST(HaproxyPayload, HasNoBlankLinesAndEndsWithoutNewline) {
             "-----BEGIN PRIVATE KEY-----\nCCC\n-----END PRIVATE KEY-----");
   EXPECT_EQ(r::parse_show_ssl_cert("# transaction\n*/a.pem\n# filename\n/a.pem\n/b.pem\n\n"),
             (std::vector<std::string>{"/a.pem", "/a.pem", "/b.pem"}));
+  // Found by fuzz_formats: a lone '*' gave an empty name.
+  EXPECT_EQ(r::parse_show_ssl_cert("*\n* \r\n/a.pem\n"), (std::vector<std::string>{"/a.pem"}));
 }
 
 }  // namespace

@@ -573,6 +573,22 @@ TEST(ConfigErrorsMisc, SeveralErrorsAreReportedTogether) {
       << r.error().message;
 }
 
+// Found by fuzz_config: a string holding a byte that is not UTF-8 was accepted, and check-config
+// wrote it back as something else (the dump did not read back as the same config).
+TEST(ConfigErrorsMisc, TextThatIsNotUtf8IsRefusedWithItsPosition) {
+  auto r = parse_config(HEAD "    broker: dev\n    common_name: \"web\xff.internal\"\n", kSource);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().configuration);
+  EXPECT_EQ(r.error().message, "/cfg/t.yaml:6:22: byte 0xff is not UTF-8, expected a UTF-8 text file");
+  // Overlong forms, surrogates and truncated sequences are not UTF-8 either.
+  for (const char* bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82"}) {
+    EXPECT_FALSE(parse_config(HEAD "    broker: dev\n    common_name: \"web" + std::string(bad) + "\"\n", kSource))
+        << bad;
+  }
+  // Multi-byte UTF-8 is fine (here in a comment, where nothing else checks it).
+  parse_ok(HEAD "    broker: dev  # caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92\n    common_name: web.internal\n");
+}
+
 TEST(ConfigErrorsMisc, NoBrokersDefinedSaysSo) {
   auto r = parse_config("certificates: [{ name: web, broker: dev, common_name: web }]\n", kSource);
   ASSERT_FALSE(r.has_value());

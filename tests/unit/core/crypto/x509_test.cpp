@@ -226,5 +226,19 @@ TEST_F(X509Test, TrustStoreFromFileAcceptsCommentsAndRejectsBrokenBundles) {
   EXPECT_EQ(ERR_peek_error(), 0u);
 }
 
+// RFC 5280's "no well-defined expiration date" is 99991231235959Z: past SystemTime's end, so it
+// saturates there instead of overflowing into a date in the past (found by fuzz_formats).
+TEST(X509Time, NoExpirySaturatesAtTheEndOfSystemTime) {
+  std::unique_ptr<ASN1_TIME, decltype(&ASN1_TIME_free)> t(ASN1_TIME_new(), ASN1_TIME_free);
+  ASSERT_EQ(ASN1_TIME_set_string_X509(t.get(), "99991231235959Z"), 1);
+  auto when = to_system_time(t.get());
+  ASSERT_TRUE(when) << when.error().message;
+  EXPECT_EQ(*when, SystemTime::max());
+  ASSERT_EQ(ASN1_TIME_set_string_X509(t.get(), "20261122101530Z"), 1);
+  when = to_system_time(t.get());
+  ASSERT_TRUE(when);
+  EXPECT_EQ(std::chrono::system_clock::to_time_t(*when), 1795342530);
+}
+
 }  // namespace
 }  // namespace certagent::crypto

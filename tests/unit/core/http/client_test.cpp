@@ -78,6 +78,37 @@ TEST(ParseUrl, Forms) {
   EXPECT_FALSE(parse_url("https://:443/"));
 }
 
+// Found by fuzz_formats: "https://k::1]:8443/" parsed with host "k::1]", whose origin
+// ("https://[k::1]]:8443") no longer parsed; a URL from a broker (a Location or Link header) could
+// also carry CR/LF into the Host header or the request line.
+TEST(ParseUrl, HostsAndPathsThatWouldBreakTheRequestAreRefused) {
+  EXPECT_FALSE(parse_url("https://k::1]:8443/acme"));
+  EXPECT_FALSE(parse_url("https://[k::1]:8443/acme"));
+  EXPECT_FALSE(parse_url("https://a]b/"));
+  constexpr char kNul[] = "https://ca\0.example/";
+  EXPECT_FALSE(parse_url(std::string_view(kNul, sizeof kNul - 1)));
+  EXPECT_FALSE(parse_url("https://ca.example\r\nX-Evil: 1/"));
+  EXPECT_FALSE(parse_url("https://ca.example/a b"));
+  EXPECT_FALSE(parse_url("https://ca.example/a\r\nX-Evil: 1"));
+  for (const char* ok : {"https://ca.example/acme/dir", "https://[::1]:14000/dir", "http://127.0.0.1:8000/x",
+                         "https://xn--bcher-kva.example/", "https://under_score.internal/"}) {
+    auto u = parse_url(ok);
+    ASSERT_TRUE(u) << ok;
+    auto origin = parse_url(u->origin());
+    ASSERT_TRUE(origin) << u->origin();
+    EXPECT_EQ(origin->host, u->host);
+  }
+}
+
+// Found by fuzz_formats: a date after 2262 overflowed std::chrono::system_clock::from_time_t
+// (undefined behaviour; in practice a date in the past, so "retry now").
+TEST(RetryAfter, DatesBeyondSystemTimeMeanWaitingLong) {
+  auto now = std::chrono::system_clock::from_time_t(784111777);
+  auto after = parse_retry_after("Wed, 21 Oct 4030 07:28:00 GMT", now);
+  ASSERT_TRUE(after);
+  EXPECT_GT(*after, std::chrono::hours(24 * 365 * 200));
+}
+
 TEST(RetryAfter, SecondsAndDates) {
   auto now = std::chrono::system_clock::from_time_t(784111777);  // Sun, 06 Nov 1994 08:49:37 GMT
   EXPECT_EQ(parse_retry_after("120", now), 120s);

@@ -1,0 +1,210 @@
+// The socket API as a client sees it: a real SocketServer (HTTP/1.1 request parser, router,
+// fetch, list, renew, health, metrics and the watch stream) on a real Unix socket, driven on this
+// thread. Each input is sent as the bytes of one connection (keep-alive: it may hold several
+// requests, chunked bodies, a watch), then the client half-closes and reads until the server
+// closes.
+// Invariants: the server closes the connection within the deadline; everything it sends parses
+// as HTTP/1.1 responses with an expected status; a private key only ever travels in a 200; when
+// the connection is gone, no session or watcher is left behind.
+
+#include "agent/metrics.h"
+#include "agent/socket_server.h"
+#include "agent/store.h"
+#include "core/clock.h"
+#include "core/crypto/csr.h"
+#include "core/crypto/keys.h"
+#include "core/crypto/x509.h"
+#include "renewers/local_renewer.h"
+#include "tests/fuzz/fuzz_util.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <set>
+
+namespace fs = std::filesystem;
+namespace bhttp = boost::beast::http;
+using namespace std::chrono_literals;
+using namespace certagent;
+
+namespace {
+
+struct Harness {
+  fs::path dir;
+  ManualClock clock{std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now())};
+  CertificateStore store;
+  Metrics metrics;
+  boost::asio::io_context io;
+  std::unique_ptr<SocketServer> server;
+  fs::path path;
+};
+Harness* harness = nullptr;
+
+void remove_dir() {
+  std::error_code ec;
+  if (harness) fs::remove_all(harness->dir, ec);
+}
+
+// A real certificate and key from a local CA, as the daemon would hold them.
+MaterialPtr make_material(const fs::path& state_dir, const Clock& clock) {
+  auto key = crypto::generate_key(crypto::KeyType::ecdsa_p256);
+  FUZZ_REQUIRE(key.has_value(), "generate_key");
+  crypto::SubjectNames names{"web.internal", {"web.internal"}, {}, {}};
+  auto csr = crypto::build_csr(key->get(), names);
+  FUZZ_REQUIRE(csr.has_value(), "build_csr");
+  auto ca = renewers::LocalRenewer::open(state_dir, &clock);
+  FUZZ_REQUIRE(ca.has_value(), "local CA");
+  renewers::IssueRequest request;
+  request.cert_name = "web";
+  request.csr_pem = *csr;
+  request.common_name = names.common_name;
+  request.dns_names = names.dns_names;
+  request.lifetime = 24h;
+  auto issued = (*ca)->issue_now(request);
+  FUZZ_REQUIRE(issued.has_value(), "issue");
+  auto chain = crypto::parse_chain(issued->chain_pem);
+  FUZZ_REQUIRE(chain.has_value(), "chain");
+  const crypto::CertInfo info = crypto::describe(chain->front().get());
+  auto key_pem = crypto::private_key_pem(key->get());
+  FUZZ_REQUIRE(key_pem.has_value(), "key PEM");
+  auto m = std::make_shared<Material>();
+  m->cert_pem = crypto::to_pem(chain->front().get());
+  m->key_pem = std::move(*key_pem);
+  m->serial_hex = info.serial_hex;
+  m->not_before = info.not_before;
+  m->not_after = info.not_after;
+  m->sha256_hex = info.sha256_hex;
+  m->broker = "dev";
+  return m;
+}
+
+config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids) {
+  config::CertificateConfig c;
+  c.name = name;
+  c.broker = "dev";
+  c.common_name = name + ".internal";
+  c.socket.allow_uids = std::move(uids);
+  return c;
+}
+
+// Everything the server sent, as HTTP/1.1 responses.
+void check_responses(std::string_view out) {
+  static const std::set<unsigned> kExpected = {200, 202, 400, 403, 404, 405, 408, 413, 431, 500, 503};
+  while (!out.empty()) {
+    bhttp::response_parser<bhttp::string_body> parser;
+    parser.body_limit(16 * 1024 * 1024);
+    boost::system::error_code ec;
+    std::size_t used = 0;
+    while (!parser.is_done()) {
+      const std::size_t n = parser.put(boost::asio::buffer(out.data() + used, out.size() - used), ec);
+      used += n;
+      if (ec) break;  // need_more: everything left was offered
+    }
+    if (!parser.is_done() && (!ec || ec == bhttp::error::need_more)) parser.put_eof(ec);
+    // A watch stream ends without its last chunk when the client leaves (this client half-closes
+    // after sending): the only response that may be cut short.
+    const bool cut_stream = ec == bhttp::error::partial_message && parser.is_header_done() && parser.chunked();
+    FUZZ_REQUIRE(!ec || cut_stream,
+                 "the server sent something that is not an HTTP response: " + ec.message() + "\n" +
+                     std::to_string(used) + "/" + std::to_string(out.size()) + " bytes:\n" + std::string(out.substr(0, 400)));
+    const auto& res = parser.get();
+    FUZZ_REQUIRE(kExpected.count(res.result_int()) == 1, "unexpected status " + std::to_string(res.result_int()));
+    if (res.result_int() != 200) {
+      FUZZ_REQUIRE(res.body().find("PRIVATE KEY") == std::string::npos, "a key in an error answer");
+    }
+    if (used == 0 || cut_stream) break;  // a cut stream was the last thing on the connection
+    out.remove_prefix(used);
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  fuzz::quiet_logging();
+  harness = new Harness;
+  std::string dir = (fs::temp_directory_path() / "certagent-fuzz-socket-XXXXXX").string();
+  FUZZ_REQUIRE(::mkdtemp(dir.data()) != nullptr, "mkdtemp");
+  harness->dir = dir;
+  std::atexit(remove_dir);
+
+  harness->store.configure({cert_config("web", {4242}), cert_config("db", {})});
+  harness->store.set_renewal_handler([](const std::string&) {});
+  harness->store.commit("web", make_material(harness->dir / "ca", harness->clock), harness->clock.now());
+
+  config::SocketConfig config;
+  config.path = harness->dir / "agent.sock";
+  config.mode = 0600;
+  config.admin_uids = {4242};
+  config.max_connections = 8;
+  config.max_watchers = 4;
+  config.max_header_bytes = 8192;
+  config.request_timeout = 2s;
+  harness->server = std::make_unique<SocketServer>(harness->io, config, harness->store, harness->metrics,
+                                                   harness->clock, [] { return true; });
+  auto started = harness->server->start();
+  FUZZ_REQUIRE(started.has_value(), started ? "" : started.error().message);
+  harness->path = config.path;
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size > 128 * 1024) return 0;
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  FUZZ_REQUIRE(fd >= 0, "socket");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, harness->path.c_str(), sizeof addr.sun_path - 1);
+  FUZZ_REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0, "connect");
+
+  std::string out;
+  std::size_t sent = 0;
+  bool sending = true;
+  bool eof = false;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  char buf[16384];
+  while (!eof) {
+    if (sending && sent < size) {
+      const ssize_t n = ::send(fd, data + sent, size - sent, MSG_NOSIGNAL);
+      if (n > 0) sent += static_cast<std::size_t>(n);
+      else if (errno != EAGAIN && errno != EWOULDBLOCK) sending = false;  // the server closed
+    }
+    if (sending && sent == size) {
+      ::shutdown(fd, SHUT_WR);
+      sending = false;
+    }
+    harness->io.restart();
+    if (harness->io.poll() == 0) harness->io.run_one_for(1ms);
+    for (;;) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n > 0) {
+        out.append(buf, static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) eof = true;
+      break;
+    }
+    FUZZ_REQUIRE(std::chrono::steady_clock::now() < deadline, "the server kept the connection open");
+  }
+  ::close(fd);
+  // Let the server notice and clean up.
+  for (int i = 0; i < 100 && (harness->server->connections() != 0 || harness->server->watchers() != 0); ++i) {
+    harness->io.restart();
+    if (harness->io.poll() == 0) harness->io.run_one_for(1ms);
+  }
+  FUZZ_REQUIRE(harness->server->connections() == 0, "a session outlived its connection");
+  FUZZ_REQUIRE(harness->server->watchers() == 0, "a watcher outlived its connection");
+  check_responses(out);
+  return 0;
+}
