@@ -21,34 +21,9 @@ namespace {
 
 namespace r = certagent::reloaders;
 
+// smtpd processes started before the reload may still take a connection
 config::ReloaderConfig exec_verified(std::vector<std::string> command, int port, std::chrono::milliseconds deadline) {
-  config::ReloaderConfig c;
-  c.type = "exec";
-  c.timeout = 30s;
-  config::VerifyConfig v;
-  v.connect = "127.0.0.1:" + std::to_string(port);
-  v.protocol = config::VerifyProtocol::smtp;
-  v.settle = 150ms;  // smtpd processes started before the reload may still take a connection
-  v.deadline = deadline;
-  c.verify = v;
-  r::ExecReloaderConfig e;
-  e.command = std::move(command);
-  e.timeout = c.timeout;
-  c.settings = e;
-  return c;
-}
-
-std::unique_ptr<r::Reloader> make(boost::asio::io_context& ioc, const config::ReloaderConfig& c) {
-  auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
-  if (!made) throw std::runtime_error(made.error().message);
-  return std::move(*made);
-}
-
-// Makes the current generation's file unreadable as a key (even for root: a directory).
-void break_current(const fs::path& live, const std::string& name) {
-  auto file = fs::canonical(live / name);
-  fs::remove(file);
-  fs::create_directory(file);
+  return reloaders::exec_verified(std::move(command), port, config::VerifyProtocol::smtp, 150ms, deadline);
 }
 
 class PostfixReloadTest : public ::testing::Test {
@@ -94,7 +69,7 @@ TEST_F(PostfixReloadTest, RotationsAreVerifiedThroughStartTlsWhileSmtpClientsNev
   auto client = ClientLoop::python(s().tmp / "clients", "smtp", server.port(), s().tmp / "ca.pem");
   ASSERT_TRUE(wait_until([&] { return client.successes() >= 1; }, 60s)) << client.stop().output_tail;
 
-  auto reloader = make(ioc_, exec_verified(server.reload_command(), server.port(), 10s));
+  auto reloader = make_reloader_or_throw(ioc_, exec_verified(server.reload_command(), server.port(), 10s));
   for (int i = 0; i < 4; ++i) {
     auto m = s().ca.issue(s().next_serial++);
     s().gens.commit(m);
@@ -118,7 +93,7 @@ TEST_F(PostfixReloadTest, RotationsAreVerifiedThroughStartTlsWhileSmtpClientsNev
 
 TEST_F(PostfixReloadTest, ABrokenKeyIsReportedAndTheNextGenerationRecovers) {
   auto& server = *s().server;
-  auto reloader = make(ioc_, exec_verified(server.reload_command(), server.port(), 1500ms));
+  auto reloader = make_reloader_or_throw(ioc_, exec_verified(server.reload_command(), server.port(), 1500ms));
   auto m = s().ca.issue(s().next_serial++);
   s().gens.commit(m);
   break_current(s().tmp / "live", "bundle.pem");
@@ -132,7 +107,7 @@ TEST_F(PostfixReloadTest, ABrokenKeyIsReportedAndTheNextGenerationRecovers) {
 
   auto good = s().ca.issue(s().next_serial++);
   s().gens.commit(good);
-  auto recovering = make(ioc_, exec_verified(server.reload_command(), server.port(), 10s));
+  auto recovering = make_reloader_or_throw(ioc_, exec_verified(server.reload_command(), server.port(), 10s));
   auto again = run_on(ioc_, recovering->reload(event_for("mail", good, s().tmp / "live")));
   EXPECT_EQ(again.result, r::ReloadResult::success) << again.detail;
   EXPECT_EQ(served(), good.serial_hex);

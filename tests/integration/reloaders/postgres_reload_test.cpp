@@ -21,27 +21,9 @@ namespace {
 
 namespace r = certagent::reloaders;
 
+// the postmaster swaps its SSL context at once: no old workers
 config::ReloaderConfig exec_verified(std::vector<std::string> command, int port, std::chrono::milliseconds deadline) {
-  config::ReloaderConfig c;
-  c.type = "exec";
-  c.timeout = 30s;
-  config::VerifyConfig v;
-  v.connect = "127.0.0.1:" + std::to_string(port);
-  v.protocol = config::VerifyProtocol::postgres;
-  v.settle = 0ms;  // the postmaster swaps its SSL context at once: no old workers
-  v.deadline = deadline;
-  c.verify = v;
-  r::ExecReloaderConfig e;
-  e.command = std::move(command);
-  e.timeout = c.timeout;
-  c.settings = e;
-  return c;
-}
-
-std::unique_ptr<r::Reloader> make(boost::asio::io_context& ioc, const config::ReloaderConfig& c) {
-  auto made = certagent::agent::make_reloader(c, r::ReloaderContext{ioc.get_executor()});
-  if (!made) throw std::runtime_error(made.error().message);
-  return std::move(*made);
+  return reloaders::exec_verified(std::move(command), port, config::VerifyProtocol::postgres, 0ms, deadline);
 }
 
 class PostgresReloadTest : public ::testing::Test {
@@ -97,8 +79,8 @@ TEST_F(PostgresReloadTest, RotationsAreVerifiedThroughTheSslRequestWhilePsqlNeve
   auto client = ClientLoop::psql(s().tmp / "clients", server.psql_verify_full(s().tmp / "ca.pem"));
   ASSERT_TRUE(wait_until([&] { return client.successes() >= 1; }, 60s)) << client.stop().output_tail;
 
-  auto by_pg_ctl = make(ioc_, exec_verified(server.pg_ctl_reload(), server.port(), 10s));
-  auto by_sql = make(ioc_, exec_verified(server.sql_reload(), server.port(), 10s));
+  auto by_pg_ctl = make_reloader_or_throw(ioc_, exec_verified(server.pg_ctl_reload(), server.port(), 10s));
+  auto by_sql = make_reloader_or_throw(ioc_, exec_verified(server.sql_reload(), server.port(), 10s));
   for (int i = 0; i < 4; ++i) {
     r::Reloader& reloader = i % 2 == 0 ? *by_pg_ctl : *by_sql;
     Material m;
@@ -123,7 +105,7 @@ TEST_F(PostgresReloadTest, RotationsAreVerifiedThroughTheSslRequestWhilePsqlNeve
 
 TEST_F(PostgresReloadTest, AKeyPostgresRefusesIsReportedAndTheOldCertificateStaysServed) {
   auto& server = *s().server;
-  auto reloader = make(ioc_, exec_verified(server.pg_ctl_reload(), server.port(), 1500ms));
+  auto reloader = make_reloader_or_throw(ioc_, exec_verified(server.pg_ctl_reload(), server.port(), 1500ms));
   const std::string old = served();
   ASSERT_FALSE(old.empty());
   ASSERT_EQ(old.find("error"), std::string::npos) << old;
@@ -141,7 +123,7 @@ TEST_F(PostgresReloadTest, AKeyPostgresRefusesIsReportedAndTheOldCertificateStay
   EXPECT_EQ(served(), old);
 
   // The next good generation is served again.
-  auto recovering = make(ioc_, exec_verified(server.pg_ctl_reload(), server.port(), 10s));
+  auto recovering = make_reloader_or_throw(ioc_, exec_verified(server.pg_ctl_reload(), server.port(), 10s));
   Material good;
   auto again = rotate(*recovering, good);
   EXPECT_EQ(again.result, r::ReloadResult::success) << again.detail;

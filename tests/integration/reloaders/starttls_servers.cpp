@@ -1,5 +1,8 @@
 #include "tests/integration/reloaders/starttls_servers.h"
 
+#include "agent/builtin_plugins.h"
+#include "reloaders/exec_config.h"
+
 #include <gtest/gtest.h>
 
 #include <netinet/in.h>
@@ -15,6 +18,37 @@
 #include <stdexcept>
 
 namespace certagent::test::reloaders {
+
+config::ReloaderConfig exec_verified(std::vector<std::string> command, int port, config::VerifyProtocol protocol,
+                                     std::chrono::milliseconds settle, std::chrono::milliseconds deadline) {
+  config::ReloaderConfig c;
+  c.type = "exec";
+  c.timeout = std::chrono::seconds(30);
+  config::VerifyConfig v;
+  v.connect = "127.0.0.1:" + std::to_string(port);
+  v.protocol = protocol;
+  v.settle = settle;
+  v.deadline = deadline;
+  c.verify = v;
+  certagent::reloaders::ExecReloaderConfig e;
+  e.command = std::move(command);
+  e.timeout = c.timeout;
+  c.settings = e;
+  return c;
+}
+
+std::unique_ptr<certagent::reloaders::Reloader> make_reloader_or_throw(boost::asio::io_context& ioc,
+                                                                       const config::ReloaderConfig& c) {
+  auto made = certagent::agent::make_reloader(c, certagent::reloaders::ReloaderContext{ioc.get_executor()});
+  if (!made) throw std::runtime_error(made.error().message);
+  return std::move(*made);
+}
+
+void break_current(const fs::path& live, const std::string& name) {
+  auto file = fs::canonical(live / name);
+  fs::remove(file);
+  fs::create_directory(file);
+}
 namespace {
 
 bool port_open(int port) {

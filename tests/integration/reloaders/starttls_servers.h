@@ -4,7 +4,14 @@
 // by PID, and client loops that connect as real consumers do (psql sslmode=verify-full, Python's
 // smtplib / imaplib with chain and name verification) and count every failure.
 
+#include "core/config/config.h"
+#include "reloaders/reloader.h"
 #include "tests/support/test_support.h"
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <memory>
 
 #include <sys/types.h>
 
@@ -13,6 +20,15 @@
 #include <vector>
 
 namespace certagent::test::reloaders {
+
+// An exec reloader running `command`, verified through `protocol` on 127.0.0.1:port.
+config::ReloaderConfig exec_verified(std::vector<std::string> command, int port, config::VerifyProtocol protocol,
+                                     std::chrono::milliseconds settle, std::chrono::milliseconds deadline);
+// The registered reloader for `c`; throws when the config is refused.
+std::unique_ptr<certagent::reloaders::Reloader> make_reloader_or_throw(boost::asio::io_context& ioc,
+                                                                       const config::ReloaderConfig& c);
+// Makes the current generation's `name` unreadable as a key, even for root (a directory).
+void break_current(const fs::path& live, const std::string& name);
 
 // Who a server runs as. PostgreSQL refuses to run as root: root's tests run it as `nobody`
 // (through setpriv, which execs, so the PID is the server's); anyone else runs it as themselves.
