@@ -36,6 +36,14 @@ std::vector<std::uint8_t> serial_bytes(std::uint64_t serial) {
   return out;
 }
 
+long number_after(const std::string& text, const std::string& pattern) {
+  std::smatch m;
+  if (std::regex_search(text, m, std::regex(pattern))) return std::stol(m[1].str());
+  return 0;
+}
+
+}  // namespace
+
 bool port_open(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
@@ -46,14 +54,6 @@ bool port_open(int port) {
   ::close(fd);
   return ok;
 }
-
-long number_after(const std::string& text, const std::string& pattern) {
-  std::smatch m;
-  if (std::regex_search(text, m, std::regex(pattern))) return std::stol(m[1].str());
-  return 0;
-}
-
-}  // namespace
 
 std::string hex_serial(std::uint64_t serial) {
   char buf[32];

@@ -21,6 +21,9 @@
 
 namespace certagent::test::reloaders {
 
+// Whether something accepts TCP connections on 127.0.0.1:port.
+bool port_open(int port);
+
 // Runs `a` on `ioc` until it completes; rethrows what it threw.
 template <class T>
 T run_on(boost::asio::io_context& ioc, boost::asio::awaitable<T> a) {

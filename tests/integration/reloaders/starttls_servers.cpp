@@ -1,4 +1,5 @@
 #include "tests/integration/reloaders/starttls_servers.h"
+#include "tests/integration/reloaders/reloader_fixtures.h"
 
 #include "agent/builtin_plugins.h"
 #include "reloaders/exec_config.h"
@@ -49,18 +50,8 @@ void break_current(const fs::path& live, const std::string& name) {
   fs::remove(file);
   fs::create_directory(file);
 }
-namespace {
 
-bool port_open(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
-}
+namespace {
 
 void chown_tree(const fs::path& dir, uid_t uid, gid_t gid) {
   if (::chown(dir.c_str(), uid, gid) != 0) throw std::runtime_error("chown " + dir.string());
