@@ -135,6 +135,14 @@ std::string percent_encode(std::string_view s) {
 
 // A JWT in compact form: base64url segments and dots. Anything else (white space inside, a
 // newline that would end the header, a pasted PEM) is refused before it is sent.
+// Every occurrence of `secret` in `text` replaced by "[redacted]".
+void redact(std::string& text, std::string_view secret) {
+  if (secret.empty()) return;
+  constexpr std::string_view kRedacted = "[redacted]";
+  for (auto at = text.find(secret); at != std::string::npos; at = text.find(secret, at + kRedacted.size()))
+    text.replace(at, secret.size(), kRedacted);
+}
+
 bool token_charset_ok(std::string_view t) {
   return !t.empty() && t.size() <= 8192 && std::all_of(t.begin(), t.end(), [](char c) {
     unsigned char u = static_cast<unsigned char>(c);
@@ -278,6 +286,9 @@ awaitable<Result<http::Response>> LemurRenewer::call(std::string method, std::st
   if (!body.empty()) request.headers.emplace_back("Content-Type", "application/json");
   request.body = std::move(body);
   auto res = co_await client_->send(std::move(request));
+  // Errors quote the answer; a proxy or a debugging page that echoes the request's headers would
+  // otherwise put the API key into the log through them.
+  if (res) redact(res->body, token.view());
   co_return res;
 }
 

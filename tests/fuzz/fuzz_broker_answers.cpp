@@ -115,16 +115,28 @@ T run(asio::awaitable<T> call) {
   return std::move(*out);
 }
 
-void no_secret_in(const std::string& message) {
-  FUZZ_REQUIRE(message.find(kCfsslKeyHex) == std::string::npos, "the cfssl key in a message");
-  FUZZ_REQUIRE(message.find(kLemurToken) == std::string::npos, "the Lemur token in a message");
-  FUZZ_REQUIRE(message.find("fuzz-lemur-token") == std::string::npos, "the Lemur token in a message");
+// The caller's own secret is never in its error messages. The Lemur token is sent (in the
+// Authorization header), so an answer may echo it: whole, it must still not show (the renewer
+// redacts it); a part of it only counts when the broker did not send that part itself. The cfssl
+// key never goes on the wire (HMAC): a message may hold it only if the broker sent it.
+enum class Caller { cfssl, lemur };
+
+void no_secret_in(const std::string& message, Caller caller, std::string_view input) {
+  auto leaked = [&](std::string_view secret) {
+    return message.find(secret) != std::string::npos && input.find(secret) == std::string_view::npos;
+  };
+  if (caller == Caller::cfssl) {
+    FUZZ_REQUIRE(!leaked(kCfsslKeyHex), "the cfssl key in a message");
+  } else {
+    FUZZ_REQUIRE(message.find(kLemurToken) == std::string::npos, "the Lemur token in a message");
+    FUZZ_REQUIRE(!leaked("fuzz-lemur-token"), "a part of the Lemur token in a message");
+  }
 }
 
-void check_issued(const Result<renewers::IssueResult>& r) {
+void check_issued(const Result<renewers::IssueResult>& r, Caller caller, std::string_view input) {
   if (!r) {
     FUZZ_REQUIRE(!r.error().message.empty(), "an error without a message");
-    no_secret_in(r.error().message);
+    no_secret_in(r.error().message, caller, input);
     return;
   }
   FUZZ_REQUIRE(r->chain_pem.find("-----BEGIN CERTIFICATE-----") != std::string::npos,
@@ -186,7 +198,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1 || size > 64 * 1024) return 0;
-  std::string_view rest = fuzz::text_of(data + 1, size - 1);
+  const std::string_view input = fuzz::text_of(data + 1, size - 1);
+  std::string_view rest = input;
   harness->segments.clear();
   harness->next = 0;
   for (;;) {
@@ -212,8 +225,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       (void)r->header_values("Link");
       break;
     }
-    case 1: check_issued(run(harness->cfssl->issue(harness->request))); break;
-    default: check_issued(run(harness->lemur->issue(harness->request))); break;
+    case 1: check_issued(run(harness->cfssl->issue(harness->request)), Caller::cfssl, input); break;
+    default: check_issued(run(harness->lemur->issue(harness->request)), Caller::lemur, input); break;
   }
   // The server side of this input's connections ends with them.
   for (int i = 0; i < 1000 && harness->sessions != 0; ++i) harness->io.run_one_for(1ms);

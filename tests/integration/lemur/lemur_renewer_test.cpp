@@ -602,6 +602,23 @@ TEST_F(LemurRenewerTest, ServerErrorsAndRateLimitsAreBrokerFailures) {
   issue_ok();
 }
 
+// Found by fuzz_broker_answers: errors quote Lemur's answer, and an answer that echoes the
+// request (a proxy's or a debugging error page) would have carried the API key into the log.
+TEST_F(LemurRenewerTest, AnAnswerEchoingTheApiKeyIsQuotedWithoutIt) {
+  start();
+  server.add_fault({.method = "POST", .path_prefix = "/api/1/certificates",
+                    .reply = {.status = 400, .headers = {{"Content-Type", "application/json"}},
+                              .body = R"({"message": "bad request with Authorization: Bearer )" + token + R"("})"}});
+  auto e = issue_error();
+  EXPECT_EQ(e.message.find(token), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("Authorization: Bearer [redacted]"), std::string::npos) << e.message;
+
+  server.add_fault({.method = "POST", .path_prefix = "/api/1/certificates",
+                    .reply = {.status = 502, .body = "<html>upstream said " + token + " was wrong</html>"}});
+  e = issue_error();
+  EXPECT_EQ(e.message.find(token), std::string::npos) << e.message;
+}
+
 TEST_F(LemurRenewerTest, ASlowAnswerTimesOut) {
   start(BrokerSetup{.timeout = "1s"});
   server.set_delay(3s);
