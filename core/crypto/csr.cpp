@@ -48,17 +48,12 @@ std::string ip_bytes(std::string_view text) {
   return {};
 }
 
+// The text of a 4- or 16-byte address (the only lengths an iPAddress name may have).
 std::string ip_text(const unsigned char* data, int len) {
   char out[INET6_ADDRSTRLEN] = {};
   if (len == 4 && inet_ntop(AF_INET, data, out, sizeof out)) return out;
   if (len == 16 && inet_ntop(AF_INET6, data, out, sizeof out)) return out;
-  std::string hex = "invalid-ip:";
-  static constexpr char kHex[] = "0123456789abcdef";
-  for (int i = 0; i < len; ++i) {
-    hex += kHex[data[i] >> 4];
-    hex += kHex[data[i] & 15];
-  }
-  return hex;
+  return {};
 }
 
 Result<> push_ia5(GENERAL_NAMES* gens, int type, std::string_view value) {
@@ -214,10 +209,18 @@ void append_general_names(const GENERAL_NAMES* gens, SubjectNames& names,
     switch (gn->type) {
       case GEN_DNS: names.dns_names.push_back(asn1_text(gn->d.dNSName)); break;
       case GEN_URI: names.uris.push_back(asn1_text(gn->d.uniformResourceIdentifier)); break;
-      case GEN_IPADD:
-        names.ip_addresses.push_back(ip_text(ASN1_STRING_get0_data(gn->d.iPAddress),
-                                             ASN1_STRING_length(gn->d.iPAddress)));
+      case GEN_IPADD: {
+        // Any other length is no address: a name we cannot read, refused with the other kinds
+        // rather than carried along as text that no later comparison would understand.
+        const int len = ASN1_STRING_length(gn->d.iPAddress);
+        std::string ip = ip_text(ASN1_STRING_get0_data(gn->d.iPAddress), len);
+        if (ip.empty()) {
+          other.push_back("an IP address of " + std::to_string(len) + " bytes");
+        } else {
+          names.ip_addresses.push_back(std::move(ip));
+        }
         break;
+      }
       case GEN_EMAIL: other.push_back("email:" + asn1_text(gn->d.rfc822Name)); break;
       case GEN_DIRNAME: other.push_back("dirName"); break;
       case GEN_OTHERNAME: other.push_back("otherName"); break;

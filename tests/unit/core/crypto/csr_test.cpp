@@ -170,6 +170,31 @@ TEST(Csr, NamesRejectUnsupportedSanKinds) {
   EXPECT_NE(names.error().message.find("email:ops@example.org"), std::string::npos);
 }
 
+// Found by fuzz_csr: an iPAddress name of 5 bytes was read as the text "invalid-ip:<hex>" among
+// the CSR's IP addresses; it is no address, so the CSR is refused like other unreadable names.
+TEST(Csr, AnIpAddressNameOfNeitherFourNorSixteenBytesIsRefused) {
+  auto key = generate_key(KeyType::ecdsa_p256);
+  ASSERT_TRUE(key);
+  X509ReqPtr req(X509_REQ_new());
+  X509_REQ_set_pubkey(req.get(), key->get());
+  GENERAL_NAMES* gens = GENERAL_NAMES_new();
+  GENERAL_NAME* gn = GENERAL_NAME_new();
+  ASN1_OCTET_STRING* five = ASN1_OCTET_STRING_new();
+  const unsigned char bytes[] = {127, 0, 0, 1, 9};
+  ASSERT_EQ(ASN1_OCTET_STRING_set(five, bytes, sizeof bytes), 1);
+  GENERAL_NAME_set0_value(gn, GEN_IPADD, five);
+  sk_GENERAL_NAME_push(gens, gn);
+  STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
+  sk_X509_EXTENSION_push(exts, X509V3_EXT_i2d(NID_subject_alt_name, 0, gens));
+  GENERAL_NAMES_free(gens);
+  X509_REQ_add_extensions(req.get(), exts);
+  sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+  ASSERT_GT(X509_REQ_sign(req.get(), key->get(), EVP_sha256()), 0);
+  auto names = csr_names(req.get());
+  ASSERT_FALSE(names) << (names && !names->ip_addresses.empty() ? names->ip_addresses.front() : "");
+  EXPECT_NE(names.error().message.find("an IP address of 5 bytes"), std::string::npos) << names.error().message;
+}
+
 TEST(Names, CanonicalIp) {
   EXPECT_EQ(canonical_ip("127.0.0.1"), "127.0.0.1");
   EXPECT_EQ(canonical_ip("0:0:0:0:0:0:0:1"), "::1");
