@@ -11,6 +11,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +61,13 @@ constexpr std::uint32_t kHeaderTableBytes = 512;
 constexpr std::size_t kReadBudget = 256 * 1024;
 // Frames nghttp2 serialises are gathered up to this much before one write(2).
 constexpr std::size_t kWriteChunk = 64 * 1024;
+// nghttp2's outbound frame buffer: one block for a 16 KiB frame and its header, allocated with
+// the session.
+constexpr std::size_t kFrameBufferMin = 16384 + 10;
+constexpr std::size_t kFrameBufferMax = 16384 + 10 + 256;
+constexpr std::size_t kFrameBufferHead = 64;  // never released: room for the frame prefix
+// How long after a connection's last write its frame buffer's pages go back to the kernel.
+constexpr auto kTrimDelay = 200ms;
 // A PING not answered within this (or the keep-alive interval, if shorter) is a dead peer.
 constexpr auto kPingTimeout = 20s;
 
@@ -283,6 +291,9 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   void connection_closed(Connection* conn, std::string_view reason, const std::string& detail);
   void refused(Api api, const http::Peer& peer, std::string_view reason, const std::string& detail);
   std::uint64_t next_id() { return ++next_id_; }
+  // After a connection's writes: its idle frame buffer is given back a little later, once for
+  // every connection written in that time (off the path of a push).
+  void schedule_trim(std::shared_ptr<Connection> conn);
 
  private:
   struct SdsStream {
@@ -372,6 +383,8 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   std::unordered_map<uid_t, std::size_t> conns_per_uid_;
   std::unordered_map<uid_t, Bucket> buckets_;
   std::size_t calls_{0};
+  std::vector<std::shared_ptr<Connection>> to_trim_;
+  std::optional<asio::steady_timer> trim_timer_;
 
   std::map<std::uint64_t, SdsStream> sds_;
   std::map<std::uint64_t, SvidStream> svid_;
@@ -414,9 +427,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     boost::system::error_code ec;
     socket_.non_blocking(true, ec);
     if (ec) return false;
-    if (nghttp2_session_server_new2(&session_, impl_->callbacks(), this, impl_->options()) != 0) {
-      return false;
-    }
+    mem_ = nghttp2_mem{this, &Connection::mem_malloc, &Connection::mem_free, &Connection::mem_calloc,
+                       &Connection::mem_realloc};
+    creating_ = true;
+    const int rv = nghttp2_session_server_new3(&session_, impl_->callbacks(), this, impl_->options(), &mem_);
+    creating_ = false;
+    if (rv != 0) return false;
     const auto& c = impl_->config();
     const nghttp2_settings_entry settings[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
@@ -483,6 +499,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   nghttp2_session* session() { return session_; }
+  // Bytes nghttp2 holds for this connection now.
+  std::size_t nghttp2_bytes() const { return mem_bytes_; }
+
+  // The frame buffer's whole pages, apart from its head, back to the kernel (their content is
+  // dead once nghttp2 has handed out every frame; the next frame faults in fresh zero pages).
+  void trim() {
+    trim_pending_ = false;
+
+    if (closed_ || !frame_buffer_ || !out_.empty() || nghttp2_session_want_write(session_)) return;
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto start = reinterpret_cast<std::uintptr_t>(frame_buffer_);
+    const std::uintptr_t begin = (start + kFrameBufferHead + page - 1) / page * page;
+    const std::uintptr_t end = (start + frame_buffer_size_) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
 
   // ---- nghttp2 callbacks ----
   int on_begin_headers(const nghttp2_frame* frame) {
@@ -709,6 +740,57 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   }
 
+  // nghttp2's memory: counted, and wiped when freed (frames held key bytes).
+  struct alignas(16) MemHeader {
+    std::size_t size;
+  };
+  static void* mem_malloc(std::size_t size, void* user) {
+    auto* self = static_cast<Connection*>(user);
+    auto* h = static_cast<MemHeader*>(std::malloc(sizeof(MemHeader) + size));
+    if (!h) return nullptr;
+    h->size = size;
+    self->mem_bytes_ += size;
+
+    void* p = h + 1;
+    if (self->creating_ && size >= kFrameBufferMin && size <= kFrameBufferMax && !self->frame_buffer_) {
+      self->frame_buffer_ = p;
+      self->frame_buffer_size_ = size;
+    }
+    return p;
+  }
+  static void mem_free(void* ptr, void* user) {
+    if (!ptr) return;
+    auto* self = static_cast<Connection*>(user);
+    auto* h = static_cast<MemHeader*>(ptr) - 1;
+    if (ptr == self->frame_buffer_) self->frame_buffer_ = nullptr;
+    self->mem_bytes_ -= h->size;
+    OPENSSL_cleanse(ptr, h->size);
+    std::free(h);
+  }
+  // calloc(3) itself: memory fresh from the kernel is not written, so untouched pages of a
+  // zeroed table cost nothing.
+  static void* mem_calloc(std::size_t n, std::size_t size, void* user) {
+    if (size != 0 && n > (SIZE_MAX - sizeof(MemHeader)) / size) return nullptr;
+    auto* self = static_cast<Connection*>(user);
+    auto* h = static_cast<MemHeader*>(std::calloc(1, sizeof(MemHeader) + n * size));
+    if (!h) return nullptr;
+    h->size = n * size;
+    self->mem_bytes_ += h->size;
+    return h + 1;
+  }
+  static void* mem_realloc(void* ptr, std::size_t size, void* user) {
+    if (!ptr) return mem_malloc(size, user);
+    if (size == 0) {
+      mem_free(ptr, user);
+      return nullptr;
+    }
+    void* p = mem_malloc(size, user);
+    if (!p) return nullptr;
+    std::memcpy(p, ptr, std::min(size, (static_cast<MemHeader*>(ptr) - 1)->size));
+    mem_free(ptr, user);
+    return p;
+  }
+
   void wait_read() {
     socket_.async_wait(local::socket::wait_read,
                        [self = shared_from_this()](boost::system::error_code ec) {
@@ -768,6 +850,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (!write_out()) return;
     }
     std::string& chunk = impl_->write_buffer();
+    bool wrote = false;
     while (!closed_) {
       chunk.clear();
       while (chunk.size() < kWriteChunk) {
@@ -792,10 +875,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
         return;
       }
       OPENSSL_cleanse(chunk.data(), chunk.size());
+      wrote = true;
     }
     if (closed_) return;
     if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
       close(drop_reason_.empty() ? "goaway" : drop_reason_, drop_detail_);
+      return;
+    }
+    if (wrote && !trim_pending_) {
+      trim_pending_ = true;
+      impl_->schedule_trim(shared_from_this());
     }
   }
 
@@ -893,6 +982,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::array<std::uint8_t, 8> ping_data_{};
   std::string drop_reason_;
   std::string drop_detail_;
+  nghttp2_mem mem_{};
+  std::size_t mem_bytes_{0};
+  void* frame_buffer_{nullptr};
+  std::size_t frame_buffer_size_{0};
+  bool creating_{false};
+  bool trim_pending_{false};
   bool closed_{false};
   bool in_callback_{false};
   bool flush_posted_{false};
@@ -1031,6 +1126,8 @@ void Impl::start_call(const std::shared_ptr<Call>& call) {
                     c.content_type.starts_with("application/grpc;");
   c.path.clear();
   c.path.shrink_to_fit();
+  c.content_type.clear();
+  c.content_type.shrink_to_fit();
   if (!grpc) {
     c.conn->reject_http(c, "415");
     return;
@@ -1160,6 +1257,21 @@ void Impl::connection_closed(Connection* conn, std::string_view reason, const st
   asio::post(io_, [keep = std::move(keep)] {});  // not freed inside its own call stack
 }
 
+void Impl::schedule_trim(std::shared_ptr<Connection> conn) {
+  to_trim_.push_back(std::move(conn));
+  if (!trim_timer_) trim_timer_.emplace(io_);
+  if (to_trim_.size() > 1) return;  // armed
+  trim_timer_->expires_after(kTrimDelay);
+  trim_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+    auto self = weak.lock();
+    if (!self) return;
+    auto conns = std::move(self->to_trim_);
+    self->to_trim_.clear();
+    if (ec) return;
+    for (auto& c : conns) c->trim();
+  });
+}
+
 Result<> Impl::start() {
   if (config_.path.empty()) return {};
   if (started_) return make_error("sidecar API already started");
@@ -1214,6 +1326,7 @@ void Impl::stop() {
   boost::system::error_code ec;
   if (acceptor_) acceptor_->close(ec);
   expiry_.cancel();
+  if (trim_timer_) trim_timer_->cancel();
   subscription_.reset();
   // Every stream is told UNAVAILABLE, then each connection gets a GOAWAY and is closed.
   std::vector<std::shared_ptr<Call>> calls;
@@ -1371,8 +1484,10 @@ void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
   // xDS: a request whose nonce is not the last one sent answers an older response; the client
   // will answer the newer one too, so this one is ignored.
   if (!s.nonce.empty() && request.response_nonce() != s.nonce) {
-    logger()->debug("event=sds_stale_request nonce={} current={} {}",
-                    log::quote(request.response_nonce()), log::quote(s.nonce), peer_text(call.peer()));
+    if (logger()->should_log(spdlog::level::debug)) {
+      logger()->debug("event=sds_stale_request nonce={} current={} {}",
+                      log::quote(request.response_nonce()), log::quote(s.nonce), peer_text(call.peer()));
+    }
     return;
   }
   if (!request.response_nonce().empty()) {
@@ -1383,7 +1498,7 @@ void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
                      log::quote(request.response_nonce()), request.error_detail().code(),
                      log::quote(log::excerpt(request.error_detail().message(), 300)),
                      peer_text(call.peer()));
-    } else {
+    } else if (logger()->should_log(spdlog::level::debug)) {
       logger()->debug("event=sds_ack node={} version={} {}", log::quote(s.node),
                       log::quote(request.version_info()), peer_text(call.peer()));
     }
