@@ -274,6 +274,8 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   Result<> start();
   void stop();
   std::size_t streams() const { return sds_.size() + svid_.size() + bundles_.size(); }
+  std::size_t connections() const { return conns_.size(); }
+  void serve(local::socket socket, http::Peer peer);
 
   // ---- from connections ----
   asio::io_context& io() { return io_; }
@@ -805,6 +807,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
       const auto n = ::recv(socket_.native_handle(), impl_->read_buffer(), impl_->read_buffer_size(),
                             MSG_DONTWAIT);
       if (n == 0) {
+        // The client is done sending: what its last frames asked for still goes out.
+        flush_now();
         close("peer_closed");
         return;
       }
@@ -1370,18 +1374,24 @@ void Impl::on_accept(boost::system::error_code ec, local::socket socket) {
   }
   // The caller, from the kernel, before a byte is read: it stays with the connection.
   http::Peer peer = http::peer_of_fd(socket.native_handle());
+  serve(std::move(socket), std::move(peer));
+  accept();
+}
+
+void Impl::serve(local::socket socket, http::Peer peer) {
+  if (!started_) return;
   if (auto why = admit_connection(peer); !why.empty()) {
     refused(Api::connection, peer, why, "connection refused");
+    boost::system::error_code ec;
     socket.close(ec);
-  } else {
-    const uid_t uid = peer.uid;
-    auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer));
-    Connection* raw = conn.get();
-    conns_.emplace(raw, conn);
-    ++conns_per_uid_[uid];
-    if (!conn->open()) raw->close("setup_failed");
+    return;
   }
-  accept();
+  const uid_t uid = peer.uid;
+  auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer));
+  Connection* raw = conn.get();
+  conns_.emplace(raw, conn);
+  ++conns_per_uid_[uid];
+  if (!conn->open()) raw->close("setup_failed");
 }
 
 void Impl::refused(Api api, const http::Peer& peer, std::string_view reason,
@@ -1756,5 +1766,11 @@ Result<> SidecarServer::start() { return impl_->start(); }
 void SidecarServer::stop() { impl_->stop(); }
 
 std::size_t SidecarServer::streams() const { return impl_->streams(); }
+
+std::size_t SidecarServer::connections() const { return impl_->connections(); }
+
+void SidecarServer::serve(boost::asio::local::stream_protocol::socket socket, http::Peer peer) {
+  impl_->serve(std::move(socket), std::move(peer));
+}
 
 }  // namespace certagent::sidecar

@@ -22,6 +22,9 @@
 // loader.h) only when workload_api.path is set. Tests and the benchmark link it directly.
 
 #include "agent/sidecar/endpoint.h"
+#include "core/http/server.h"
+
+#include <boost/asio/local/stream_protocol.hpp>
 
 #include <memory>
 
@@ -39,6 +42,12 @@ class SidecarServer final : public Endpoint {
   [[nodiscard]] Result<> start() override;
   void stop() override;
   std::size_t streams() const override;
+  // Open connections.
+  std::size_t connections() const;
+  // Serves a connection accepted elsewhere as `peer`'s (the fuzz harness: one end of a
+  // socketpair, as a caller that may not have every key). On the io_context thread, after
+  // start(); the same limits as an accepted connection.
+  void serve(boost::asio::local::stream_protocol::socket socket, http::Peer peer);
 
   class Impl;  // in the .cpp
 
