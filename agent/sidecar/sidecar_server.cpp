@@ -296,6 +296,12 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   // After a connection's writes: its idle frame buffer is given back a little later, once for
   // every connection written in that time (off the path of a push).
   void schedule_trim(std::shared_ptr<Connection> conn);
+  // During a push to every stream: connections are flushed once each at its end (no post each).
+  bool batch_flush(std::shared_ptr<Connection> conn) {
+    if (!batch_) return false;
+    batch_->push_back(std::move(conn));
+    return true;
+  }
 
  private:
   struct SdsStream {
@@ -386,6 +392,7 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   std::unordered_map<uid_t, Bucket> buckets_;
   std::size_t calls_{0};
   std::vector<std::shared_ptr<Connection>> to_trim_;
+  std::vector<std::shared_ptr<Connection>>* batch_{nullptr};
   std::optional<asio::steady_timer> trim_timer_;
 
   std::map<std::uint64_t, SdsStream> sds_;
@@ -404,6 +411,7 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
     MaterialPtr material;
     std::string trust_pem;
     SvidPtr svid;  // null: the material cannot be an SVID (logged once)
+    std::string key;  // this SVID's part of a stream's content key
   };
   std::map<std::string, TlsCache> tls_cache_;
   std::map<std::string, TrustCache> trust_cache_;
@@ -494,10 +502,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void schedule_flush() {
     if (closed_ || flush_posted_ || in_callback_) return;
     flush_posted_ = true;
-    asio::post(impl_->io(), [self = shared_from_this()] {
-      self->flush_posted_ = false;
-      self->flush_now();
-    });
+    if (impl_->batch_flush(shared_from_this())) return;
+    asio::post(impl_->io(), [self = shared_from_this()] { self->run_flush(); });
+  }
+  void run_flush() {
+    flush_posted_ = false;
+    flush_now();
   }
 
   nghttp2_session* session() { return session_; }
@@ -1545,13 +1555,19 @@ void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
 // (protobuf merges fields in any order).
 void Impl::sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& shared) {
   auto content = sds_content(s.call->peer(), s.names, nullptr);
-  const std::string version = content_version(content.ids);
   if (!s.sent && content.resources.empty()) return;  // nothing to say yet
+  // Streams with the same content share its version (a digest) and its bytes: keyed by the
+  // (name, content id) pairs, which are sorted (the names are).
+  std::string key = "sds:";
+  for (const auto& [name, id] : content.ids) key.append(name).append("=").append(id).append(";");
+  auto& body = shared[key];
+  auto& version_of = shared["v:" + key];
+  if (!version_of) version_of = std::make_shared<const std::string>(content_version(content.ids));
+  const std::string& version = *version_of;
   if (!always && s.sent && version == s.version) return;
   s.version = version;
   s.nonce = std::to_string(++s.nonces);
   s.sent = true;
-  auto& body = shared[version];
   if (!body) body = serialize(*discovery_response(content.resources, "", ""));
   DiscoveryResponse tail;
   tail.set_version_info(s.version);
@@ -1603,6 +1619,8 @@ Impl::SvidContent Impl::svid_content(const http::Peer& peer) {
       cached.trust_pem = entry.trust_bundle_pem;
       auto svid = make_svid(name, id, *material, entry.trust_bundle_pem);
       cached.svid = svid ? *svid : nullptr;
+      cached.key = name + "=" + material->serial_hex + ":" +
+                   content_version({{"", entry.trust_bundle_pem}}) + ";";
       if (!svid) {
         logger()->error("event=svid_unavailable certificate={} error={}", name,
                         log::quote(svid.error().message));
@@ -1610,8 +1628,7 @@ Impl::SvidContent Impl::svid_content(const http::Peer& peer) {
     }
     if (!cached.svid) continue;
     out.svids.push_back(cached.svid);
-    out.key += name + "=" + material->serial_hex + ":" +
-               content_version({{"", entry.trust_bundle_pem}}) + ";";
+    out.key += cached.key;
   }
   return out;
 }
@@ -1724,11 +1741,15 @@ void Impl::refresh_all() {
   // One serialisation per distinct content, shared by the streams that get it. A stream may end
   // (PERMISSION_DENIED) while we go: its entry stays until its HTTP/2 stream closes.
   std::map<std::string, Bytes> shared;
+  std::vector<std::shared_ptr<Connection>> batch;
+  batch_ = &batch;
   for (auto& [id, s] : sds_) {
     if (s.requested) sds_push(s, false, shared);
   }
   for (auto& [id, s] : svid_) svid_push(s, shared);
   for (auto& [id, s] : bundles_) bundles_push(s, shared);
+  batch_ = nullptr;
+  for (auto& conn : batch) conn->run_flush();
   arm_expiry();
 }
 
