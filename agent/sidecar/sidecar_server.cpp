@@ -66,8 +66,11 @@ constexpr std::size_t kWriteChunk = 64 * 1024;
 constexpr std::size_t kFrameBufferMin = 16384 + 10;
 constexpr std::size_t kFrameBufferMax = 16384 + 10 + 256;
 constexpr std::size_t kFrameBufferHead = 64;  // never released: room for the frame prefix
-// How long after a connection's last write its frame buffer's pages go back to the kernel.
+// How long after a connection's last write its frame buffer's pages go back to the kernel, and
+// after frames of what size (smaller ones touch a page or two: not worth a madvise and the page
+// faults of the next push).
 constexpr auto kTrimDelay = 200ms;
+constexpr std::size_t kTrimAbove = 8 * 1024;
 // A PING not answered within this (or the keep-alive interval, if shorter) is a dead peer.
 constexpr auto kPingTimeout = 20s;
 
@@ -365,6 +368,9 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   void refresh_all();
   void arm_expiry();
   void set_streams_metric();
+  // Pushes are counted here and added to the metrics once per round (a metric update takes a
+  // lock and builds its label key: per message, that was a measurable part of a push).
+  void publish_pushes();
   bool log_allowed();
 
   asio::io_context& io_;
@@ -418,6 +424,8 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   std::map<std::string, SvidCache> svid_cache_;
   std::int64_t log_second_{0};
   int logged_{0};
+  std::size_t pushes_sds_{0};
+  std::size_t pushes_workload_{0};
 };
 
 using Impl = SidecarServer::Impl;
@@ -518,6 +526,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // dead once nghttp2 has handed out every frame; the next frame faults in fresh zero pages).
   void trim() {
     trim_pending_ = false;
+    large_frame_ = false;
 
     if (closed_ || !frame_buffer_ || !out_.empty() || nghttp2_session_want_write(session_)) return;
     const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
@@ -877,6 +886,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           return;
         }
         if (n == 0) break;
+        if (static_cast<std::size_t>(n) > kTrimAbove) large_frame_ = true;
         chunk.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
       }
       if (chunk.empty()) break;
@@ -896,7 +906,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       close(drop_reason_.empty() ? "goaway" : drop_reason_, drop_detail_);
       return;
     }
-    if (wrote && !trim_pending_) {
+    if (wrote && large_frame_ && !trim_pending_) {
       trim_pending_ = true;
       impl_->schedule_trim(shared_from_this());
     }
@@ -1002,6 +1012,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::size_t frame_buffer_size_{0};
   bool creating_{false};
   bool trim_pending_{false};
+  bool large_frame_{false};  // a frame that filled more than a page or two since the last trim
   bool closed_{false};
   bool in_callback_{false};
   bool flush_posted_{false};
@@ -1426,6 +1437,14 @@ bool Impl::log_allowed() {
   return ++logged_ <= kMaxRefusalLogs;
 }
 
+void Impl::publish_pushes() {
+  if (pushes_sds_) metrics_.add(kPushesMetric, {{"api", "sds"}}, static_cast<double>(pushes_sds_));
+  if (pushes_workload_) {
+    metrics_.add(kPushesMetric, {{"api", "workload"}}, static_cast<double>(pushes_workload_));
+  }
+  pushes_sds_ = pushes_workload_ = 0;
+}
+
 void Impl::set_streams_metric() {
   metrics_.set(kStreamsMetric, {{"api", "sds"}}, static_cast<double>(sds_.size()));
   metrics_.set(kStreamsMetric, {{"api", "workload"}},
@@ -1542,6 +1561,7 @@ void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
     }
     std::map<std::string, Bytes> shared;
     sds_push(s, first, shared);
+    publish_pushes();
   }
 }
 
@@ -1573,7 +1593,7 @@ void Impl::sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& sha
   tail.set_version_info(s.version);
   tail.set_nonce(s.nonce);
   s.call->send(frame_message(body, tail.SerializeAsString()));
-  metrics_.add(kPushesMetric, {{"api", "sds"}});
+  ++pushes_sds_;
 }
 
 void Impl::fetch(const std::shared_ptr<Call>& call, const DiscoveryRequest& request) {
@@ -1666,6 +1686,7 @@ void Impl::open_svid(const std::shared_ptr<Call>& call) {
   set_streams_metric();
   std::map<std::string, Bytes> shared;
   svid_push(it->second, shared);
+  publish_pushes();
 }
 
 // The standard: every message is the full set the caller may have; none at all (no identity,
@@ -1693,7 +1714,7 @@ void Impl::svid_push(SvidStream& s, std::map<std::string, Bytes>& shared) {
   auto& message = shared[content.key];
   if (!message) message = serialize(*svid_response(content.svids));
   s.call->send(frame_message(message));
-  metrics_.add(kPushesMetric, {{"api", "workload"}});
+  ++pushes_workload_;
 }
 
 void Impl::open_bundles(const std::shared_ptr<Call>& call) {
@@ -1703,6 +1724,7 @@ void Impl::open_bundles(const std::shared_ptr<Call>& call) {
   set_streams_metric();
   std::map<std::string, Bytes> shared;
   bundles_push(it->second, shared);
+  publish_pushes();
 }
 
 void Impl::bundles_push(BundlesStream& s, std::map<std::string, Bytes>& shared) {
@@ -1720,7 +1742,7 @@ void Impl::bundles_push(BundlesStream& s, std::map<std::string, Bytes>& shared) 
   auto& message = shared["b:" + content.key];
   if (!message) message = serialize(*bundles_response(content.bundles));
   s.call->send(frame_message(message));
-  metrics_.add(kPushesMetric, {{"api", "workload"}});
+  ++pushes_workload_;
 }
 
 // ---- pushes ---------------------------------------------------------------------------------
@@ -1750,6 +1772,7 @@ void Impl::refresh_all() {
   for (auto& [id, s] : bundles_) bundles_push(s, shared);
   batch_ = nullptr;
   for (auto& conn : batch) conn->run_flush();
+  publish_pushes();
   arm_expiry();
 }
 
