@@ -138,8 +138,9 @@ std::string thread_names(pid_t pid, std::size_t* count) {
   return out;
 }
 
-// Mapped libraries of gRPC and its dependencies (gRPC, protobuf, Abseil, re2, upb, c-ares, the
-// sidecar module), distinct files.
+// Mapped libraries of the sidecar API (the module, nghttp2, protobuf) and of gRPC C++ and its
+// dependencies (gRPC, Abseil, re2, upb, c-ares: none since the server is on nghttp2), distinct
+// files.
 std::size_t grpc_mappings(pid_t pid, double* rss_kib_out) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
   std::string line, current;
@@ -158,6 +159,7 @@ std::size_t grpc_mappings(pid_t pid, double* rss_kib_out) {
              current.find("libcares") != std::string::npos ||
              current.find("libgpr") != std::string::npos ||
              current.find("libaddress_sorting") != std::string::npos ||
+             current.find("libnghttp2") != std::string::npos ||
              current.find("certagent-sidecar") != std::string::npos;
       if (grpc) files.try_emplace(current, 0.0);
     } else if (grpc && line.rfind("Rss:", 0) == 0) {
@@ -1000,8 +1002,8 @@ void daemon_part(const fs::path& binary) {
               binary.c_str());
   for (bool on : {false, true}) {
     const Idle idle = daemon_idle(binary, on);
-    std::printf("  workload_api %-3s: RSS %.1f MiB (anonymous %.2f MiB); %zu threads (%s); gRPC "
-                "libraries mapped: %zu files, %.1f MiB RSS\n",
+    std::printf("  workload_api %-3s: RSS %.1f MiB (anonymous %.2f MiB); %zu threads (%s); sidecar "
+                "libraries mapped (module, nghttp2, protobuf, any gRPC C++): %zu files, %.1f MiB RSS\n",
                 on ? "on" : "off", idle.rss_mib, idle.anon_mib, idle.threads, idle.names.c_str(),
                 idle.grpc_files, idle.grpc_rss_mib);
   }
