@@ -8,6 +8,8 @@
 #include "envoy/service/discovery/v3/discovery.pb.h"
 #include "spiffe/workload/workload.pb.h"
 
+#include <google/protobuf/stubs/logging.h>
+
 #include <nghttp2/nghttp2.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -1309,6 +1311,13 @@ Result<> Impl::start() {
   metrics_.declare(kNacksMetric, Metrics::Type::counter,
                    "SDS responses a client rejected (NACK).");
 
+  // protobuf logs a request with invalid UTF-8 in a string field to stderr, once per message:
+  // a client could fill the journal that way. The request is refused (INVALID_ARGUMENT) and
+  // counted like any other; protobuf's own line is dropped.
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char*, int,
+                                     const std::string& message) {
+    if (level >= google::protobuf::LOGLEVEL_FATAL) logger()->critical("event=protobuf_fatal error={}", log::quote(message));
+  });
   if (!callbacks_) callbacks_ = make_callbacks();
   if (!options_ && nghttp2_option_new(&options_) == 0) {
     // Our HPACK encoder's table: gRPC responses carry a handful of constant headers.
@@ -1505,7 +1514,7 @@ void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
   Call& call = *s.call;
   if (!request.type_url().empty() && request.type_url() != kSecretTypeUrl) {
     call.finish({Code::invalid_argument, "this stream serves " + std::string(kSecretTypeUrl) +
-                                             ", not " + request.type_url()});
+                                             ", not " + log::excerpt(request.type_url(), 100)});
     return;
   }
   if (request.resource_names_size() > static_cast<int>(kMaxResourceNames)) {
@@ -1599,7 +1608,7 @@ void Impl::sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& sha
 void Impl::fetch(const std::shared_ptr<Call>& call, const DiscoveryRequest& request) {
   if (!request.type_url().empty() && request.type_url() != kSecretTypeUrl) {
     call->finish({Code::invalid_argument, "FetchSecrets serves " + std::string(kSecretTypeUrl) +
-                                              ", not " + request.type_url()});
+                                              ", not " + log::excerpt(request.type_url(), 100)});
     return;
   }
   if (request.resource_names_size() > static_cast<int>(kMaxResourceNames)) {

@@ -828,6 +828,14 @@ TEST_F(SidecarApiTest, ErrorsBeforeAnyMessageAreTrailersOnlyAndNonGrpcIsHttp415)
   EXPECT_EQ(h2.stream(text).headers.count("grpc-status"), 0u);
   // A compressed message with no encoding we accept: INTERNAL, as the gRPC spec says.
   EXPECT_EQ(h2.stream(flagged).headers["grpc-status"], "13");
+  // A request's own text quoted back in a status is cut short (found by fuzz_sidecar): a 10 KB
+  // type_url gets INVALID_ARGUMENT with a short grpc-message, not a 10 KB trailer.
+  auto wrong = sds_request({"web"});
+  wrong.set_type_url(std::string(10'000, 'x'));
+  const auto long_type = h2.call(kStreamSecrets, {grpc_frame(wrong)}, true);
+  ASSERT_TRUE(h2.pump([&] { return h2.stream(long_type).closed; }));
+  EXPECT_EQ(h2.stream(long_type).headers["grpc-status"], "3");
+  EXPECT_LT(h2.stream(long_type).headers["grpc-message"].size(), 300u);
   // The connection is still good: a call on it gets its SVIDs.
   const auto good = h2.call(kFetchX509Svid, {empty}, true, {{"workload.spiffe.io", "true"}});
   ASSERT_TRUE(h2.pump([&] { return grpc_messages(h2.stream(good).data).size() >= 1; }));
