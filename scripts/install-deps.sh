@@ -10,7 +10,7 @@ set -euo pipefail
 
 build_pkgs=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-json1.81-dev libssl-dev
   libtss2-dev libyaml-cpp-dev libspdlog-dev libgtest-dev
-  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc libnghttp2-dev)
 test_pkgs=(swtpm swtpm-tools tpm2-tools pebble golang-cfssl nginx-light haproxy wrk openssl curl
   procps util-linux systemd dpkg-dev lintian man-db binutils prometheus
   python3-grpcio python3-protobuf postgresql-15 postfix dovecot-imapd

@@ -3,8 +3,8 @@
 // bundles. Pure functions, no gRPC and no threads, so they are tested without a server.
 //
 // Every message that holds a private key is handed out as a shared_ptr whose deleter wipes the
-// key bytes (OPENSSL_cleanse) before the message is freed. gRPC's own transport buffers are
-// outside our reach.
+// key bytes (OPENSSL_cleanse) before the message is freed. The server's copies (serialised
+// messages, its unsent output) are wiped too; the kernel's socket buffers are outside our reach.
 
 #include "core/config/config.h"
 #include "core/material.h"

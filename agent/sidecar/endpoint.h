@@ -1,8 +1,8 @@
 #pragma once
 // The sidecar API as the daemon sees it: an endpoint it starts and stops. The implementation
-// (sidecar_server.*, gRPC and protobuf) is built as a module, certagent-sidecar.so, that the
-// daemon dlopen()s only when workload_api.path is set (agent/sidecar/loader.h): without it, no
-// gRPC library is even mapped. No gRPC header here.
+// (sidecar_server.*: gRPC's HTTP/2 mapping on libnghttp2, protobuf) is built as a module,
+// certagent-sidecar.so, that the daemon dlopen()s only when workload_api.path is set
+// (agent/sidecar/loader.h): without it, neither library is even mapped. No such header here.
 
 #include "agent/metrics.h"
 #include "agent/store.h"
@@ -19,11 +19,11 @@ namespace certagent::sidecar {
 class Endpoint {
  public:
   virtual ~Endpoint() = default;
-  // Creates workload_api.path (as socket.path is created) and starts gRPC. An empty path:
-  // nothing to serve, returns success.
+  // Creates workload_api.path (as socket.path is created) and serves it on the io_context. An
+  // empty path: nothing to serve, returns success.
   [[nodiscard]] virtual Result<> start() = 0;
-  // Ends every stream (UNAVAILABLE), stops gRPC and removes the socket file. Blocks until gRPC
-  // has let go of every call.
+  // Ends every stream (UNAVAILABLE), sends each connection a GOAWAY and closes it, and removes
+  // the socket file. Call on the io_context thread; it does not block.
   virtual void stop() = 0;
   // Open streams (SDS and Workload API), as the io_context thread sees them.
   virtual std::size_t streams() const = 0;

@@ -1,8 +1,8 @@
 #pragma once
 // Loads the sidecar API module (certagent-sidecar.so, agent/sidecar/endpoint.h) for the daemon.
-// The daemon links no gRPC: only a configured workload_api.path loads the module, and with it
-// gRPC, protobuf and their threads. Loaded once, never unloaded (gRPC's threads and globals
-// outlive any one endpoint).
+// The daemon links no HTTP/2 or protobuf code: only a configured workload_api.path loads the
+// module, and with it libnghttp2 and protobuf (no thread). Loaded once, never unloaded
+// (protobuf's globals outlive any one endpoint).
 
 #include "agent/sidecar/endpoint.h"
 

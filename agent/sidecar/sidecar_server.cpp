@@ -5,24 +5,26 @@
 #include "core/http/server.h"
 #include "core/logging.h"
 
-#include "envoy/service/secret/v3/sds.grpc.pb.h"
-#include "spiffe/workload/workload.grpc.pb.h"
+#include "envoy/service/discovery/v3/discovery.pb.h"
+#include "spiffe/workload/workload.pb.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
+#include <google/protobuf/stubs/logging.h>
+
+#include <nghttp2/nghttp2.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
-#include <absl/synchronization/mutex.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/server_posix.h>
-
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/system_timer.hpp>
 
 #include <algorithm>
-#include <charconv>
+#include <array>
+#include <cstring>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <unordered_map>
@@ -33,9 +35,8 @@ namespace asio = boost::asio;
 using local = asio::local::stream_protocol;
 using discovery::DiscoveryRequest;
 using discovery::DiscoveryResponse;
-using grpc::Status;
-using grpc::StatusCode;
 using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
 
 namespace {
 
@@ -53,6 +54,44 @@ constexpr const char* kNacksMetric = "certagent_sidecar_sds_nacks_total";
 constexpr int kMaxRefusalLogs = 10;
 constexpr std::size_t kMaxResourceNames = 64;
 constexpr std::size_t kMaxResourceNameBytes = 256;
+// Request headers of one call, HPACK-decoded (RFC 9113 SETTINGS_MAX_HEADER_LIST_SIZE counting).
+constexpr std::uint32_t kMaxHeaderListBytes = 16 * 1024;
+// Our HPACK decoder's table (the client's encoder keeps to it) and encoder's table: small, since
+// gRPC's request headers are few and a table is held per connection.
+constexpr std::uint32_t kHeaderTableBytes = 512;
+// Read from a socket per wake-up before the other connections get their turn.
+constexpr std::size_t kReadBudget = 256 * 1024;
+// Frames nghttp2 serialises are gathered up to this much before one write(2).
+constexpr std::size_t kWriteChunk = 64 * 1024;
+// nghttp2's outbound frame buffer: one block for a 16 KiB frame and its header, allocated with
+// the session.
+constexpr std::size_t kFrameBufferMin = 16384 + 10;
+constexpr std::size_t kFrameBufferMax = 16384 + 10 + 256;
+constexpr std::size_t kFrameBufferHead = 64;  // never released: room for the frame prefix
+// How long after a connection's last write its frame buffer's pages go back to the kernel, and
+// after frames of what size (smaller ones touch a page or two: not worth a madvise and the page
+// faults of the next push).
+constexpr auto kTrimDelay = 200ms;
+constexpr std::size_t kTrimAbove = 8 * 1024;
+// A PING not answered within this (or the keep-alive interval, if shorter) is a dead peer.
+constexpr auto kPingTimeout = 20s;
+
+// gRPC status codes (grpc/status.h), the ones this server sends.
+enum class Code : int {
+  ok = 0,
+  cancelled = 1,
+  invalid_argument = 3,
+  permission_denied = 7,
+  resource_exhausted = 8,
+  unimplemented = 12,
+  internal = 13,
+  unavailable = 14,
+};
+
+struct Status {
+  Code code{Code::ok};
+  std::string message;
+};
 
 enum class Api { connection, sds, sds_fetch, x509_svid, x509_bundles };
 
@@ -73,281 +112,205 @@ std::string peer_text(const http::Peer& p) {
          " gid=" + std::to_string(p.gid);
 }
 
-// ---- connections and their callers -------------------------------------------------------
+// Serialised bytes shared by every stream that sends them; they may hold a private key, so they
+// are wiped when the last holder lets go.
+using Bytes = std::shared_ptr<const std::string>;
 
-// The caller of every connection handed to gRPC, by file descriptor, and the per-uid limits.
-// Used from the io thread (accept) and gRPC's threads (call start and end).
-class Callers {
- public:
-  explicit Callers(const config::WorkloadApiConfig& c) : config_(c) {}
+Bytes wiped_bytes(std::string s) {
+  return Bytes(new std::string(std::move(s)), [](const std::string* p) {
+    auto* q = const_cast<std::string*>(p);
+    OPENSSL_cleanse(q->data(), q->size());
+    delete q;
+  });
+}
 
-  // At accept, before gRPC sees the connection. Empty: admitted; otherwise the reason.
-  std::string add_connection(int fd, const http::Peer& peer) {
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) return "fstat_failed";
-    std::lock_guard lock(mu_);
-    // Closed connections are forgotten only when a limit would refuse this one: pruning costs an
-    // fstat per connection, and doing it at every accept made a storm of N connections O(N^2).
-    auto refused = [&]() -> std::string {
-      if (conns_.size() >= config_.max_connections) return "max_connections";
-      const auto same_uid = static_cast<std::size_t>(std::count_if(
-          conns_.begin(), conns_.end(), [&](const auto& c) { return c.second.peer.uid == peer.uid; }));
-      if (same_uid >= config_.max_connections_per_uid) return "max_connections_per_uid";
-      return {};
-    };
-    if (!refused().empty()) prune_locked();
-    if (auto why = refused(); !why.empty()) return why;
-    conns_[fd] = Conn{st.st_dev, st.st_ino, peer};
-    return {};
-  }
+template <class M>
+Bytes serialize(const M& m) {
+  std::string s;
+  m.SerializeToString(&s);
+  return wiped_bytes(std::move(s));
+}
 
-  // The caller behind a call's ServerContext::peer(): "fd:<n>" for connections we handed over.
-  // The call holds its connection open, so the descriptor still names that socket; the inode
-  // check makes a reused number harmless all the same.
-  std::optional<http::Peer> caller_of(const std::string& grpc_peer) {
-    constexpr std::string_view kPrefix = "fd:";
-    if (grpc_peer.compare(0, kPrefix.size(), kPrefix) != 0) return std::nullopt;
-    int fd = -1;
-    const char* begin = grpc_peer.data() + kPrefix.size();
-    const char* end = grpc_peer.data() + grpc_peer.size();
-    if (std::from_chars(begin, end, fd).ptr != end || fd < 0) return std::nullopt;
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) return std::nullopt;
-    std::lock_guard lock(mu_);
-    auto it = conns_.find(fd);
-    if (it == conns_.end() || it->second.dev != st.st_dev || it->second.ino != st.st_ino) {
-      return std::nullopt;
-    }
-    return it->second.peer;
-  }
-
-  // At call start: every caller's streams together, the uid's streams and its call rate (a
-  // token bucket: calls_per_second, bursts of twice as many). Empty: admitted and counted.
-  std::string admit_call(uid_t uid) {
-    std::lock_guard lock(mu_);
-    if (streams_ >= config_.max_streams) return "max_streams";
-    const double rate = static_cast<double>(config_.calls_per_second);
-    const double burst = 2 * rate;
-    const auto now = std::chrono::steady_clock::now();
-    auto [it, fresh] = buckets_.try_emplace(uid);
-    Bucket& b = it->second;
-    if (fresh) {
-      b.tokens = burst;
+// gRPC's grpc-message: percent-encoded, every byte outside printable ASCII and '%' itself.
+std::string percent_encode(std::string_view text) {
+  static const char* kHex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (c >= 0x20 && c <= 0x7e && c != '%') {
+      out.push_back(static_cast<char>(c));
     } else {
-      const double elapsed = std::chrono::duration<double>(now - b.last).count();
-      b.tokens = std::min(burst, b.tokens + elapsed * rate);
+      out += {'%', kHex[c >> 4], kHex[c & 15]};
     }
-    b.last = now;
-    if (b.streams >= config_.max_streams_per_uid) return "max_streams_per_uid";
-    if (b.tokens < 1) return "rate_limit";
-    b.tokens -= 1;
-    ++b.streams;
-    ++streams_;
-    return {};
   }
+  return out;
+}
 
-  void end_call(uid_t uid) {
-    std::lock_guard lock(mu_);
-    if (streams_ > 0) --streams_;
-    auto it = buckets_.find(uid);
-    if (it != buckets_.end() && it->second.streams > 0) --it->second.streams;
-  }
+nghttp2_nv header(std::string_view name, std::string_view value, bool constant = true) {
+  nghttp2_nv nv;
+  nv.name = reinterpret_cast<uint8_t*>(const_cast<char*>(name.data()));
+  nv.namelen = name.size();
+  nv.value = reinterpret_cast<uint8_t*>(const_cast<char*>(value.data()));
+  nv.valuelen = value.size();
+  nv.flags = constant ? (NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE)
+                      : NGHTTP2_NV_FLAG_NO_COPY_NAME;
+  return nv;
+}
 
-  std::size_t connections() {
-    std::lock_guard lock(mu_);
-    prune_locked();
-    return conns_.size();
-  }
+// The gRPC methods, by :path.
+enum class Method { unknown, unimplemented, sds_stream, sds_fetch, x509_svid, x509_bundles };
 
- private:
-  struct Conn {
-    dev_t dev;
-    ino_t ino;
-    http::Peer peer;
+Method method_of(std::string_view path) {
+  static const std::map<std::string_view, Method> kMethods = {
+      {"/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets", Method::sds_stream},
+      {"/envoy.service.secret.v3.SecretDiscoveryService/FetchSecrets", Method::sds_fetch},
+      {"/envoy.service.secret.v3.SecretDiscoveryService/DeltaSecrets", Method::unimplemented},
+      {"/SpiffeWorkloadAPI/FetchX509SVID", Method::x509_svid},
+      {"/SpiffeWorkloadAPI/FetchX509Bundles", Method::x509_bundles},
+      // The JWT-SVID profile: certagent issues no JWT-SVIDs.
+      {"/SpiffeWorkloadAPI/FetchJWTSVID", Method::unimplemented},
+      {"/SpiffeWorkloadAPI/FetchJWTBundles", Method::unimplemented},
+      {"/SpiffeWorkloadAPI/ValidateJWTSVID", Method::unimplemented},
   };
-  struct Bucket {
-    double tokens{0};
-    std::chrono::steady_clock::time_point last;
-    std::size_t streams{0};
-  };
+  auto it = kMethods.find(path);
+  return it == kMethods.end() ? Method::unknown : it->second;
+}
 
-  // Connections gRPC has closed: their descriptor is gone or names another file now.
-  void prune_locked() {
-    for (auto it = conns_.begin(); it != conns_.end();) {
-      struct stat st {};
-      if (::fstat(it->first, &st) != 0 || st.st_dev != it->second.dev ||
-          st.st_ino != it->second.ino) {
-        it = conns_.erase(it);
-      } else {
-        ++it;
+Api api_of(Method m) {
+  switch (m) {
+    case Method::sds_stream: return Api::sds;
+    case Method::sds_fetch: return Api::sds_fetch;
+    case Method::x509_svid: return Api::x509_svid;
+    case Method::x509_bundles: return Api::x509_bundles;
+    default: return Api::connection;
+  }
+}
+
+// One message on its way out: the 5-byte gRPC prefix, bytes shared with other streams, and a
+// per-stream tail (SDS: version_info and nonce, which protobuf merges into the message).
+struct OutMessage {
+  std::array<char, 5> prefix{};
+  Bytes body;
+  std::string tail;
+
+  std::size_t size() const { return prefix.size() + body->size() + tail.size(); }
+  // Copies bytes [from, from + n) of the framed message to dst.
+  void copy(std::size_t from, std::size_t n, std::uint8_t* dst) const {
+    auto take = [&](std::string_view part) {
+      if (n == 0) return;
+      if (from >= part.size()) {
+        from -= part.size();
+        return;
       }
-    }
+      const std::size_t k = std::min(n, part.size() - from);
+      std::memcpy(dst, part.data() + from, k);
+      dst += k;
+      n -= k;
+      from = 0;
+    };
+    take(std::string_view(prefix.data(), prefix.size()));
+    take(*body);
+    take(tail);
   }
-
-  const config::WorkloadApiConfig& config_;
-  std::mutex mu_;
-  std::unordered_map<int, Conn> conns_;
-  std::unordered_map<uid_t, Bucket> buckets_;
-  std::size_t streams_{0};
 };
 
-// ---- a call, between its reactor and the io thread ----------------------------------------
-
-class LinkBase {
- public:
-  virtual ~LinkBase() = default;
-  // Ends the call with `status`; thread-safe, only the first end counts.
-  virtual void finish(const Status& status) = 0;
-
-  std::uint64_t id{0};
-  Api api{};
-  http::Peer peer;
-  bool admitted{false};  // counted by Callers::admit_call
-};
-
-// What a reactor and the io thread share. Every call into the reactor is made under mu_. That
-// cannot deadlock: gRPC never runs a reaction inline in StartWrite/StartRead/Finish (their tags
-// are not inlineable, and OnDone is dispatched to its executor). And OnDone takes mu_ before the
-// reactor is deleted, so it cannot overtake a call into the reactor in progress.
-template <class Reactor>
-class Link final : public LinkBase {
- public:
-  using Response = typename Reactor::Response;
-
-  explicit Link(Reactor* reactor) : reactor_(reactor) {}
-
-  // Latest wins: a message that comes while another is being written replaces the one waiting
-  // (every message is a complete state), so a client that does not read holds at most two.
-  void send(std::shared_ptr<const Response> m) {
-    std::lock_guard lock(mu_);
-    if (!reactor_ || finishing_) return;
-    if (writing_) {
-      pending_ = std::move(m);
-      return;
-    }
-    writing_ = true;
-    in_flight_ = std::move(m);
-    reactor_->StartWrite(in_flight_.get());
-  }
-
-  void finish(const Status& status) override {
-    std::lock_guard lock(mu_);
-    if (!reactor_ || finishing_) return;
-    finishing_ = true;
-    pending_.reset();
-    if (writing_) {  // after the write in progress, so its message is not cut off
-      final_ = status;
-      finish_after_write_ = true;
-      return;
-    }
-    reactor_->Finish(status);
-  }
-
-  // Bidirectional streams: wait for the client's next request.
-  void read_next() {
-    std::lock_guard lock(mu_);
-    if (!reactor_ || finishing_) return;
-    reactor_->StartRead(&reactor_->request);
-  }
-
-  // Unary calls: the response, then the end.
-  void reply(const Response& m) {
-    std::lock_guard lock(mu_);
-    if (!reactor_ || finishing_) return;
-    finishing_ = true;
-    *reactor_->response = m;
-    reactor_->Finish(Status::OK);
-  }
-
-  // From the reactor's OnWriteDone.
-  void on_write_done() {
-    std::lock_guard lock(mu_);
-    writing_ = false;
-    in_flight_.reset();
-    if (!reactor_) return;
-    if (finish_after_write_) {
-      finish_after_write_ = false;
-      reactor_->Finish(final_);
-      return;
-    }
-    if (pending_ && !finishing_) {
-      writing_ = true;
-      in_flight_ = std::move(pending_);
-      reactor_->StartWrite(in_flight_.get());
-    }
-  }
-
-  // From the reactor's OnDone, before it is deleted.
-  void on_done() {
-    std::lock_guard lock(mu_);
-    reactor_ = nullptr;
-    in_flight_.reset();
-    pending_.reset();
-  }
-
- private:
-  std::mutex mu_;
-  Reactor* reactor_;
-  bool writing_{false};
-  bool finishing_{false};
-  bool finish_after_write_{false};
-  Status final_;
-  std::shared_ptr<const Response> in_flight_;
-  std::shared_ptr<const Response> pending_;
-};
-
-class SdsStreamReactor;
-class SdsFetchReactor;
-class SvidReactor;
-class BundlesReactor;
-using SdsLink = Link<SdsStreamReactor>;
-using FetchLink = Link<SdsFetchReactor>;
-using SvidLink = Link<SvidReactor>;
-using BundlesLink = Link<BundlesReactor>;
+OutMessage frame_message(Bytes body, std::string tail = {}) {
+  OutMessage m;
+  const auto len = static_cast<std::uint32_t>(body->size() + tail.size());
+  m.prefix = {0, static_cast<char>(len >> 24), static_cast<char>(len >> 16),
+              static_cast<char>(len >> 8), static_cast<char>(len)};
+  m.body = std::move(body);
+  m.tail = std::move(tail);
+  return m;
+}
 
 }  // namespace
 
 // ---- the server ---------------------------------------------------------------------------
 
+class Connection;
+
+// One gRPC call: an HTTP/2 stream of one connection. Lives while the stream is open in nghttp2
+// (the connection owns it) and while the server's stream tables hold it; once closed, it ignores
+// everything.
+struct Call {
+  std::uint64_t id{0};
+  std::int32_t stream_id{0};
+  Connection* conn{nullptr};  // null once closed
+  Method method{Method::unknown};
+  Api api{Api::connection};
+
+  // Request headers, until the call starts.
+  std::string path;
+  std::string content_type;
+  std::string encoding;
+  bool spiffe_header{false};
+  std::size_t header_bytes{0};
+  bool started{false};   // headers complete and dispatched
+  bool admitted{false};  // counted by the limits
+  bool remote_closed{false};
+  uid_t uid{0};          // the caller's, once admitted
+  std::size_t messages_in{0};
+  std::string inbuf;     // request bytes not yet a whole message
+
+  // Response.
+  bool response_started{false};
+  bool finishing{false};
+  bool deferred{false};  // nghttp2 waits for resume_data
+  std::optional<OutMessage> current;
+  std::size_t offset{0};  // into current
+  std::optional<OutMessage> pending;
+  std::optional<Status> trailers;
+  std::string status_text;  // grpc-status value, alive while nghttp2 holds the trailers
+
+  const http::Peer& peer() const;
+  // Latest wins: a message that comes while another is being written replaces the one waiting
+  // (every message is a complete state), so a client that does not read holds at most two.
+  void send(OutMessage m);
+  // Ends the call: trailers after the message being written, or Trailers-Only.
+  void finish(Status status);
+};
+
 class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
  public:
   Impl(asio::io_context& io, const config::WorkloadApiConfig& config, CertificateStore& store,
        Metrics& metrics, const Clock& clock);
-  ~Impl() { stop(); }
+  ~Impl();
 
   Result<> start();
   void stop();
   std::size_t streams() const { return sds_.size() + svid_.size() + bundles_.size(); }
+  std::size_t connections() const { return conns_.size(); }
+  void serve(local::socket socket, http::Peer peer);
 
-  // ---- gRPC threads ----
-  // Who is calling, and may they open this call now? A status: refused (the caller finishes
-  // the call with it).
-  std::optional<Status> admit(grpc::CallbackServerContext* ctx, const std::shared_ptr<LinkBase>& link);
-  // At OnDone: the limits let go and the io thread forgets the call.
-  void release(const LinkBase& link);
-  // Runs f(*this) on the io thread, unless the server is gone by then.
-  template <class F>
-  void post(F f) {
-    asio::post(io_, [weak = weak_from_this(), f = std::move(f)]() mutable {
-      if (auto self = weak.lock()) f(*self);
-    });
-  }
-
-  // ---- io thread ----
-  void open_sds(std::shared_ptr<SdsLink> link);
-  void sds_request(const std::shared_ptr<SdsLink>& link, const DiscoveryRequest& request);
-  void fetch(const std::shared_ptr<FetchLink>& link, const DiscoveryRequest& request);
-  void open_svid(std::shared_ptr<SvidLink> link);
-  void open_bundles(std::shared_ptr<BundlesLink> link);
-  void forget(std::uint64_t id);
+  // ---- from connections ----
+  asio::io_context& io() { return io_; }
+  const config::WorkloadApiConfig& config() const { return config_; }
+  nghttp2_session_callbacks* callbacks() { return callbacks_; }
+  nghttp2_option* options() { return options_; }
+  std::uint8_t* read_buffer() { return read_buffer_.data(); }
+  std::size_t read_buffer_size() const { return read_buffer_.size(); }
+  std::string& write_buffer() { return write_buffer_; }
+  // Headers complete: admit and dispatch, or end the call with a status.
+  void start_call(const std::shared_ptr<Call>& call);
+  void call_message(const std::shared_ptr<Call>& call, std::string_view bytes);
+  void call_half_closed(const std::shared_ptr<Call>& call);
+  void call_closed(Call& call);
+  void connection_closed(Connection* conn, std::string_view reason, const std::string& detail);
   void refused(Api api, const http::Peer& peer, std::string_view reason, const std::string& detail);
-
-  Metrics& metrics() { return metrics_; }
-  std::uint64_t next_id() { return next_id_.fetch_add(1) + 1; }
+  std::uint64_t next_id() { return ++next_id_; }
+  // After a connection's writes: its idle frame buffer is given back a little later, once for
+  // every connection written in that time (off the path of a push).
+  void schedule_trim(std::shared_ptr<Connection> conn);
+  // During a push to every stream: connections are flushed once each at its end (no post each).
+  bool batch_flush(std::shared_ptr<Connection> conn) {
+    if (!batch_) return false;
+    batch_->push_back(std::move(conn));
+    return true;
+  }
 
  private:
   struct SdsStream {
-    std::shared_ptr<SdsLink> link;
+    std::shared_ptr<Call> call;
     std::vector<std::string> names;
     bool requested{false};  // a first request has come
     bool sent{false};
@@ -357,12 +320,12 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
     std::string node;
   };
   struct SvidStream {
-    std::shared_ptr<SvidLink> link;
+    std::shared_ptr<Call> call;
     std::string key;  // what was last sent
     bool ended{false};
   };
   struct BundlesStream {
-    std::shared_ptr<BundlesLink> link;
+    std::shared_ptr<Call> call;
     std::string key;
     bool ended{false};
   };
@@ -379,20 +342,37 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<std::pair<std::string, std::string>> bundles;  // trust domain, DER
     std::string key;
   };
+  struct Bucket {
+    double tokens{0};
+    SteadyClock::time_point last;
+    std::size_t streams{0};
+  };
 
   void accept();
   void on_accept(boost::system::error_code ec, local::socket socket);
+  std::string admit_connection(const http::Peer& peer);
+  std::string admit_call(uid_t uid);
+  void end_call(uid_t uid);
+
+  void open_sds(const std::shared_ptr<Call>& call);
+  void sds_request(SdsStream& s, const DiscoveryRequest& request);
+  void fetch(const std::shared_ptr<Call>& call, const DiscoveryRequest& request);
+  void open_svid(const std::shared_ptr<Call>& call);
+  void open_bundles(const std::shared_ptr<Call>& call);
   SdsContent sds_content(const http::Peer& peer, const std::vector<std::string>& names,
                          std::vector<std::string>* denied);
-  void sds_push(SdsStream& s, bool always);
+  void sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& shared);
   SvidContent svid_content(const http::Peer& peer);
   BundlesContent bundles_content(const http::Peer& peer);
-  void svid_push(SvidStream& s, std::map<std::string, SvidResponsePtr>& shared);
-  void bundles_push(BundlesStream& s);
+  void svid_push(SvidStream& s, std::map<std::string, Bytes>& shared);
+  void bundles_push(BundlesStream& s, std::map<std::string, Bytes>& shared);
   void schedule_refresh();
   void refresh_all();
   void arm_expiry();
   void set_streams_metric();
+  // Pushes are counted here and added to the metrics once per round (a metric update takes a
+  // lock and builds its label key: per message, that was a measurable part of a push).
+  void publish_pushes();
   bool log_allowed();
 
   asio::io_context& io_;
@@ -400,24 +380,29 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   CertificateStore& store_;
   Metrics& metrics_;
   const Clock& clock_;
-  Callers callers_;
   std::optional<local::acceptor> acceptor_;
   std::optional<std::pair<dev_t, ino_t>> socket_file_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<envoy::service::secret::v3::SecretDiscoveryService::CallbackService> sds_service_;
-  std::unique_ptr<SpiffeWorkloadAPI::CallbackService> workload_service_;
   CertificateStore::Subscription subscription_;
   asio::system_timer expiry_;
   bool refresh_pending_{false};
   bool started_{false};
-  std::atomic<std::uint64_t> next_id_{0};
+  std::uint64_t next_id_{0};
+  nghttp2_session_callbacks* callbacks_{nullptr};
+  nghttp2_option* options_{nullptr};
+  // One read buffer and one write buffer for every connection: the io thread serves one at a
+  // time, so an idle connection holds neither.
+  std::vector<std::uint8_t> read_buffer_;
+  std::string write_buffer_;
 
-  // Every call gRPC has given us and not yet finished with (gRPC threads add and remove).
-  std::mutex live_mu_;
-  bool stopping_{false};
-  std::unordered_map<std::uint64_t, std::shared_ptr<LinkBase>> live_;
+  // Connections (owned here) and the limits.
+  std::unordered_map<Connection*, std::shared_ptr<Connection>> conns_;
+  std::unordered_map<uid_t, std::size_t> conns_per_uid_;
+  std::unordered_map<uid_t, Bucket> buckets_;
+  std::size_t calls_{0};
+  std::vector<std::shared_ptr<Connection>> to_trim_;
+  std::vector<std::shared_ptr<Connection>>* batch_{nullptr};
+  std::optional<asio::steady_timer> trim_timer_;
 
-  // io thread
   std::map<std::uint64_t, SdsStream> sds_;
   std::map<std::uint64_t, SvidStream> svid_;
   std::map<std::uint64_t, BundlesStream> bundles_;
@@ -434,256 +419,925 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
     MaterialPtr material;
     std::string trust_pem;
     SvidPtr svid;  // null: the material cannot be an SVID (logged once)
+    std::string key;  // this SVID's part of a stream's content key
   };
   std::map<std::string, TlsCache> tls_cache_;
   std::map<std::string, TrustCache> trust_cache_;
   std::map<std::string, SvidCache> svid_cache_;
   std::int64_t log_second_{0};
   int logged_{0};
+  std::size_t pushes_sds_{0};
+  std::size_t pushes_workload_{0};
 };
-
-namespace {
-
-// ---- reactors: gRPC's side of each call ---------------------------------------------------
 
 using Impl = SidecarServer::Impl;
 
-class SdsStreamReactor final : public grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse> {
+// ---- a connection: one nghttp2 server session on the daemon's io_context --------------------
+
+class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  using Response = DiscoveryResponse;
-  DiscoveryRequest request;
+  Connection(Impl& impl, local::socket socket, http::Peer peer)
+      : impl_(&impl), socket_(std::move(socket)), peer_(std::move(peer)),
+        timer_(impl.io()) {}
+  ~Connection() { release_session(); }
 
-  SdsStreamReactor(Impl& impl, grpc::CallbackServerContext* ctx)
-      : impl_(impl), link_(std::make_shared<SdsLink>(this)) {
-    link_->api = Api::sds;
-    if (auto refused = impl_.admit(ctx, link_)) {
-      link_->finish(*refused);
-      return;
+  const http::Peer& peer() const { return peer_; }
+
+  bool open() {
+    boost::system::error_code ec;
+    socket_.non_blocking(true, ec);
+    if (ec) return false;
+    mem_ = nghttp2_mem{this, &Connection::mem_malloc, &Connection::mem_free, &Connection::mem_calloc,
+                       &Connection::mem_realloc};
+    creating_ = true;
+    const int rv = nghttp2_session_server_new3(&session_, impl_->callbacks(), this, impl_->options(), &mem_);
+    creating_ = false;
+    if (rv != 0) return false;
+    const auto& c = impl_->config();
+    const nghttp2_settings_entry settings[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+         static_cast<std::uint32_t>(std::min<std::size_t>(c.max_streams_per_uid, 1 << 20))},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderListBytes},
+        {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, kHeaderTableBytes},
+    };
+    if (nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings)) != 0) {
+      return false;
     }
-    impl_.post([link = link_](Impl& s) { s.open_sds(link); });
-    link_->read_next();
+    const auto now = SteadyClock::now();
+    idle_since_ = now;
+    next_ping_ = now + c.keepalive;
+    arm_timer();
+    wait_read();
+    flush_now();
+    return !closed_;
   }
-  void OnReadDone(bool ok) override {
-    if (!ok) {  // the client closed its side (or is gone): end ours too
-      link_->finish(Status::OK);
-      return;
+
+  // Closes at once: every call ends (the server forgets them), the socket is closed.
+  void close(std::string_view reason, const std::string& detail = {}) {
+    if (closed_) return;
+    closed_ = true;
+    boost::system::error_code ec;
+    timer_.cancel();
+    auto calls = std::move(calls_);
+    calls_.clear();
+    for (auto& [sid, call] : calls) {
+      call->conn = nullptr;
+      impl_->call_closed(*call);
     }
-    auto copy = std::make_shared<DiscoveryRequest>(std::move(request));
-    request.Clear();
-    impl_.post([link = link_, copy](Impl& s) { s.sds_request(link, *copy); });
-  }
-  void OnWriteDone(bool) override { link_->on_write_done(); }
-  void OnCancel() override { link_->finish(Status::CANCELLED); }
-  void OnDone() override {
-    link_->on_done();
-    impl_.release(*link_);
-    delete this;
+    release_session();
+    OPENSSL_cleanse(out_.data(), out_.size());
+    out_.clear();
+    out_.shrink_to_fit();
+    socket_.close(ec);
+    Impl* impl = impl_;
+    impl_ = nullptr;
+    impl->connection_closed(this, reason, detail);  // may free this
   }
 
- private:
-  Impl& impl_;
-  std::shared_ptr<SdsLink> link_;
-};
-
-class SdsFetchReactor final : public grpc::ServerUnaryReactor {
- public:
-  using Response = DiscoveryResponse;
-  DiscoveryResponse* response;
-
-  SdsFetchReactor(Impl& impl, grpc::CallbackServerContext* ctx, const DiscoveryRequest* request,
-                  DiscoveryResponse* out)
-      : response(out), impl_(impl), link_(std::make_shared<FetchLink>(this)) {
-    link_->api = Api::sds_fetch;
-    if (auto refused = impl_.admit(ctx, link_)) {
-      link_->finish(*refused);
-      return;
+  // stop(): every call has been told UNAVAILABLE; a GOAWAY, what the kernel takes, and close.
+  void shutdown() {
+    if (closed_) return;
+    nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+    flush_now();
+    // Unread input would make the kernel reset the connection and drop what we just wrote.
+    while (!closed_) {
+      const auto n = ::recv(socket_.native_handle(), impl_->read_buffer(), impl_->read_buffer_size(),
+                            MSG_DONTWAIT);
+      if (n <= 0) break;
     }
-    impl_.post([link = link_, copy = *request](Impl& s) { s.fetch(link, copy); });
-  }
-  void OnCancel() override { link_->finish(Status::CANCELLED); }
-  void OnDone() override {
-    link_->on_done();
-    impl_.release(*link_);
-    delete this;
+    close("stopping");
   }
 
- private:
-  Impl& impl_;
-  std::shared_ptr<FetchLink> link_;
-};
+  // After the server gave nghttp2 something to send: one flush per connection per io turn.
+  void schedule_flush() {
+    if (closed_ || flush_posted_ || in_callback_) return;
+    flush_posted_ = true;
+    if (impl_->batch_flush(shared_from_this())) return;
+    asio::post(impl_->io(), [self = shared_from_this()] { self->run_flush(); });
+  }
+  void run_flush() {
+    flush_posted_ = false;
+    flush_now();
+  }
 
-template <class Msg, Api kApi, class Self>
-class WorkloadReactor : public grpc::ServerWriteReactor<Msg> {
- public:
-  using Response = Msg;
+  nghttp2_session* session() { return session_; }
+  // Bytes nghttp2 holds for this connection now.
+  std::size_t nghttp2_bytes() const { return mem_bytes_; }
 
-  WorkloadReactor(Impl& impl, grpc::CallbackServerContext* ctx)
-      : impl_(impl), link_(std::make_shared<Link<Self>>(static_cast<Self*>(this))) {
-    link_->api = kApi;
-    if (auto refused = impl_.admit(ctx, link_)) {
-      link_->finish(*refused);
-      return;
+  // The frame buffer's whole pages, apart from its head, back to the kernel (their content is
+  // dead once nghttp2 has handed out every frame; the next frame faults in fresh zero pages).
+  void trim() {
+    trim_pending_ = false;
+    large_frame_ = false;
+
+    if (closed_ || !frame_buffer_ || !out_.empty() || nghttp2_session_want_write(session_)) return;
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto start = reinterpret_cast<std::uintptr_t>(frame_buffer_);
+    const std::uintptr_t begin = (start + kFrameBufferHead + page - 1) / page * page;
+    const std::uintptr_t end = (start + frame_buffer_size_) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+
+  // ---- nghttp2 callbacks ----
+  int on_begin_headers(const nghttp2_frame* frame) {
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    auto call = std::make_shared<Call>();
+    call->id = impl_->next_id();
+    call->stream_id = frame->hd.stream_id;
+    call->conn = this;
+    calls_.emplace(call->stream_id, std::move(call));
+    idle_since_.reset();
+    return 0;
+  }
+
+  int on_header(const nghttp2_frame* frame, std::string_view name, std::string_view value) {
+    auto* call = find(frame->hd.stream_id);
+    if (!call || call->started) return 0;  // trailers from the client: nothing we use
+    call->header_bytes += name.size() + value.size() + 32;
+    if (call->header_bytes > kMaxHeaderListBytes) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (name == ":path") {
+      call->path = value;
+    } else if (name == "content-type") {
+      call->content_type = value;
+    } else if (name == "grpc-encoding") {
+      call->encoding = value;
+    } else if (name == "workload.spiffe.io") {
+      call->spiffe_header = value == "true";
     }
-    if constexpr (kApi == Api::x509_svid) {
-      impl_.post([link = link_](Impl& s) { s.open_svid(link); });
+    return 0;
+  }
+
+  int on_frame_recv(const nghttp2_frame* frame) {
+    switch (frame->hd.type) {
+      case NGHTTP2_HEADERS:
+      case NGHTTP2_DATA: {
+        auto call = shared(frame->hd.stream_id);
+        if (!call) return 0;
+        if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+          call->started = true;
+          impl_->start_call(call);
+        }
+        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->remote_closed) {
+          call->remote_closed = true;
+          if (call->conn) impl_->call_half_closed(call);
+        }
+        return 0;
+      }
+      case NGHTTP2_PING:
+        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+            std::memcmp(frame->ping.opaque_data, ping_data_.data(), ping_data_.size()) == 0) {
+          ping_deadline_.reset();
+        }
+        return 0;
+      default:
+        return 0;
+    }
+  }
+
+  int on_data_chunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t len) {
+    auto call = shared(stream_id);
+    if (!call || call->finishing || !call->conn) return 0;  // ended early: the rest is dropped
+    const std::size_t max = impl_->config().max_request_bytes;
+    call->inbuf.append(reinterpret_cast<const char*>(data), len);
+    // Every whole message in what has come: a message may span DATA frames, a frame may hold
+    // several.
+    std::size_t at = 0;
+    while (call->inbuf.size() - at >= 5 && !call->finishing && call->conn) {
+      const auto* p = reinterpret_cast<const unsigned char*>(call->inbuf.data() + at);
+      const std::uint32_t n = (std::uint32_t{p[1]} << 24) | (std::uint32_t{p[2]} << 16) |
+                              (std::uint32_t{p[3]} << 8) | std::uint32_t{p[4]};
+      if (p[0] & 1) {
+        // Compressed, while we named no grpc-encoding we accept (only identity): the gRPC
+        // spec's answer to a compressed message without a matching encoding.
+        call->finish({Code::internal, "compressed messages are not supported (grpc-encoding identity only)"});
+        break;
+      }
+      if (n > max) {
+        call->finish({Code::resource_exhausted, "request message larger than " +
+                                                    std::to_string(max) + " bytes"});
+        break;
+      }
+      if (call->inbuf.size() - at - 5 < n) break;
+      const std::string_view message(call->inbuf.data() + at + 5, n);
+      at += 5 + n;
+      ++call->messages_in;
+      impl_->call_message(call, message);
+    }
+    if (call->finishing || !call->conn) {
+      call->inbuf.clear();
+      call->inbuf.shrink_to_fit();
     } else {
-      impl_.post([link = link_](Impl& s) { s.open_bundles(link); });
+      call->inbuf.erase(0, at);
+      if (call->inbuf.empty()) call->inbuf.shrink_to_fit();
+    }
+    return 0;
+  }
+
+  int on_stream_close(std::int32_t stream_id) {
+    auto it = calls_.find(stream_id);
+    if (it == calls_.end()) return 0;
+    auto call = std::move(it->second);
+    calls_.erase(it);
+    call->conn = nullptr;
+    impl_->call_closed(*call);
+    if (calls_.empty()) idle_since_ = SteadyClock::now();
+    return 0;
+  }
+
+  int on_frame_send(const nghttp2_frame* frame) {
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+      drop_reason_ = "protocol_error";
+      drop_detail_ = nghttp2_http2_strerror(frame->goaway.error_code);
+    }
+    // Our side of a call is done (trailers, or Trailers-Only): a client still sending is told to
+    // stop, without error (RFC 9113 8.1), as gRPC servers do.
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+      auto* call = find(frame->hd.stream_id);
+      if (call && !call->remote_closed) {
+        nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+      }
+    }
+    return 0;
+  }
+
+  ssize_t read_data(Call& call, std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
+    std::size_t done = 0;
+    while (done < length && call.current) {
+      const std::size_t k = std::min(length - done, call.current->size() - call.offset);
+      call.current->copy(call.offset, k, buf + done);
+      done += k;
+      call.offset += k;
+      if (call.offset == call.current->size()) {
+        call.current = std::move(call.pending);
+        call.pending.reset();
+        call.offset = 0;
+      }
+    }
+    if (!call.current && call.trailers) {
+      *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      submit_trailers(call);
+      return static_cast<ssize_t>(done);
+    }
+    if (done == 0) {
+      call.deferred = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    return static_cast<ssize_t>(done);
+  }
+
+  // HEADERS, then DATA from the call's messages.
+  void start_response(Call& call) {
+    call.response_started = true;
+    const nghttp2_nv nva[] = {header(":status", "200"),
+                              header("content-type", "application/grpc"),
+                              header("grpc-accept-encoding", "identity")};
+    nghttp2_data_provider provider{};
+    provider.source.ptr = &call;
+    provider.read_callback = [](nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length,
+                                std::uint32_t* flags, nghttp2_data_source* source,
+                                void* user) -> ssize_t {
+      auto* self = static_cast<Connection*>(user);
+      return self->read_data(*static_cast<Call*>(source->ptr), buf, length, flags);
+    };
+    if (nghttp2_submit_response(session_, call.stream_id, nva, std::size(nva), &provider) != 0) {
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, call.stream_id, NGHTTP2_INTERNAL_ERROR);
+    }
+    schedule_flush();
+  }
+
+  // The status: as trailers after the messages, or as Trailers-Only when nothing was sent.
+  void submit_trailers(Call& call) {
+    const auto& t = *call.trailers;
+    call.status_text = std::to_string(static_cast<int>(t.code));
+    const std::string message = percent_encode(t.message);
+    std::vector<nghttp2_nv> nva;
+    const bool trailers_only = !call.response_started;
+    if (trailers_only) {
+      call.response_started = true;
+      nva.push_back(header(":status", "200"));
+      nva.push_back(header("content-type", "application/grpc"));
+    }
+    nva.push_back(header("grpc-status", call.status_text, false));
+    if (!message.empty()) nva.push_back(header("grpc-message", message, false));
+    const int rv = trailers_only
+                       ? nghttp2_submit_response(session_, call.stream_id, nva.data(), nva.size(), nullptr)
+                       : nghttp2_submit_trailer(session_, call.stream_id, nva.data(), nva.size());
+    if (rv != 0) {
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, call.stream_id, NGHTTP2_INTERNAL_ERROR);
+    }
+    schedule_flush();
+  }
+
+  // Not gRPC at all (content-type): HTTP 415, as the gRPC spec asks.
+  void reject_http(Call& call, std::string_view status) {
+    call.finishing = true;
+    call.response_started = true;
+    const nghttp2_nv nva[] = {header(":status", status)};
+    nghttp2_submit_response(session_, call.stream_id, nva, std::size(nva), nullptr);
+    schedule_flush();
+  }
+
+  void resume(Call& call) {
+    if (call.deferred) {
+      call.deferred = false;
+      nghttp2_session_resume_data(session_, call.stream_id);
+    }
+    schedule_flush();
+  }
+
+ private:
+  Call* find(std::int32_t stream_id) {
+    auto it = calls_.find(stream_id);
+    return it == calls_.end() ? nullptr : it->second.get();
+  }
+  std::shared_ptr<Call> shared(std::int32_t stream_id) {
+    auto it = calls_.find(stream_id);
+    return it == calls_.end() ? nullptr : it->second;
+  }
+
+  void release_session() {
+    if (session_) {
+      nghttp2_session_del(session_);
+      session_ = nullptr;
     }
   }
-  void OnWriteDone(bool) override { link_->on_write_done(); }
-  void OnCancel() override { link_->finish(Status::CANCELLED); }
-  void OnDone() override {
-    link_->on_done();
-    impl_.release(*link_);
-    delete static_cast<Self*>(this);
+
+  // nghttp2's memory: counted, and wiped when freed (frames held key bytes).
+  struct alignas(16) MemHeader {
+    std::size_t size;
+  };
+  static void* mem_malloc(std::size_t size, void* user) {
+    auto* self = static_cast<Connection*>(user);
+    auto* h = static_cast<MemHeader*>(std::malloc(sizeof(MemHeader) + size));
+    if (!h) return nullptr;
+    h->size = size;
+    self->mem_bytes_ += size;
+
+    void* p = h + 1;
+    if (self->creating_ && size >= kFrameBufferMin && size <= kFrameBufferMax && !self->frame_buffer_) {
+      self->frame_buffer_ = p;
+      self->frame_buffer_size_ = size;
+    }
+    return p;
+  }
+  static void mem_free(void* ptr, void* user) {
+    if (!ptr) return;
+    auto* self = static_cast<Connection*>(user);
+    auto* h = static_cast<MemHeader*>(ptr) - 1;
+    if (ptr == self->frame_buffer_) self->frame_buffer_ = nullptr;
+    self->mem_bytes_ -= h->size;
+    OPENSSL_cleanse(ptr, h->size);
+    std::free(h);
+  }
+  // calloc(3) itself: memory fresh from the kernel is not written, so untouched pages of a
+  // zeroed table cost nothing.
+  static void* mem_calloc(std::size_t n, std::size_t size, void* user) {
+    if (size != 0 && n > (SIZE_MAX - sizeof(MemHeader)) / size) return nullptr;
+    auto* self = static_cast<Connection*>(user);
+    auto* h = static_cast<MemHeader*>(std::calloc(1, sizeof(MemHeader) + n * size));
+    if (!h) return nullptr;
+    h->size = n * size;
+    self->mem_bytes_ += h->size;
+    return h + 1;
+  }
+  static void* mem_realloc(void* ptr, std::size_t size, void* user) {
+    if (!ptr) return mem_malloc(size, user);
+    if (size == 0) {
+      mem_free(ptr, user);
+      return nullptr;
+    }
+    void* p = mem_malloc(size, user);
+    if (!p) return nullptr;
+    std::memcpy(p, ptr, std::min(size, (static_cast<MemHeader*>(ptr) - 1)->size));
+    mem_free(ptr, user);
+    return p;
   }
 
- private:
-  Impl& impl_;
-  std::shared_ptr<Link<Self>> link_;
-};
-
-class SvidReactor final : public WorkloadReactor<X509SVIDResponse, Api::x509_svid, SvidReactor> {
-  using WorkloadReactor::WorkloadReactor;
-};
-class BundlesReactor final
-    : public WorkloadReactor<X509BundlesResponse, Api::x509_bundles, BundlesReactor> {
-  using WorkloadReactor::WorkloadReactor;
-};
-
-class SdsService final : public envoy::service::secret::v3::SecretDiscoveryService::CallbackService {
- public:
-  explicit SdsService(Impl& impl) : impl_(impl) {}
-  grpc::ServerBidiReactor<DiscoveryRequest, DiscoveryResponse>* StreamSecrets(
-      grpc::CallbackServerContext* ctx) override {
-    return new SdsStreamReactor(impl_, ctx);
+  void wait_read() {
+    socket_.async_wait(local::socket::wait_read,
+                       [self = shared_from_this()](boost::system::error_code ec) {
+                         if (self->closed_ || ec) return;
+                         self->on_readable();
+                       });
   }
-  grpc::ServerUnaryReactor* FetchSecrets(grpc::CallbackServerContext* ctx,
-                                         const DiscoveryRequest* request,
-                                         DiscoveryResponse* response) override {
-    return new SdsFetchReactor(impl_, ctx, request, response);
-  }
-  // DeltaSecrets: the generated default answers UNIMPLEMENTED.
 
- private:
-  Impl& impl_;
+  void on_readable() {
+    std::size_t budget = kReadBudget;
+    while (!closed_ && budget > 0) {
+      const auto n = ::recv(socket_.native_handle(), impl_->read_buffer(), impl_->read_buffer_size(),
+                            MSG_DONTWAIT);
+      if (n == 0) {
+        // The client is done sending: what its last frames asked for still goes out.
+        flush_now();
+        close("peer_closed");
+        return;
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        close("read_failed", std::strerror(errno));
+        return;
+      }
+      budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(n));
+      in_callback_ = true;
+      const auto rv = nghttp2_session_mem_recv(session_, impl_->read_buffer(), static_cast<std::size_t>(n));
+      in_callback_ = false;
+      if (rv < 0) {
+        const char* reason = rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "not_http2"
+                             : rv == NGHTTP2_ERR_FLOODED        ? "flooded"
+                                                                : "protocol_error";
+        // What nghttp2 queued (a GOAWAY) goes out first, if the kernel takes it.
+        flush_now();
+        close(reason, nghttp2_strerror(static_cast<int>(rv)));
+        return;
+      }
+    }
+    if (closed_) return;
+    flush_now();
+    if (closed_) return;
+    if (budget == 0) {
+      // More may be waiting: after the others' turn.
+      asio::post(impl_->io(), [self = shared_from_this()] {
+        if (!self->closed_) self->on_readable();
+      });
+    } else {
+      wait_read();
+    }
+  }
+
+  // Gathers what nghttp2 has to send and writes it; what the kernel does not take stays in out_
+  // (at most one chunk), and nothing more is taken from nghttp2 until it is written: a client
+  // that does not read holds a bounded amount here, then fails its keep-alive.
+  void flush_now() {
+    if (closed_ || writing_blocked_) return;
+    if (!out_.empty()) {
+      if (!write_out()) return;
+    }
+    std::string& chunk = impl_->write_buffer();
+    bool wrote = false;
+    while (!closed_) {
+      chunk.clear();
+      while (chunk.size() < kWriteChunk) {
+        const std::uint8_t* data = nullptr;
+        in_callback_ = true;
+        const auto n = nghttp2_session_mem_send(session_, &data);
+        in_callback_ = false;
+        if (n < 0) {
+          close("internal_error", nghttp2_strerror(static_cast<int>(n)));
+          return;
+        }
+        if (n == 0) break;
+        if (static_cast<std::size_t>(n) > kTrimAbove) large_frame_ = true;
+        chunk.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+      }
+      if (chunk.empty()) break;
+      std::size_t written = 0;
+      if (!write_some(chunk, written)) return;
+      if (written < chunk.size()) {
+        out_.assign(chunk, written);
+        OPENSSL_cleanse(chunk.data(), chunk.size());
+        wait_write();
+        return;
+      }
+      OPENSSL_cleanse(chunk.data(), chunk.size());
+      wrote = true;
+    }
+    if (closed_) return;
+    if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
+      close(drop_reason_.empty() ? "goaway" : drop_reason_, drop_detail_);
+      return;
+    }
+    if (wrote && large_frame_ && !trim_pending_) {
+      trim_pending_ = true;
+      impl_->schedule_trim(shared_from_this());
+    }
+  }
+
+  // False: closed, or blocked (out_ keeps the rest).
+  bool write_out() {
+    std::size_t written = 0;
+    if (!write_some(out_, written)) return false;
+    OPENSSL_cleanse(out_.data(), written);
+    out_.erase(0, written);
+    if (!out_.empty()) {
+      wait_write();
+      return false;
+    }
+    out_.shrink_to_fit();
+    return true;
+  }
+
+  bool write_some(const std::string& data, std::size_t& written) {
+    while (written < data.size()) {
+      const auto n = ::send(socket_.native_handle(), data.data() + written, data.size() - written,
+                            MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+        close(errno == EPIPE || errno == ECONNRESET ? "peer_closed" : "write_failed",
+              std::strerror(errno));
+        return false;
+      }
+      written += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  void wait_write() {
+    if (writing_blocked_) return;
+    writing_blocked_ = true;
+    socket_.async_wait(local::socket::wait_write,
+                       [self = shared_from_this()](boost::system::error_code ec) {
+                         self->writing_blocked_ = false;
+                         if (self->closed_ || ec) return;
+                         self->flush_now();
+                       });
+  }
+
+  // One timer per connection: keep-alive PINGs, their answer, and the idle limit.
+  void arm_timer() {
+    if (closed_) return;
+    auto at = next_ping_;
+    if (ping_deadline_) at = std::min(at, *ping_deadline_);
+    if (idle_since_) at = std::min(at, *idle_since_ + impl_->config().idle_timeout);
+    timer_.expires_at(at);
+    timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (ec || self->closed_) return;
+      self->on_timer();
+    });
+  }
+
+  void on_timer() {
+    const auto now = SteadyClock::now();
+    if (ping_deadline_ && now >= *ping_deadline_) {
+      close("keepalive_timeout", "no PING answer; " + std::to_string(out_.size()) +
+                                     " bytes not taken by the client");
+      return;
+    }
+    if (idle_since_ && now >= *idle_since_ + impl_->config().idle_timeout) {
+      nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+      flush_now();
+      close("idle");
+      return;
+    }
+    if (now >= next_ping_) {
+      const auto& keepalive = impl_->config().keepalive;
+      next_ping_ = now + keepalive;
+      if (!ping_deadline_) {
+        RAND_bytes(ping_data_.data(), static_cast<int>(ping_data_.size()));
+        nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, ping_data_.data());
+        ping_deadline_ = now + std::min<SteadyClock::duration>(kPingTimeout, keepalive);
+        flush_now();
+        if (closed_) return;
+      }
+    }
+    arm_timer();
+  }
+
+  Impl* impl_;
+  local::socket socket_;
+  http::Peer peer_;
+  nghttp2_session* session_{nullptr};
+  std::map<std::int32_t, std::shared_ptr<Call>> calls_;
+  std::string out_;  // written by nghttp2, not yet taken by the kernel
+  asio::steady_timer timer_;
+  SteadyClock::time_point next_ping_;
+  std::optional<SteadyClock::time_point> ping_deadline_;
+  std::optional<SteadyClock::time_point> idle_since_;
+  std::array<std::uint8_t, 8> ping_data_{};
+  std::string drop_reason_;
+  std::string drop_detail_;
+  nghttp2_mem mem_{};
+  std::size_t mem_bytes_{0};
+  void* frame_buffer_{nullptr};
+  std::size_t frame_buffer_size_{0};
+  bool creating_{false};
+  bool trim_pending_{false};
+  bool large_frame_{false};  // a frame that filled more than a page or two since the last trim
+  bool closed_{false};
+  bool in_callback_{false};
+  bool flush_posted_{false};
+  bool writing_blocked_{false};
 };
 
-class WorkloadService final : public SpiffeWorkloadAPI::CallbackService {
- public:
-  explicit WorkloadService(Impl& impl) : impl_(impl) {}
-  grpc::ServerWriteReactor<X509SVIDResponse>* FetchX509SVID(grpc::CallbackServerContext* ctx,
-                                                            const X509SVIDRequest*) override {
-    return new SvidReactor(impl_, ctx);
-  }
-  grpc::ServerWriteReactor<X509BundlesResponse>* FetchX509Bundles(
-      grpc::CallbackServerContext* ctx, const X509BundlesRequest*) override {
-    return new BundlesReactor(impl_, ctx);
-  }
-  // The JWT-SVID profile (FetchJWTSVID, FetchJWTBundles, ValidateJWTSVID): the generated
-  // defaults answer UNIMPLEMENTED; certagent issues no JWT-SVIDs.
+const http::Peer& Call::peer() const {
+  static const http::Peer kNobody;
+  return conn ? conn->peer() : kNobody;
+}
 
- private:
-  Impl& impl_;
-};
+void Call::send(OutMessage m) {
+  if (!conn || finishing) return;
+  if (!current) {
+    current = std::move(m);
+    offset = 0;
+  } else if (offset == 0) {
+    current = std::move(m);  // not started yet: replaced
+  } else {
+    pending = std::move(m);
+  }
+  if (!response_started) {
+    conn->start_response(*this);
+  } else {
+    conn->resume(*this);
+  }
+}
+
+void Call::finish(Status status) {
+  if (!conn || finishing) return;
+  finishing = true;
+  pending.reset();  // the message being written (or about to be) still goes out
+  trailers = std::move(status);
+  if (!response_started) {
+    conn->submit_trailers(*this);  // Trailers-Only
+  } else {
+    conn->resume(*this);  // after the message being written, so it is not cut off
+  }
+}
+
+namespace {
+
+Connection* conn_of(void* user) { return static_cast<Connection*>(user); }
+
+nghttp2_session_callbacks* make_callbacks() {
+  nghttp2_session_callbacks* cb = nullptr;
+  if (nghttp2_session_callbacks_new(&cb) != 0) return nullptr;
+  nghttp2_session_callbacks_set_on_begin_headers_callback(
+      cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
+        return conn_of(user)->on_begin_headers(frame);
+      });
+  nghttp2_session_callbacks_set_on_header_callback(
+      cb, [](nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
+             const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
+        return conn_of(user)->on_header(
+            frame, std::string_view(reinterpret_cast<const char*>(name), namelen),
+            std::string_view(reinterpret_cast<const char*>(value), valuelen));
+      });
+  nghttp2_session_callbacks_set_on_frame_recv_callback(
+      cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
+        return conn_of(user)->on_frame_recv(frame);
+      });
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+      cb, [](nghttp2_session*, std::uint8_t, std::int32_t stream_id, const std::uint8_t* data,
+             std::size_t len, void* user) { return conn_of(user)->on_data_chunk(stream_id, data, len); });
+  nghttp2_session_callbacks_set_on_stream_close_callback(
+      cb, [](nghttp2_session*, std::int32_t stream_id, std::uint32_t, void* user) {
+        return conn_of(user)->on_stream_close(stream_id);
+      });
+  nghttp2_session_callbacks_set_on_frame_send_callback(
+      cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
+        return conn_of(user)->on_frame_send(frame);
+      });
+  return cb;
+}
 
 }  // namespace
 
-// ---- Impl: gRPC threads ---------------------------------------------------------------------
+// ---- Impl: connections and calls ------------------------------------------------------------
 
-SidecarServer::Impl::Impl(asio::io_context& io, const config::WorkloadApiConfig& config,
-                          CertificateStore& store, Metrics& metrics, const Clock& clock)
-    : io_(io), config_(config), store_(store), metrics_(metrics), clock_(clock), callers_(config_),
-      expiry_(io) {}
+Impl::Impl(asio::io_context& io, const config::WorkloadApiConfig& config, CertificateStore& store,
+           Metrics& metrics, const Clock& clock)
+    : io_(io), config_(config), store_(store), metrics_(metrics), clock_(clock), expiry_(io) {}
 
-std::optional<Status> SidecarServer::Impl::admit(grpc::CallbackServerContext* ctx,
-                                                  const std::shared_ptr<LinkBase>& link) {
-  link->id = next_id();
-  {
-    std::lock_guard lock(live_mu_);
-    if (stopping_) return Status(StatusCode::UNAVAILABLE, "certagent is stopping");
-    live_.emplace(link->id, link);
+Impl::~Impl() {
+  stop();
+  if (callbacks_) nghttp2_session_callbacks_del(callbacks_);
+  if (options_) nghttp2_option_del(options_);
+}
+
+std::string Impl::admit_connection(const http::Peer& peer) {
+  if (conns_.size() >= config_.max_connections) return "max_connections";
+  auto it = conns_per_uid_.find(peer.uid);
+  if (it != conns_per_uid_.end() && it->second >= config_.max_connections_per_uid) {
+    return "max_connections_per_uid";
   }
-  auto refuse = [&](StatusCode code, std::string_view reason, std::string message) {
-    post([api = link->api, peer = link->peer, reason = std::string(reason), message](Impl& s) {
-      s.refused(api, peer, reason, message);
-    });
-    return Status(code, message);
+  return {};
+}
+
+// Every caller's streams together, the uid's streams and its call rate (a token bucket:
+// calls_per_second, bursts of twice as many). Empty: admitted and counted.
+std::string Impl::admit_call(uid_t uid) {
+  if (calls_ >= config_.max_streams) return "max_streams";
+  const double rate = static_cast<double>(config_.calls_per_second);
+  const double burst = 2 * rate;
+  const auto now = SteadyClock::now();
+  auto [it, fresh] = buckets_.try_emplace(uid);
+  Bucket& b = it->second;
+  if (fresh) {
+    b.tokens = burst;
+  } else {
+    const double elapsed = std::chrono::duration<double>(now - b.last).count();
+    b.tokens = std::min(burst, b.tokens + elapsed * rate);
+  }
+  b.last = now;
+  if (b.streams >= config_.max_streams_per_uid) return "max_streams_per_uid";
+  if (b.tokens < 1) return "rate_limit";
+  b.tokens -= 1;
+  ++b.streams;
+  ++calls_;
+  return {};
+}
+
+void Impl::end_call(uid_t uid) {
+  if (calls_ > 0) --calls_;
+  auto it = buckets_.find(uid);
+  if (it != buckets_.end() && it->second.streams > 0) --it->second.streams;
+}
+
+void Impl::start_call(const std::shared_ptr<Call>& call) {
+  Call& c = *call;
+  c.method = method_of(c.path);
+  c.api = api_of(c.method);
+  const bool grpc = c.content_type == "application/grpc" ||
+                    c.content_type.starts_with("application/grpc+") ||
+                    c.content_type.starts_with("application/grpc;");
+  c.path.clear();
+  c.path.shrink_to_fit();
+  c.content_type.clear();
+  c.content_type.shrink_to_fit();
+  if (!grpc) {
+    c.conn->reject_http(c, "415");
+    return;
+  }
+  if (c.method == Method::unknown) {
+    c.finish({Code::unimplemented, "unknown method"});
+    return;
+  }
+  if (c.method == Method::unimplemented) {
+    c.finish({Code::unimplemented, "not implemented by certagent"});
+    return;
+  }
+  if (!c.encoding.empty() && c.encoding != "identity") {
+    c.finish({Code::unimplemented, "grpc-encoding " + c.encoding + " is not supported (identity only)"});
+    return;
+  }
+  auto refuse = [&](Code code, std::string_view reason, std::string message) {
+    refused(c.api, c.peer(), reason, message);
+    c.finish({code, std::move(message)});
   };
-  auto caller = callers_.caller_of(ctx->peer());
-  if (!caller || !caller->known) {
-    return refuse(StatusCode::PERMISSION_DENIED, "unknown_caller",
-                  "the caller's credentials are unknown");
+  if (!started_) return refuse(Code::unavailable, "stopping", "certagent is stopping");
+  if (!c.peer().known) {
+    return refuse(Code::permission_denied, "unknown_caller", "the caller's credentials are unknown");
   }
-  link->peer = *caller;
-  if (link->api == Api::x509_svid || link->api == Api::x509_bundles) {
+  if (c.api == Api::x509_svid || c.api == Api::x509_bundles) {
     // SPIFFE Workload Endpoint: every request carries workload.spiffe.io: true (against SSRF);
     // without it, InvalidArgument.
-    const auto& md = ctx->client_metadata();
-    auto it = md.find("workload.spiffe.io");
-    if (it == md.end() || it->second != "true") {
-      return refuse(StatusCode::INVALID_ARGUMENT, "missing_security_header",
+    if (!c.spiffe_header) {
+      return refuse(Code::invalid_argument, "missing_security_header",
                     "the workload.spiffe.io: true metadata is missing");
     }
   }
-  if (auto why = callers_.admit_call(caller->uid); !why.empty()) {
-    return refuse(StatusCode::UNAVAILABLE, why,
-                  "too many calls (" + why + "); retry with a backoff");
+  if (auto why = admit_call(c.peer().uid); !why.empty()) {
+    return refuse(Code::unavailable, why, "too many calls (" + why + "); retry with a backoff");
   }
-  link->admitted = true;
-  return std::nullopt;
+  c.admitted = true;
+  c.uid = c.peer().uid;
+  if (c.api == Api::sds) open_sds(call);
 }
 
-void SidecarServer::Impl::release(const LinkBase& link) {
-  if (link.admitted) callers_.end_call(link.peer.uid);
-  {
-    std::lock_guard lock(live_mu_);
-    live_.erase(link.id);
+void Impl::call_message(const std::shared_ptr<Call>& call, std::string_view bytes) {
+  Call& c = *call;
+  if (!c.admitted || c.finishing) return;
+  switch (c.api) {
+    case Api::sds: {
+      auto it = sds_.find(c.id);
+      if (it == sds_.end()) return;
+      DiscoveryRequest request;
+      if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+        c.finish({Code::invalid_argument, "the request is not a DiscoveryRequest"});
+        return;
+      }
+      sds_request(it->second, request);
+      return;
+    }
+    case Api::sds_fetch: {
+      if (c.messages_in > 1) return;  // a unary call's one request; the rest is ignored
+      DiscoveryRequest request;
+      if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+        c.finish({Code::invalid_argument, "the request is not a DiscoveryRequest"});
+        return;
+      }
+      fetch(call, request);
+      return;
+    }
+    case Api::x509_svid:
+    case Api::x509_bundles: {
+      if (c.messages_in > 1) return;
+      // X509SVIDRequest and X509BundlesRequest have no fields: any valid message will do.
+      X509SVIDRequest request;
+      if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+        c.finish({Code::invalid_argument, "the request is not a valid message"});
+        return;
+      }
+      if (c.api == Api::x509_svid) {
+        open_svid(call);
+      } else {
+        open_bundles(call);
+      }
+      return;
+    }
+    case Api::connection: return;
   }
-  post([id = link.id](Impl& s) { s.forget(id); });
 }
 
-// ---- Impl: io thread ----------------------------------------------------------------------
+// The client closed its side: a bidirectional SDS stream ends with OK (as gRPC's server did);
+// a unary or server-streaming call without its request message is malformed.
+void Impl::call_half_closed(const std::shared_ptr<Call>& call) {
+  Call& c = *call;
+  if (c.finishing) return;
+  if (c.api == Api::sds) {
+    c.finish({Code::ok, {}});
+    return;
+  }
+  if (c.messages_in == 0) c.finish({Code::internal, "the call carried no request message"});
+}
 
-Result<> SidecarServer::Impl::start() {
+// The stream is gone (ended, reset by the client, or its connection closed).
+void Impl::call_closed(Call& call) {
+  call.conn = nullptr;
+  if (call.admitted) {
+    call.admitted = false;
+    end_call(call.uid);
+  }
+  const bool known = sds_.erase(call.id) + svid_.erase(call.id) + bundles_.erase(call.id) > 0;
+  if (known) set_streams_metric();
+}
+
+void Impl::connection_closed(Connection* conn, std::string_view reason, const std::string& detail) {
+  auto it = conns_.find(conn);
+  if (it == conns_.end()) return;
+  auto keep = std::move(it->second);  // freed after this returns
+  conns_.erase(it);
+  const auto& peer = keep->peer();
+  auto u = conns_per_uid_.find(peer.uid);
+  if (u != conns_per_uid_.end() && --u->second == 0) conns_per_uid_.erase(u);
+  static const std::set<std::string_view> kQuiet = {"peer_closed", "goaway", "idle", "stopping"};
+  if (!kQuiet.contains(reason)) {
+    metrics_.add(kRejectedMetric, {{"reason", std::string(reason)}});
+    if (log_allowed()) {
+      logger()->warn("event=sidecar_connection_dropped reason={} {} detail={}", reason,
+                     peer_text(peer), log::quote(detail));
+    }
+  } else if (reason == "idle") {
+    logger()->debug("event=sidecar_connection_idle {}", peer_text(peer));
+  }
+  asio::post(io_, [keep = std::move(keep)] {});  // not freed inside its own call stack
+}
+
+void Impl::schedule_trim(std::shared_ptr<Connection> conn) {
+  to_trim_.push_back(std::move(conn));
+  if (!trim_timer_) trim_timer_.emplace(io_);
+  if (to_trim_.size() > 1) return;  // armed
+  trim_timer_->expires_after(kTrimDelay);
+  trim_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+    auto self = weak.lock();
+    if (!self) return;
+    auto conns = std::move(self->to_trim_);
+    self->to_trim_.clear();
+    if (ec) return;
+    for (auto& c : conns) c->trim();
+  });
+}
+
+Result<> Impl::start() {
   if (config_.path.empty()) return {};
   if (started_) return make_error("sidecar API already started");
   metrics_.declare(kStreamsMetric, Metrics::Type::gauge,
                    "Open sidecar API streams (api: sds, workload).");
   metrics_.declare(kRejectedMetric, Metrics::Type::counter,
-                   "Sidecar API connections and calls refused, by reason.");
+                   "Sidecar API connections and calls refused or dropped, by reason.");
   metrics_.declare(kPushesMetric, Metrics::Type::counter,
                    "Messages sent on sidecar API streams (api: sds, workload).");
   metrics_.declare(kNacksMetric, Metrics::Type::counter,
                    "SDS responses a client rejected (NACK).");
 
+  // protobuf logs a request with invalid UTF-8 in a string field to stderr, once per message:
+  // a client could fill the journal that way. The request is refused (INVALID_ARGUMENT) and
+  // counted like any other; protobuf's own line is dropped.
+  google::protobuf::SetLogHandler([](google::protobuf::LogLevel level, const char*, int,
+                                     const std::string& message) {
+    if (level >= google::protobuf::LOGLEVEL_FATAL) logger()->critical("event=protobuf_fatal error={}", log::quote(message));
+  });
+  if (!callbacks_) callbacks_ = make_callbacks();
+  if (!options_ && nghttp2_option_new(&options_) == 0) {
+    // Our HPACK encoder's table: gRPC responses carry a handful of constant headers.
+    nghttp2_option_set_max_deflate_dynamic_table_size(options_, kHeaderTableBytes);
+    // Closed streams are not kept for priority bookkeeping (gRPC uses none).
+    nghttp2_option_set_no_closed_streams(options_, 1);
+    // Floods of frames that ask for an answer (PING, SETTINGS), and rapid resets.
+    nghttp2_option_set_max_outbound_ack(options_, 100);
+    nghttp2_option_set_max_settings(options_, 32);
+    nghttp2_option_set_stream_reset_rate_limit(options_, 100, 10);
+    nghttp2_option_set_max_continuations(options_, 8);
+  }
+  if (!callbacks_ || !options_) return make_error("workload_api: nghttp2 could not be set up");
+  read_buffer_.resize(64 * 1024);
+  write_buffer_.reserve(kWriteChunk + 32 * 1024);
+
   auto file = create_unix_socket(io_, config_.path, config_.mode, config_.group, "workload_api");
   if (!file) return file.error();
   socket_file_ = std::make_pair(file->dev, file->ino);
   acceptor_.emplace(std::move(file->acceptor));
-
-  // Debian's Abseil is built without NDEBUG, so every absl::Mutex (gRPC's locks) tracks lock
-  // order in one process-wide graph under a global lock: measured as the largest user-space cost
-  // of a push to 1,000 streams. That checker is a debugging aid; off, before gRPC starts.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  sds_service_ = std::make_unique<SdsService>(*this);
-  workload_service_ = std::make_unique<WorkloadService>(*this);
-  grpc::ServerBuilder builder;
-  builder.RegisterService(sds_service_.get());
-  builder.RegisterService(workload_service_.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(config_.max_request_bytes));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(config_.keepalive.count()));
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20'000);
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
-                             static_cast<int>(config_.idle_timeout.count()));
-  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
-                             static_cast<int>(std::min<std::size_t>(config_.max_streams_per_uid, 1 << 20)));
-  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, 16 * 1024);
-  server_ = builder.BuildAndStart();
-  if (!server_) {
-    remove_unix_socket(config_.path, file->dev, file->ino);
-    return make_error("workload_api: gRPC did not start");
-  }
   subscription_ = store_.subscribe("", [this](const CertEntry& entry, CertEvent) {
     // A new commit, an expiry or a removal drops the serialized key at once.
     tls_cache_.erase(entry.config.name);
@@ -700,23 +1354,23 @@ Result<> SidecarServer::Impl::start() {
   return {};
 }
 
-void SidecarServer::Impl::stop() {
+void Impl::stop() {
   if (!started_) return;
   started_ = false;
   boost::system::error_code ec;
   if (acceptor_) acceptor_->close(ec);
   expiry_.cancel();
+  if (trim_timer_) trim_timer_->cancel();
   subscription_.reset();
-  std::vector<std::shared_ptr<LinkBase>> links;
-  {
-    std::lock_guard lock(live_mu_);
-    stopping_ = true;
-    for (const auto& [id, link] : live_) links.push_back(link);
-  }
-  for (const auto& link : links) link->finish(Status(StatusCode::UNAVAILABLE, "certagent is stopping"));
-  // Every call is finished: gRPC lets go of them (OnDone) and closes the connections.
-  server_->Shutdown(std::chrono::system_clock::now() + 2s);
-  server_.reset();
+  // Every stream is told UNAVAILABLE, then each connection gets a GOAWAY and is closed.
+  std::vector<std::shared_ptr<Call>> calls;
+  for (auto& [id, s] : sds_) calls.push_back(s.call);
+  for (auto& [id, s] : svid_) calls.push_back(s.call);
+  for (auto& [id, s] : bundles_) calls.push_back(s.call);
+  for (auto& call : calls) call->finish({Code::unavailable, "certagent is stopping"});
+  std::vector<std::shared_ptr<Connection>> conns;
+  for (auto& [p, conn] : conns_) conns.push_back(conn);
+  for (auto& conn : conns) conn->shutdown();
   sds_.clear();
   svid_.clear();
   bundles_.clear();
@@ -731,13 +1385,13 @@ void SidecarServer::Impl::stop() {
   logger()->info("event=sidecar_closed path={}", log::quote(config_.path.string()));
 }
 
-void SidecarServer::Impl::accept() {
+void Impl::accept() {
   acceptor_->async_accept([weak = weak_from_this()](boost::system::error_code ec, local::socket socket) {
     if (auto self = weak.lock()) self->on_accept(ec, std::move(socket));
   });
 }
 
-void SidecarServer::Impl::on_accept(boost::system::error_code ec, local::socket socket) {
+void Impl::on_accept(boost::system::error_code ec, local::socket socket) {
   if (!started_ || ec == asio::error::operation_aborted) return;
   if (ec) {
     // EMFILE and the like: try again a little later rather than spin.
@@ -748,24 +1402,30 @@ void SidecarServer::Impl::on_accept(boost::system::error_code ec, local::socket 
     });
     return;
   }
-  const http::Peer peer = http::peer_of_fd(socket.native_handle());
-  if (auto why = callers_.add_connection(socket.native_handle(), peer); !why.empty()) {
-    refused(Api::connection, peer, why, "connection refused");
-    socket.close(ec);
-  } else {
-    const int fd = socket.release(ec);
-    if (!ec) {
-      // gRPC's transport needs a non-blocking descriptor; it closes it when the connection ends.
-      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-      grpc::AddInsecureChannelFromFd(server_.get(), fd);
-    }
-  }
+  // The caller, from the kernel, before a byte is read: it stays with the connection.
+  http::Peer peer = http::peer_of_fd(socket.native_handle());
+  serve(std::move(socket), std::move(peer));
   accept();
 }
 
-void SidecarServer::Impl::refused(Api api, const http::Peer& peer, std::string_view reason,
-                                  const std::string& detail) {
+void Impl::serve(local::socket socket, http::Peer peer) {
+  if (!started_) return;
+  if (auto why = admit_connection(peer); !why.empty()) {
+    refused(Api::connection, peer, why, "connection refused");
+    boost::system::error_code ec;
+    socket.close(ec);
+    return;
+  }
+  const uid_t uid = peer.uid;
+  auto conn = std::make_shared<Connection>(*this, std::move(socket), std::move(peer));
+  Connection* raw = conn.get();
+  conns_.emplace(raw, conn);
+  ++conns_per_uid_[uid];
+  if (!conn->open()) raw->close("setup_failed");
+}
+
+void Impl::refused(Api api, const http::Peer& peer, std::string_view reason,
+                   const std::string& detail) {
   metrics_.add(kRejectedMetric, {{"reason", std::string(reason)}});
   if (log_allowed()) {
     logger()->warn("event=sidecar_refused api={} reason={} {} detail={}", api_name(api), reason,
@@ -773,10 +1433,9 @@ void SidecarServer::Impl::refused(Api api, const http::Peer& peer, std::string_v
   }
 }
 
-bool SidecarServer::Impl::log_allowed() {
-  const auto second = std::chrono::duration_cast<std::chrono::seconds>(
-                          std::chrono::steady_clock::now().time_since_epoch())
-                          .count();
+bool Impl::log_allowed() {
+  const auto second =
+      std::chrono::duration_cast<std::chrono::seconds>(SteadyClock::now().time_since_epoch()).count();
   if (second != log_second_) {
     if (logged_ > kMaxRefusalLogs) {
       logger()->warn("event=sidecar_refusals_not_logged count={}", logged_ - kMaxRefusalLogs);
@@ -787,12 +1446,15 @@ bool SidecarServer::Impl::log_allowed() {
   return ++logged_ <= kMaxRefusalLogs;
 }
 
-void SidecarServer::Impl::forget(std::uint64_t id) {
-  const bool known = sds_.erase(id) + svid_.erase(id) + bundles_.erase(id) > 0;
-  if (known) set_streams_metric();
+void Impl::publish_pushes() {
+  if (pushes_sds_) metrics_.add(kPushesMetric, {{"api", "sds"}}, static_cast<double>(pushes_sds_));
+  if (pushes_workload_) {
+    metrics_.add(kPushesMetric, {{"api", "workload"}}, static_cast<double>(pushes_workload_));
+  }
+  pushes_sds_ = pushes_workload_ = 0;
 }
 
-void SidecarServer::Impl::set_streams_metric() {
+void Impl::set_streams_metric() {
   metrics_.set(kStreamsMetric, {{"api", "sds"}}, static_cast<double>(sds_.size()));
   metrics_.set(kStreamsMetric, {{"api", "workload"}},
                static_cast<double>(svid_.size() + bundles_.size()));
@@ -800,8 +1462,8 @@ void SidecarServer::Impl::set_streams_metric() {
 
 // ---- SDS -------------------------------------------------------------------------------------
 
-SidecarServer::Impl::SdsContent SidecarServer::Impl::sds_content(
-    const http::Peer& peer, const std::vector<std::string>& names, std::vector<std::string>* denied) {
+Impl::SdsContent Impl::sds_content(const http::Peer& peer, const std::vector<std::string>& names,
+                                   std::vector<std::string>* denied) {
   SdsContent out;
   const auto now = clock_.now();
   for (const auto& name : names) {
@@ -841,33 +1503,28 @@ SidecarServer::Impl::SdsContent SidecarServer::Impl::sds_content(
   return out;
 }
 
-void SidecarServer::Impl::open_sds(std::shared_ptr<SdsLink> link) {
-  const auto id = link->id;
+void Impl::open_sds(const std::shared_ptr<Call>& call) {
   SdsStream s;
-  s.link = std::move(link);
-  sds_.emplace(id, std::move(s));
+  s.call = call;
+  sds_.emplace(call->id, std::move(s));
   set_streams_metric();
 }
 
-void SidecarServer::Impl::sds_request(const std::shared_ptr<SdsLink>& link,
-                                      const DiscoveryRequest& request) {
-  auto it = sds_.find(link->id);
-  if (it == sds_.end()) return;  // ended meanwhile
-  SdsStream& s = it->second;
+void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
+  Call& call = *s.call;
   if (!request.type_url().empty() && request.type_url() != kSecretTypeUrl) {
-    link->finish(Status(StatusCode::INVALID_ARGUMENT,
-                        "this stream serves " + std::string(kSecretTypeUrl) + ", not " +
-                            request.type_url()));
+    call.finish({Code::invalid_argument, "this stream serves " + std::string(kSecretTypeUrl) +
+                                             ", not " + log::excerpt(request.type_url(), 100)});
     return;
   }
   if (request.resource_names_size() > static_cast<int>(kMaxResourceNames)) {
-    link->finish(Status(StatusCode::INVALID_ARGUMENT,
-                        "at most " + std::to_string(kMaxResourceNames) + " resource names"));
+    call.finish({Code::invalid_argument,
+                 "at most " + std::to_string(kMaxResourceNames) + " resource names"});
     return;
   }
   for (const auto& name : request.resource_names()) {
     if (name.empty() || name.size() > kMaxResourceNameBytes) {
-      link->finish(Status(StatusCode::INVALID_ARGUMENT, "a resource name is empty or too long"));
+      call.finish({Code::invalid_argument, "a resource name is empty or too long"});
       return;
     }
   }
@@ -875,9 +1532,10 @@ void SidecarServer::Impl::sds_request(const std::shared_ptr<SdsLink>& link,
   // xDS: a request whose nonce is not the last one sent answers an older response; the client
   // will answer the newer one too, so this one is ignored.
   if (!s.nonce.empty() && request.response_nonce() != s.nonce) {
-    logger()->debug("event=sds_stale_request nonce={} current={} {}",
-                    log::quote(request.response_nonce()), log::quote(s.nonce), peer_text(link->peer));
-    link->read_next();
+    if (logger()->should_log(spdlog::level::debug)) {
+      logger()->debug("event=sds_stale_request nonce={} current={} {}",
+                      log::quote(request.response_nonce()), log::quote(s.nonce), peer_text(call.peer()));
+    }
     return;
   }
   if (!request.response_nonce().empty()) {
@@ -887,10 +1545,10 @@ void SidecarServer::Impl::sds_request(const std::shared_ptr<SdsLink>& link,
                      log::quote(s.node), log::quote(request.version_info()),
                      log::quote(request.response_nonce()), request.error_detail().code(),
                      log::quote(log::excerpt(request.error_detail().message(), 300)),
-                     peer_text(link->peer));
-    } else {
+                     peer_text(call.peer()));
+    } else if (logger()->should_log(spdlog::level::debug)) {
       logger()->debug("event=sds_ack node={} version={} {}", log::quote(s.node),
-                      log::quote(request.version_info()), peer_text(link->peer));
+                      log::quote(request.version_info()), peer_text(call.peer()));
     }
   }
   std::vector<std::string> names(request.resource_names().begin(), request.resource_names().end());
@@ -902,65 +1560,80 @@ void SidecarServer::Impl::sds_request(const std::shared_ptr<SdsLink>& link,
   if (changed) {
     s.names = std::move(names);
     std::vector<std::string> denied;
-    (void)sds_content(link->peer, s.names, &denied);
+    (void)sds_content(call.peer(), s.names, &denied);
     for (const auto& name : denied) {
       metrics_.add(kRejectedMetric, {{"reason", "forbidden"}});
       if (log_allowed()) {
         logger()->warn("event=sidecar_denied api=sds resource={} node={} {}", log::quote(name),
-                       log::quote(s.node), peer_text(link->peer));
+                       log::quote(s.node), peer_text(call.peer()));
       }
     }
-    sds_push(s, first);
+    std::map<std::string, Bytes> shared;
+    sds_push(s, first, shared);
+    publish_pushes();
   }
-  link->read_next();
 }
 
 // Sends the stream what it should hold now, when that differs from what it was last sent (or
 // always, for a first request with something to send). A certificate that expired or left the
 // config is left out of the next response (SotW SDS has no removal; an empty response says
 // "nothing valid" and Envoy NACKs it, keeping the last secret, whose leaf every peer rejects).
-void SidecarServer::Impl::sds_push(SdsStream& s, bool always) {
-  auto content = sds_content(s.link->peer, s.names, nullptr);
-  const std::string version = content_version(content.ids);
+//
+// The response is serialised once per distinct content (version) and shared by every stream
+// that gets it; only version_info and the stream's nonce are per stream, serialised after it
+// (protobuf merges fields in any order).
+void Impl::sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& shared) {
+  auto content = sds_content(s.call->peer(), s.names, nullptr);
   if (!s.sent && content.resources.empty()) return;  // nothing to say yet
+  // Streams with the same content share its version (a digest) and its bytes: keyed by the
+  // (name, content id) pairs, which are sorted (the names are).
+  std::string key = "sds:";
+  for (const auto& [name, id] : content.ids) key.append(name).append("=").append(id).append(";");
+  auto& body = shared[key];
+  auto& version_of = shared["v:" + key];
+  if (!version_of) version_of = std::make_shared<const std::string>(content_version(content.ids));
+  const std::string& version = *version_of;
   if (!always && s.sent && version == s.version) return;
   s.version = version;
   s.nonce = std::to_string(++s.nonces);
   s.sent = true;
-  s.link->send(discovery_response(content.resources, s.version, s.nonce));
-  metrics_.add(kPushesMetric, {{"api", "sds"}});
+  if (!body) body = serialize(*discovery_response(content.resources, "", ""));
+  DiscoveryResponse tail;
+  tail.set_version_info(s.version);
+  tail.set_nonce(s.nonce);
+  s.call->send(frame_message(body, tail.SerializeAsString()));
+  ++pushes_sds_;
 }
 
-void SidecarServer::Impl::fetch(const std::shared_ptr<FetchLink>& link,
-                                const DiscoveryRequest& request) {
+void Impl::fetch(const std::shared_ptr<Call>& call, const DiscoveryRequest& request) {
   if (!request.type_url().empty() && request.type_url() != kSecretTypeUrl) {
-    link->finish(Status(StatusCode::INVALID_ARGUMENT, "FetchSecrets serves " +
-                                                          std::string(kSecretTypeUrl) + ", not " +
-                                                          request.type_url()));
+    call->finish({Code::invalid_argument, "FetchSecrets serves " + std::string(kSecretTypeUrl) +
+                                              ", not " + log::excerpt(request.type_url(), 100)});
     return;
   }
   if (request.resource_names_size() > static_cast<int>(kMaxResourceNames)) {
-    link->finish(Status(StatusCode::INVALID_ARGUMENT,
-                        "at most " + std::to_string(kMaxResourceNames) + " resource names"));
+    call->finish({Code::invalid_argument,
+                  "at most " + std::to_string(kMaxResourceNames) + " resource names"});
     return;
   }
   std::vector<std::string> names(request.resource_names().begin(), request.resource_names().end());
   std::vector<std::string> denied;
-  auto content = sds_content(link->peer, names, &denied);
+  auto content = sds_content(call->peer(), names, &denied);
   for (const auto& name : denied) {
     metrics_.add(kRejectedMetric, {{"reason", "forbidden"}});
     if (log_allowed()) {
       logger()->warn("event=sidecar_denied api=sds_fetch resource={} {}", log::quote(name),
-                     peer_text(link->peer));
+                     peer_text(call->peer()));
     }
   }
   auto response = discovery_response(content.resources, content_version(content.ids), "");
-  link->reply(*response);
+  call->send(frame_message(serialize(*response)));
+  call->finish({Code::ok, {}});
 }
 
 // ---- the SPIFFE Workload API --------------------------------------------------------------
 
-SidecarServer::Impl::SvidContent SidecarServer::Impl::svid_content(const http::Peer& peer) {
+Impl::SvidContent Impl::svid_content(const http::Peer& peer) {
   SvidContent out;
   const auto now = clock_.now();
   for (const auto& [name, entry] : store_.entries()) {
@@ -975,6 +1648,8 @@ SidecarServer::Impl::SvidContent SidecarServer::Impl::svid_content(const http::P
       cached.trust_pem = entry.trust_bundle_pem;
       auto svid = make_svid(name, id, *material, entry.trust_bundle_pem);
       cached.svid = svid ? *svid : nullptr;
+      cached.key = name + "=" + material->serial_hex + ":" +
+                   content_version({{"", entry.trust_bundle_pem}}) + ";";
       if (!svid) {
         logger()->error("event=svid_unavailable certificate={} error={}", name,
                         log::quote(svid.error().message));
@@ -982,13 +1657,12 @@ SidecarServer::Impl::SvidContent SidecarServer::Impl::svid_content(const http::P
     }
     if (!cached.svid) continue;
     out.svids.push_back(cached.svid);
-    out.key += name + "=" + material->serial_hex + ":" +
-               content_version({{"", entry.trust_bundle_pem}}) + ";";
+    out.key += cached.key;
   }
   return out;
 }
 
-SidecarServer::Impl::BundlesContent SidecarServer::Impl::bundles_content(const http::Peer& peer) {
+Impl::BundlesContent Impl::bundles_content(const http::Peer& peer) {
   std::map<std::string, std::set<std::string>> pems;  // trust domain -> bundle PEMs
   for (const auto& [name, entry] : store_.entries()) {
     const std::string id = spiffe_id_of(entry.config);
@@ -1014,95 +1688,106 @@ SidecarServer::Impl::BundlesContent SidecarServer::Impl::bundles_content(const h
   return out;
 }
 
-void SidecarServer::Impl::open_svid(std::shared_ptr<SvidLink> link) {
-  const auto id = link->id;
+void Impl::open_svid(const std::shared_ptr<Call>& call) {
   SvidStream s;
-  s.link = std::move(link);
-  auto [it, inserted] = svid_.emplace(id, std::move(s));
+  s.call = call;
+  auto [it, inserted] = svid_.emplace(call->id, std::move(s));
   set_streams_metric();
-  std::map<std::string, SvidResponsePtr> shared;
+  std::map<std::string, Bytes> shared;
   svid_push(it->second, shared);
+  publish_pushes();
 }
 
 // The standard: every message is the full set the caller may have; none at all (no identity,
 // or every SVID expired or removed) is PERMISSION_DENIED, which ends the stream.
-void SidecarServer::Impl::svid_push(SvidStream& s, std::map<std::string, SvidResponsePtr>& shared) {
+void Impl::svid_push(SvidStream& s, std::map<std::string, Bytes>& shared) {
   if (s.ended) return;
-  auto content = svid_content(s.link->peer);
+  auto content = svid_content(s.call->peer());
   if (content.svids.empty()) {
     s.ended = true;
     const std::string why = content.entitled
                                 ? "no valid X.509-SVID for this caller now (expired, removed or "
                                   "not issued yet); retry with a backoff"
                                 : "no identity for this caller (uid " +
-                                      std::to_string(s.link->peer.uid) + ")";
+                                      std::to_string(s.call->uid) + ")";
     if (log_allowed()) {
       logger()->info("event=svid_stream_ended reason={} {}",
-                     content.entitled ? "no_valid_svid" : "no_identity", peer_text(s.link->peer));
+                     content.entitled ? "no_valid_svid" : "no_identity", peer_text(s.call->peer()));
     }
     metrics_.add(kRejectedMetric, {{"reason", content.entitled ? "no_valid_svid" : "no_identity"}});
-    s.link->finish(Status(StatusCode::PERMISSION_DENIED, why));
+    s.call->finish({Code::permission_denied, why});
     return;
   }
   if (content.key == s.key) return;
   s.key = content.key;
   auto& message = shared[content.key];
-  if (!message) message = svid_response(content.svids);
-  s.link->send(message);
-  metrics_.add(kPushesMetric, {{"api", "workload"}});
+  if (!message) message = serialize(*svid_response(content.svids));
+  s.call->send(frame_message(message));
+  ++pushes_workload_;
 }
 
-void SidecarServer::Impl::open_bundles(std::shared_ptr<BundlesLink> link) {
-  const auto id = link->id;
+void Impl::open_bundles(const std::shared_ptr<Call>& call) {
   BundlesStream s;
-  s.link = std::move(link);
-  auto [it, inserted] = bundles_.emplace(id, std::move(s));
+  s.call = call;
+  auto [it, inserted] = bundles_.emplace(call->id, std::move(s));
   set_streams_metric();
-  bundles_push(it->second);
+  std::map<std::string, Bytes> shared;
+  bundles_push(it->second, shared);
+  publish_pushes();
 }
 
-void SidecarServer::Impl::bundles_push(BundlesStream& s) {
+void Impl::bundles_push(BundlesStream& s, std::map<std::string, Bytes>& shared) {
   if (s.ended) return;
-  auto content = bundles_content(s.link->peer);
+  auto content = bundles_content(s.call->peer());
   if (content.bundles.empty()) {
     s.ended = true;
     metrics_.add(kRejectedMetric, {{"reason", "no_bundle"}});
-    s.link->finish(Status(StatusCode::PERMISSION_DENIED,
-                          "no X.509 bundle for this caller (uid " +
-                              std::to_string(s.link->peer.uid) + ")"));
+    s.call->finish({Code::permission_denied,
+                    "no X.509 bundle for this caller (uid " + std::to_string(s.call->uid) + ")"});
     return;
   }
   if (content.key == s.key) return;
   s.key = content.key;
-  s.link->send(bundles_response(content.bundles));
-  metrics_.add(kPushesMetric, {{"api", "workload"}});
+  auto& message = shared["b:" + content.key];
+  if (!message) message = serialize(*bundles_response(content.bundles));
+  s.call->send(frame_message(message));
+  ++pushes_workload_;
 }
 
 // ---- pushes ---------------------------------------------------------------------------------
 
 // Store events come in bursts (a commit, then a state change; a reload touches many): one
 // refresh after the burst.
-void SidecarServer::Impl::schedule_refresh() {
+void Impl::schedule_refresh() {
   if (refresh_pending_ || !started_) return;
   refresh_pending_ = true;
-  post([](Impl& s) { s.refresh_all(); });
+  asio::post(io_, [weak = weak_from_this()] {
+    if (auto self = weak.lock()) self->refresh_all();
+  });
 }
 
-void SidecarServer::Impl::refresh_all() {
+void Impl::refresh_all() {
   refresh_pending_ = false;
   if (!started_) return;
+  // One serialisation per distinct content, shared by the streams that get it. A stream may end
+  // (PERMISSION_DENIED) while we go: its entry stays until its HTTP/2 stream closes.
+  std::map<std::string, Bytes> shared;
+  std::vector<std::shared_ptr<Connection>> batch;
+  batch_ = &batch;
   for (auto& [id, s] : sds_) {
-    if (s.requested) sds_push(s, false);
+    if (s.requested) sds_push(s, false, shared);
   }
-  std::map<std::string, SvidResponsePtr> shared;  // one message for streams with the same SVIDs
   for (auto& [id, s] : svid_) svid_push(s, shared);
-  for (auto& [id, s] : bundles_) bundles_push(s);
+  for (auto& [id, s] : bundles_) bundles_push(s, shared);
+  batch_ = nullptr;
+  for (auto& conn : batch) conn->run_flush();
+  publish_pushes();
   arm_expiry();
 }
 
 // Belt and braces: the certificate loop marks expiry in the store, but a stream must hear of
 // it even if that comes late. One timer, at the earliest not_after of what is held.
-void SidecarServer::Impl::arm_expiry() {
+void Impl::arm_expiry() {
   expiry_.cancel();
   const auto now = clock_.now();
   std::optional<SystemTime> earliest;
@@ -1134,5 +1819,11 @@ Result<> SidecarServer::start() { return impl_->start(); }
 void SidecarServer::stop() { impl_->stop(); }
 
 std::size_t SidecarServer::streams() const { return impl_->streams(); }
+
+std::size_t SidecarServer::connections() const { return impl_->connections(); }
+
+void SidecarServer::serve(boost::asio::local::stream_protocol::socket socket, http::Peer peer) {
+  impl_->serve(std::move(socket), std::move(peer));
+}
 
 }  // namespace certagent::sidecar

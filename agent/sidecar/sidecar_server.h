@@ -3,18 +3,28 @@
 // over gRPC on workload_api.path, beside the HTTP socket API. docs/sidecar-api.md is the user's
 // description; this is how it works.
 //
-// The daemon accepts each connection itself, reads SO_PEERCRED/SO_PEERGROUPS, and only then hands
-// the file descriptor to gRPC (grpc::AddInsecureChannelFromFd). A call finds its caller through
-// the connection it arrived on (ServerContext::peer() is "fd:<n>" for such a connection), so
-// authorization comes from the kernel, never from what the client sends.
+// gRPC over HTTP/2 (h2c with prior knowledge, as gRPC clients speak it on a Unix socket) is
+// served here, on the daemon's io_context thread: libnghttp2 does HTTP/2 (framing, HPACK, flow
+// control, its checks against floods and rapid resets), this file does gRPC's mapping (request
+// headers, 5-byte message framing, trailers and Trailers-Only statuses) and the two APIs. The
+// module starts no thread.
 //
-// Threads: gRPC runs its reactions on its own threads; they only take a stream's lock and post
-// to the daemon's io_context, where the store lives and every decision is made.
+// The daemon accepts each connection itself and reads SO_PEERCRED/SO_PEERGROUPS before reading a
+// byte; the connection keeps that caller, so authorization comes from the kernel, never from
+// what the client sends.
+//
+// What a push costs: one serialisation per distinct content (shared by every stream that gets
+// it; SDS adds its per-stream version and nonce as a small tail), one copy into nghttp2's DATA
+// frame and one write(2) per connection. Memory per stream: the nghttp2 session (per
+// connection) and the call's state; read and write buffers are shared by every connection.
 //
 // The daemon never links this: it loads it as the module certagent-sidecar.so (module.cpp,
 // loader.h) only when workload_api.path is set. Tests and the benchmark link it directly.
 
 #include "agent/sidecar/endpoint.h"
+#include "core/http/server.h"
+
+#include <boost/asio/local/stream_protocol.hpp>
 
 #include <memory>
 
@@ -32,6 +42,12 @@ class SidecarServer final : public Endpoint {
   [[nodiscard]] Result<> start() override;
   void stop() override;
   std::size_t streams() const override;
+  // Open connections.
+  std::size_t connections() const;
+  // Serves a connection accepted elsewhere as `peer`'s (the fuzz harness: one end of a
+  // socketpair, as a caller that may not have every key). On the io_context thread, after
+  // start(); the same limits as an accepted connection.
+  void serve(boost::asio::local::stream_protocol::socket socket, http::Peer peer);
 
   class Impl;  // in the .cpp
 

@@ -4,11 +4,12 @@
 // threads with the endpoint off and on.
 //
 // Streams part: the server runs in a child process, as in the daemon: one io_context thread with
-// the store, the real SocketServer and SidecarServer (gRPC's own threads beside it). Commits are
-// triggered over a pipe; the child reports the CLOCK_MONOTONIC time taken just before each
-// store.commit(). The clients run in this process: the HTTP watchers on one epoll thread, the
-// gRPC clients (gRPC C++'s callback API, one connection per stream unless said otherwise) on
-// gRPC's threads. Latency = commit -> the last stream receiving the new message; memory per idle
+// the store, the real SocketServer and SidecarServer (nghttp2 on the same thread, no other).
+// Commits are triggered over a pipe; the child reports the CLOCK_MONOTONIC time taken just before
+// each store.commit(). The clients run in this process: the HTTP watchers on one epoll thread, the
+// gRPC clients (one connection per stream unless said otherwise) as nghttp2 client sessions on
+// one epoll thread too, so the figure measures the server; --grpc-clients uses gRPC C++'s
+// callback API instead (on gRPC's threads, whose CPU then dominates on 2 cores). Latency = commit -> the last stream receiving the new message; memory per idle
 // stream = the server's RSS delta once every stream holds its first message, divided by N.
 //
 // Daemon part: `certagent run` with 10 socket-only certificates (local CA), once without and once
@@ -18,7 +19,7 @@
 // gRPC thread and no gRPC library in the daemon.
 //
 // Usage: sidecar_bench [--streams N] [--rotations N] [--daemon PATH] [--skip-streams]
-//                      [--skip-daemon]
+//                      [--skip-daemon] [--grpc-clients]
 
 #include "agent/sidecar/content.h"
 #include "agent/sidecar/sidecar_server.h"
@@ -33,6 +34,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <nghttp2/nghttp2.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -135,8 +138,9 @@ std::string thread_names(pid_t pid, std::size_t* count) {
   return out;
 }
 
-// Mapped libraries of gRPC and its dependencies (gRPC, protobuf, Abseil, re2, upb, c-ares, the
-// sidecar module), distinct files.
+// Mapped libraries of the sidecar API (the module, nghttp2, protobuf) and of gRPC C++ and its
+// dependencies (gRPC, Abseil, re2, upb, c-ares: none since the server is on nghttp2), distinct
+// files.
 std::size_t grpc_mappings(pid_t pid, double* rss_kib_out) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/smaps");
   std::string line, current;
@@ -155,6 +159,7 @@ std::size_t grpc_mappings(pid_t pid, double* rss_kib_out) {
              current.find("libcares") != std::string::npos ||
              current.find("libgpr") != std::string::npos ||
              current.find("libaddress_sorting") != std::string::npos ||
+             current.find("libnghttp2") != std::string::npos ||
              current.find("certagent-sidecar") != std::string::npos;
       if (grpc) files.try_emplace(current, 0.0);
     } else if (grpc && line.rfind("Rss:", 0) == 0) {
@@ -416,9 +421,41 @@ class SvidClient final : public grpc::ClientReadReactor<X509SVIDResponse> {
 
 enum class Api { sds, workload };
 
-// `n` streams of one API over ceil(n / per_connection) connections, each a descriptor this
-// process connects itself (so every connection is exactly one socket, as with one sidecar each).
-class Fleet {
+// Streams of one API, as the measurement sees them.
+class StreamFleet {
+ public:
+  virtual ~StreamFleet() = default;
+  virtual std::size_t size() const = 0;
+  virtual std::size_t connections() const = 0;
+  virtual std::size_t failed() const = 0;
+  // Waits until every stream has `messages` messages; the time the last one arrived.
+  virtual std::optional<std::int64_t> wait_all(int messages, std::chrono::milliseconds deadline) = 0;
+};
+
+std::optional<std::int64_t> wait_receipts(const std::vector<Receipts>& receipts, int messages,
+                                          std::chrono::milliseconds deadline) {
+  const auto end = SteadyClock::now() + deadline;
+  for (;;) {
+    bool all = true;
+    std::int64_t last = 0;
+    for (const auto& r : receipts) {
+      if (r.messages.load() < messages) {
+        all = false;
+        break;
+      }
+      last = std::max(last, r.last_ns.load());
+    }
+    if (all) return last;
+    if (SteadyClock::now() > end) return std::nullopt;
+    std::this_thread::sleep_for(200us);
+  }
+}
+
+// gRPC C++ clients (--grpc-clients): `n` streams of one API over ceil(n / per_connection)
+// connections, each a descriptor this process connects itself (so every connection is exactly one
+// socket, as with one sidecar each). Their own CPU (~50 us per message, on gRPC's threads) is on
+// the same 2 cores as the server's, so the latency they see is mostly theirs.
+class Fleet final : public StreamFleet {
  public:
   Fleet(const std::string& path, Api api, std::size_t n, std::size_t per_connection)
       : receipts_(n) {
@@ -441,7 +478,7 @@ class Fleet {
       }
     }
   }
-  ~Fleet() {
+  ~Fleet() override {
     for (auto& c : sds_) c->cancel();
     for (auto& c : svid_) c->cancel();
     const auto deadline = SteadyClock::now() + 30s;
@@ -455,29 +492,14 @@ class Fleet {
   Fleet(const Fleet&) = delete;
   Fleet& operator=(const Fleet&) = delete;
 
-  std::size_t size() const { return receipts_.size(); }
-  std::size_t connections() const { return channels_.size(); }
-  std::size_t failed() const {
+  std::size_t size() const override { return receipts_.size(); }
+  std::size_t connections() const override { return channels_.size(); }
+  std::size_t failed() const override {
     return static_cast<std::size_t>(std::count_if(
         receipts_.begin(), receipts_.end(), [](const Receipts& r) { return r.failed.load(); }));
   }
-  // Waits until every stream has `messages` messages; the time the last one arrived.
-  std::optional<std::int64_t> wait_all(int messages, std::chrono::milliseconds deadline) {
-    const auto end = SteadyClock::now() + deadline;
-    for (;;) {
-      bool all = true;
-      std::int64_t last = 0;
-      for (const auto& r : receipts_) {
-        if (r.messages.load() < messages) {
-          all = false;
-          break;
-        }
-        last = std::max(last, r.last_ns.load());
-      }
-      if (all) return last;
-      if (SteadyClock::now() > end) return std::nullopt;
-      std::this_thread::sleep_for(200us);
-    }
+  std::optional<std::int64_t> wait_all(int messages, std::chrono::milliseconds deadline) override {
+    return wait_receipts(receipts_, messages, deadline);
   }
 
  private:
@@ -487,6 +509,217 @@ class Fleet {
   std::vector<std::unique_ptr<SpiffeWorkloadAPI::Stub>> svid_stubs_;
   std::vector<std::unique_ptr<SdsClient>> sds_;
   std::vector<std::unique_ptr<SvidClient>> svid_;
+};
+
+// Lean clients (the default): nghttp2 client sessions on one epoll thread, like the HTTP watch
+// clients, so that the figure is the server's. An SDS client ACKs every response with its version
+// and nonce, as Envoy does; a Workload API client sends FetchX509SVID with the security header.
+class NgFleet final : public StreamFleet {
+ public:
+  NgFleet(const std::string& path, Api api, std::size_t n, std::size_t per_connection)
+      : api_(api), receipts_(n), epoll_(::epoll_create1(EPOLL_CLOEXEC)) {
+    nghttp2_session_callbacks_new(&callbacks_);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        callbacks_, [](nghttp2_session*, std::uint8_t, std::int32_t stream_id, const std::uint8_t* data,
+                       std::size_t len, void* user) {
+          static_cast<Conn*>(user)->fleet->on_data(*static_cast<Conn*>(user), stream_id, data, len);
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_stream_close_callback(
+        callbacks_, [](nghttp2_session*, std::int32_t stream_id, std::uint32_t, void* user) {
+          auto* c = static_cast<Conn*>(user);
+          if (auto it = c->streams.find(stream_id); it != c->streams.end()) {
+            if (!c->fleet->stopping_) it->second.receipts->failed = true;
+            it->second.receipts->done = true;
+          }
+          return 0;
+        });
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i % per_connection == 0) {
+        const int fd = connect_unix(path);
+        if (fd < 0) {
+          std::fprintf(stderr, "connect %s: %s\n", path.c_str(), std::strerror(errno));
+          std::exit(1);
+        }
+        ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+        auto c = std::make_unique<Conn>();
+        c->fleet = this;
+        c->fd = fd;
+        nghttp2_session_client_new(&c->session, callbacks_, c.get());
+        nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, nullptr, 0);
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.ptr = c.get();
+        ::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev);
+        conns_.push_back(std::move(c));
+      }
+      open_stream(*conns_.back(), receipts_[i]);
+    }
+    for (auto& c : conns_) flush(*c);
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~NgFleet() override {
+    stopping_ = true;
+    thread_.join();
+    for (auto& c : conns_) {
+      nghttp2_session_del(c->session);
+      ::close(c->fd);
+    }
+    ::close(epoll_);
+    nghttp2_session_callbacks_del(callbacks_);
+  }
+
+  std::size_t size() const override { return receipts_.size(); }
+  std::size_t connections() const override { return conns_.size(); }
+  std::size_t failed() const override {
+    return static_cast<std::size_t>(std::count_if(
+        receipts_.begin(), receipts_.end(), [](const Receipts& r) { return r.failed.load(); }));
+  }
+  std::optional<std::int64_t> wait_all(int messages, std::chrono::milliseconds deadline) override {
+    return wait_receipts(receipts_, messages, deadline);
+  }
+
+ private:
+  struct Stream {
+    Receipts* receipts{nullptr};
+    std::string in;   // response bytes not yet a whole message
+    std::string out;  // request bytes not yet sent
+    bool end{false};  // END_STREAM after `out`
+  };
+  struct Conn {
+    NgFleet* fleet{nullptr};
+    int fd{-1};
+    nghttp2_session* session{nullptr};
+    std::map<std::int32_t, Stream> streams;
+  };
+
+  static std::string framed(const google::protobuf::MessageLite& m) {
+    const std::string body = m.SerializeAsString();
+    const auto n = static_cast<std::uint32_t>(body.size());
+    std::string out = {0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                       static_cast<char>(n >> 8), static_cast<char>(n)};
+    return out + body;
+  }
+
+  static nghttp2_nv nv(std::string_view name, std::string_view value) {
+    return {reinterpret_cast<std::uint8_t*>(const_cast<char*>(name.data())),
+            reinterpret_cast<std::uint8_t*>(const_cast<char*>(value.data())), name.size(),
+            value.size(), NGHTTP2_NV_FLAG_NONE};
+  }
+
+  static ssize_t read_out(nghttp2_session* session, std::int32_t stream_id, std::uint8_t* buf,
+                          std::size_t length, std::uint32_t* flags, nghttp2_data_source*, void* user) {
+    auto* c = static_cast<Conn*>(user);
+    auto& s = c->streams[stream_id];
+    (void)session;
+    const std::size_t k = std::min(length, s.out.size());
+    std::memcpy(buf, s.out.data(), k);
+    s.out.erase(0, k);
+    if (s.out.empty() && s.end) *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (k == 0 && !s.end) return NGHTTP2_ERR_DEFERRED;
+    return static_cast<ssize_t>(k);
+  }
+
+  void open_stream(Conn& c, Receipts& r) {
+    // Pseudo-headers first (RFC 9113 8.3).
+    std::vector<nghttp2_nv> headers = {
+        nv(":method", "POST"), nv(":scheme", "http"), nv(":authority", "localhost"),
+        nv(":path", api_ == Api::sds ? "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets"
+                                     : "/SpiffeWorkloadAPI/FetchX509SVID"),
+        nv("content-type", "application/grpc"), nv("te", "trailers")};
+    Stream s;
+    s.receipts = &r;
+    if (api_ == Api::sds) {
+      DiscoveryRequest request;
+      request.set_type_url(std::string(sidecar::kSecretTypeUrl));
+      request.add_resource_names("web");
+      request.mutable_node()->set_id("bench");
+      s.out = framed(request);
+    } else {
+      headers.push_back(nv("workload.spiffe.io", "true"));
+      s.out = framed(X509SVIDRequest());
+      s.end = true;
+    }
+    nghttp2_data_provider provider{};
+    provider.read_callback = read_out;
+    const auto id = nghttp2_submit_request(c.session, nullptr, headers.data(), headers.size(),
+                                           &provider, nullptr);
+    c.streams.emplace(id, std::move(s));
+  }
+
+  void on_data(Conn& c, std::int32_t stream_id, const std::uint8_t* data, std::size_t len) {
+    auto it = c.streams.find(stream_id);
+    if (it == c.streams.end()) return;
+    Stream& s = it->second;
+    s.in.append(reinterpret_cast<const char*>(data), len);
+    while (s.in.size() >= 5) {
+      const auto* p = reinterpret_cast<const unsigned char*>(s.in.data());
+      const std::size_t n = (std::size_t{p[1]} << 24) | (std::size_t{p[2]} << 16) |
+                            (std::size_t{p[3]} << 8) | p[4];
+      if (s.in.size() < 5 + n) break;
+      if (api_ == Api::sds) {
+        DiscoveryResponse response;
+        response.ParseFromArray(s.in.data() + 5, static_cast<int>(n));
+        DiscoveryRequest ack;
+        ack.set_type_url(std::string(sidecar::kSecretTypeUrl));
+        ack.add_resource_names("web");
+        ack.set_version_info(response.version_info());
+        ack.set_response_nonce(response.nonce());
+        s.out += framed(ack);
+        nghttp2_session_resume_data(c.session, stream_id);
+      }
+      s.in.erase(0, 5 + n);
+      s.receipts->got();
+    }
+  }
+
+  void flush(Conn& c) {
+    for (;;) {
+      const std::uint8_t* data = nullptr;
+      const auto n = nghttp2_session_mem_send(c.session, &data);
+      if (n <= 0) return;
+      std::size_t done = 0;
+      while (done < static_cast<std::size_t>(n)) {
+        const auto w = ::send(c.fd, data + done, static_cast<std::size_t>(n) - done, MSG_NOSIGNAL);
+        if (w < 0) {
+          if (errno == EAGAIN) {
+            std::this_thread::sleep_for(100us);  // requests are small: never in practice
+            continue;
+          }
+          return;
+        }
+        done += static_cast<std::size_t>(w);
+      }
+    }
+  }
+
+  void loop() {
+    std::vector<epoll_event> events(256);
+    std::vector<std::uint8_t> buf(64 * 1024);
+    while (!stopping_) {
+      const int k = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), 20);
+      for (int i = 0; i < k; ++i) {
+        auto* c = static_cast<Conn*>(events[static_cast<std::size_t>(i)].data.ptr);
+        for (;;) {
+          const auto n = ::recv(c->fd, buf.data(), buf.size(), MSG_DONTWAIT);
+          if (n <= 0) {
+            if (n == 0) ::epoll_ctl(epoll_, EPOLL_CTL_DEL, c->fd, nullptr);
+            break;
+          }
+          nghttp2_session_mem_recv(c->session, buf.data(), static_cast<std::size_t>(n));
+        }
+        flush(*c);
+      }
+    }
+  }
+
+  Api api_;
+  std::vector<Receipts> receipts_;
+  int epoll_;
+  nghttp2_session_callbacks* callbacks_{nullptr};
+  std::vector<std::unique_ptr<Conn>> conns_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
 };
 
 // ---- the streams part ----------------------------------------------------------------------
@@ -580,6 +813,14 @@ void print(const Figures& f) {
   std::printf("\n");
 }
 
+bool g_grpc_clients = false;  // --grpc-clients: gRPC C++'s callback clients instead of nghttp2's
+
+std::unique_ptr<StreamFleet> make_fleet(const std::string& path, Api api, std::size_t n,
+                                        std::size_t per_connection) {
+  if (g_grpc_clients) return std::make_unique<Fleet>(path, api, n, per_connection);
+  return std::make_unique<NgFleet>(path, api, n, per_connection);
+}
+
 Figures run_grpc(Server& server, Api api, std::size_t n, std::size_t per_connection,
                  int rotations) {
   Figures f;
@@ -587,11 +828,13 @@ Figures run_grpc(Server& server, Api api, std::size_t n, std::size_t per_connect
   // gRPC's first call costs once what no later one does (its allocator arenas, the call
   // machinery, our message caches): one stream before measuring, reported on its own.
   const double idle = settled_rss(server.pid());
-  Fleet warm(server.grpc_path(), api, 1, 1);
+  auto warm_fleet = make_fleet(server.grpc_path(), api, 1, 1);
+  auto& warm = *warm_fleet;
   warm.wait_all(1, 30s);
   const double before = settled_rss(server.pid());
   f.first_stream_kib = before - idle;
-  Fleet fleet(server.grpc_path(), api, n, per_connection);
+  auto fleet_ptr = make_fleet(server.grpc_path(), api, n, per_connection);
+  auto& fleet = *fleet_ptr;
   int expected = 1;
   if (!fleet.wait_all(expected, 120s)) {
     std::fprintf(stderr, "%s: not every stream got its first message (%zu failed)\n",
@@ -759,8 +1002,8 @@ void daemon_part(const fs::path& binary) {
               binary.c_str());
   for (bool on : {false, true}) {
     const Idle idle = daemon_idle(binary, on);
-    std::printf("  workload_api %-3s: RSS %.1f MiB (anonymous %.2f MiB); %zu threads (%s); gRPC "
-                "libraries mapped: %zu files, %.1f MiB RSS\n",
+    std::printf("  workload_api %-3s: RSS %.1f MiB (anonymous %.2f MiB); %zu threads (%s); sidecar "
+                "libraries mapped (module, nghttp2, protobuf, any gRPC C++): %zu files, %.1f MiB RSS\n",
                 on ? "on" : "off", idle.rss_mib, idle.anon_mib, idle.threads, idle.names.c_str(),
                 idle.grpc_files, idle.grpc_rss_mib);
   }
@@ -781,6 +1024,7 @@ int main(int argc, char** argv) {
     else if (a == "--daemon") daemon = v, ++i;
     else if (a == "--skip-streams") skip_streams = true;
     else if (a == "--skip-daemon") skip_daemon = true;
+    else if (a == "--grpc-clients") g_grpc_clients = true;
   }
   // The clients too: Debian's Abseil tracks lock order of every mutex (see sidecar_server.cpp);
   // real sidecars do not pay that, and on 2 cores the clients' CPU is the server's.
@@ -790,8 +1034,9 @@ int main(int argc, char** argv) {
   nofile.rlim_cur = std::min<rlim_t>(nofile.rlim_max, 16384);
   ::setrlimit(RLIMIT_NOFILE, &nofile);
 
-  std::printf("sidecar_bench: nproc=%u cpu=\"%s\" loadavg=%s\n", std::thread::hardware_concurrency(),
-              cpu_model().c_str(), loadavg().c_str());
+  std::printf("sidecar_bench: nproc=%u cpu=\"%s\" loadavg=%s clients=%s\n",
+              std::thread::hardware_concurrency(), cpu_model().c_str(), loadavg().c_str(),
+              g_grpc_clients ? "gRPC C++ callback API (gRPC's threads)" : "nghttp2 sessions on one epoll thread");
   // The daemon part first: it forks the daemon before this process has any gRPC thread.
   if (!skip_daemon) daemon_part(daemon);
   bool met = true;

@@ -6,6 +6,7 @@
 
 #include "agent/sidecar/content.h"
 #include "agent/sidecar/sidecar_server.h"
+#include "core/logging.h"
 
 #include "tests/support/run_sync.h"
 #include "tests/support/test_support.h"
@@ -16,12 +17,20 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "envoy/service/discovery/v3/discovery.pb.h"
+#include "spiffe/workload/workload.pb.h"
+
+#include <nghttp2/nghttp2.h>
+#include <poll.h>
+#include <spdlog/sinks/ostream_sink.h>
+
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
 #include <openssl/sha.h>
 
+#include <deque>
 #include <future>
 #include <thread>
 
@@ -547,6 +556,387 @@ bool closed_by_server(int fd, std::chrono::milliseconds deadline) {
     if (n == 0) return true;
     if (n < 0) return errno == ECONNRESET;
   }
+}
+
+
+// ---- the HTTP/2 transport, byte by byte: nghttp2's client session ------------------------------
+
+// A gRPC client at the HTTP/2 level (nghttp2's client session over a blocking socket), for what
+// gRPC libraries never send: DATA frames cut where we want, a client that never reads, a wrong
+// content-type. Each request's DATA frames are exactly the chunks given.
+class H2Client {
+ public:
+  struct Stream {
+    std::map<std::string, std::string> headers;   // the response's first HEADERS
+    std::map<std::string, std::string> trailers;  // the second, if any
+    bool trailers_only{false};                    // the first HEADERS ended the stream
+    std::string data;
+    std::size_t data_frames{0};
+    bool closed{false};
+    std::uint32_t reset_code{0};
+    std::deque<std::string> chunks;  // DATA frames still to send
+    bool end{false};                 // END_STREAM after the last chunk
+  };
+
+  explicit H2Client(const fs::path& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    EXPECT_EQ(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    nghttp2_session_callbacks* cb = nullptr;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_header_callback(
+        cb, [](nghttp2_session*, const nghttp2_frame* f, const uint8_t* n, size_t nl, const uint8_t* v,
+               size_t vl, uint8_t, void* u) {
+          auto& s = static_cast<H2Client*>(u)->streams_[f->hd.stream_id];
+          auto& into = f->headers.cat == NGHTTP2_HCAT_HEADERS ? s.trailers : s.headers;
+          into[std::string(reinterpret_cast<const char*>(n), nl)] = std::string(reinterpret_cast<const char*>(v), vl);
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, [](nghttp2_session*, const nghttp2_frame* f, void* u) {
+      auto* self = static_cast<H2Client*>(u);
+      if (f->hd.type == NGHTTP2_HEADERS && f->headers.cat == NGHTTP2_HCAT_RESPONSE &&
+          (f->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        self->streams_[f->hd.stream_id].trailers_only = true;
+      }
+      if (f->hd.type == NGHTTP2_DATA) ++self->streams_[f->hd.stream_id].data_frames;
+      if (f->hd.type == NGHTTP2_GOAWAY) self->goaway_ = true;
+      return 0;
+    });
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        cb, [](nghttp2_session*, uint8_t, int32_t id, const uint8_t* d, size_t n, void* u) {
+          static_cast<H2Client*>(u)->streams_[id].data.append(reinterpret_cast<const char*>(d), n);
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_stream_close_callback(
+        cb, [](nghttp2_session*, int32_t id, uint32_t code, void* u) {
+          auto& s = static_cast<H2Client*>(u)->streams_[id];
+          s.closed = true;
+          s.reset_code = code;
+          return 0;
+        });
+    nghttp2_session_client_new(&session_, cb, this);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, nullptr, 0);
+  }
+  ~H2Client() {
+    nghttp2_session_del(session_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  // A call; `frames`: the request's DATA frames, byte for byte.
+  std::int32_t call(const std::string& path, std::vector<std::string> frames, bool end,
+                    std::vector<std::pair<std::string, std::string>> extra = {},
+                    const std::string& content_type = "application/grpc") {
+    std::vector<std::pair<std::string, std::string>> h = {
+        {":method", "POST"}, {":scheme", "http"}, {":authority", "localhost"}, {":path", path},
+        {"content-type", content_type}, {"te", "trailers"}};
+    h.insert(h.end(), extra.begin(), extra.end());
+    std::vector<nghttp2_nv> nva;
+    for (auto& [n, v] : h) {
+      nva.push_back({reinterpret_cast<uint8_t*>(n.data()), reinterpret_cast<uint8_t*>(v.data()),
+                     n.size(), v.size(), NGHTTP2_NV_FLAG_NONE});
+    }
+    nghttp2_data_provider provider{};
+    provider.read_callback = [](nghttp2_session*, int32_t id, uint8_t* buf, size_t len, uint32_t* flags,
+                                nghttp2_data_source*, void* u) -> ssize_t {
+      auto& s = static_cast<H2Client*>(u)->streams_[id];
+      if (s.chunks.empty()) {
+        if (s.end) {
+          *flags |= NGHTTP2_DATA_FLAG_EOF;
+          return 0;
+        }
+        return NGHTTP2_ERR_DEFERRED;
+      }
+      std::string& c = s.chunks.front();
+      const std::size_t k = std::min(len, c.size());
+      std::memcpy(buf, c.data(), k);
+      c.erase(0, k);
+      if (c.empty()) s.chunks.pop_front();
+      if (s.chunks.empty() && s.end) *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return static_cast<ssize_t>(k);
+    };
+    const auto id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(), &provider, nullptr);
+    auto& s = streams_[id];
+    s.chunks.assign(frames.begin(), frames.end());
+    s.end = end;
+    return id;
+  }
+
+  // Sends what the session has (all of it, blocking).
+  void send_all() {
+    for (;;) {
+      const uint8_t* data = nullptr;
+      const auto n = nghttp2_session_mem_send(session_, &data);
+      if (n <= 0) return;
+      std::size_t done = 0;
+      while (done < static_cast<std::size_t>(n)) {
+        const auto w = ::send(fd_, data + done, static_cast<std::size_t>(n) - done, MSG_NOSIGNAL);
+        if (w <= 0) return;
+        done += static_cast<std::size_t>(w);
+      }
+    }
+  }
+
+  // Sends and receives until `done()` or the deadline; false at the deadline.
+  template <class F>
+  bool pump(F done, std::chrono::milliseconds deadline = std::chrono::duration_cast<std::chrono::milliseconds>(kWait)) {
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    while (!done()) {
+      send_all();
+      if (std::chrono::steady_clock::now() > end) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) > 0) {
+        char buf[16384];
+        const auto n = ::recv(fd_, buf, sizeof buf, 0);
+        if (n <= 0) {
+          eof_ = true;
+          return done();
+        }
+        nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(buf), static_cast<std::size_t>(n));
+      }
+    }
+    return true;
+  }
+
+  // RST_STREAM CANCEL, as a gRPC client cancels a call.
+  void reset(std::int32_t id) {
+    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+    send_all();
+  }
+
+  Stream& stream(std::int32_t id) { return streams_[id]; }
+  int fd() const { return fd_; }
+  bool eof() const { return eof_; }
+
+ private:
+  int fd_{-1};
+  nghttp2_session* session_{nullptr};
+  std::map<std::int32_t, Stream> streams_;
+  bool goaway_{false};
+  bool eof_{false};
+};
+
+std::string grpc_frame(const google::protobuf::MessageLite& m) {
+  const std::string body = m.SerializeAsString();
+  const auto n = static_cast<std::uint32_t>(body.size());
+  return std::string{0, static_cast<char>(n >> 24), static_cast<char>(n >> 16),
+                     static_cast<char>(n >> 8), static_cast<char>(n)} + body;
+}
+
+// The gRPC messages in a stream's DATA bytes.
+std::vector<std::string> grpc_messages(const std::string& data) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  while (data.size() - at >= 5) {
+    const auto* p = reinterpret_cast<const unsigned char*>(data.data() + at);
+    const std::size_t n = (std::size_t{p[1]} << 24) | (std::size_t{p[2]} << 16) | (std::size_t{p[3]} << 8) | p[4];
+    if (data.size() - at - 5 < n) break;
+    out.push_back(data.substr(at + 5, n));
+    at += 5 + n;
+  }
+  return out;
+}
+
+envoy::service::discovery::v3::DiscoveryRequest sds_request(std::vector<std::string> names,
+                                                            const std::string& nonce = {}) {
+  envoy::service::discovery::v3::DiscoveryRequest r;
+  r.set_type_url(std::string(sidecar::kSecretTypeUrl));
+  for (auto& n : names) r.add_resource_names(n);
+  r.set_response_nonce(nonce);
+  return r;
+}
+
+std::vector<std::string> secret_names(const std::string& message) {
+  envoy::service::discovery::v3::DiscoveryResponse r;
+  EXPECT_TRUE(r.ParseFromString(message));
+  std::vector<std::string> out;
+  for (const auto& any : r.resources()) {
+    envoy::extensions::transport_sockets::tls::v3::Secret secret;
+    any.UnpackTo(&secret);
+    out.push_back(secret.name());
+  }
+  return out;
+}
+
+constexpr const char* kStreamSecrets = "/envoy.service.secret.v3.SecretDiscoveryService/StreamSecrets";
+constexpr const char* kFetchX509Svid = "/SpiffeWorkloadAPI/FetchX509SVID";
+
+TEST_F(SidecarApiTest, RequestMessagesSplitOverDataFramesOrSharingOneAreEachRead) {
+  start();
+  H2Client h2(path_);
+  // One request cut into three DATA frames: 2 bytes, the rest of the prefix and a byte, the rest.
+  const std::string first = grpc_frame(sds_request({"web"}));
+  const auto split = h2.call(kStreamSecrets, {first.substr(0, 2), first.substr(2, 4), first.substr(6)}, false);
+  ASSERT_TRUE(h2.pump([&] { return grpc_messages(h2.stream(split).data).size() >= 1; }));
+  EXPECT_EQ(h2.stream(split).headers[":status"], "200");
+  EXPECT_EQ(h2.stream(split).headers["content-type"], "application/grpc");
+  auto m1 = grpc_messages(h2.stream(split).data)[0];
+  EXPECT_EQ(secret_names(m1), std::vector<std::string>{"web"});
+  envoy::service::discovery::v3::DiscoveryResponse r1;
+  ASSERT_TRUE(r1.ParseFromString(m1));
+  EXPECT_FALSE(r1.version_info().empty());
+  EXPECT_EQ(r1.nonce(), "1");
+
+  // Two requests in one DATA frame, on another stream: the first asks for web, the second (its
+  // ACK, naming web/trust too) changes the names. Both are read: the stream ends up with both
+  // names (the first response, not yet written when the second came, is replaced: every
+  // response is a complete state).
+  envoy::service::discovery::v3::DiscoveryRequest ack = sds_request({"web", "web/trust"}, "1");
+  const auto both = h2.call(kStreamSecrets, {grpc_frame(sds_request({"web"})) + grpc_frame(ack)}, false);
+  auto last_names = [&] {
+    auto messages = grpc_messages(h2.stream(both).data);
+    if (messages.empty()) return std::vector<std::string>{};
+    auto names = secret_names(messages.back());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  ASSERT_TRUE(h2.pump([&] { return last_names().size() == 2; })) << h2.stream(both).data.size();
+  EXPECT_EQ(last_names(), (std::vector<std::string>{"web", "web/trust"}));
+  EXPECT_EQ(on_io([&] { return server_->streams(); }), 2u);
+}
+
+TEST_F(SidecarApiTest, ErrorsBeforeAnyMessageAreTrailersOnlyAndNonGrpcIsHttp415) {
+  start();
+  H2Client h2(path_);
+  const std::string empty("\0\0\0\0\0", 5);
+  const auto unknown = h2.call("/no.Such/Method", {empty}, true);
+  const auto jwt = h2.call("/SpiffeWorkloadAPI/FetchJWTSVID", {empty}, true, {{"workload.spiffe.io", "true"}});
+  const auto no_header = h2.call(kFetchX509Svid, {empty}, true);
+  const auto text = h2.call(kFetchX509Svid, {empty}, true, {{"workload.spiffe.io", "true"}}, "text/plain");
+  const auto gzip = h2.call(kFetchX509Svid, {empty}, true,
+                            {{"workload.spiffe.io", "true"}, {"grpc-encoding", "gzip"}});
+  const std::string compressed("\1\0\0\0\0", 5);
+  const auto flagged = h2.call(kFetchX509Svid, {compressed}, true, {{"workload.spiffe.io", "true"}});
+  ASSERT_TRUE(h2.pump([&] {
+    for (auto id : {unknown, jwt, no_header, text, gzip, flagged})
+      if (!h2.stream(id).closed) return false;
+    return true;
+  }));
+  for (auto [id, status] : {std::pair{unknown, "12"}, {jwt, "12"}, {no_header, "3"}, {gzip, "12"}}) {
+    auto& s = h2.stream(id);
+    EXPECT_TRUE(s.trailers_only) << id;
+    EXPECT_EQ(s.headers[":status"], "200");
+    EXPECT_EQ(s.headers["content-type"], "application/grpc");
+    EXPECT_EQ(s.headers["grpc-status"], status) << id << " " << s.headers["grpc-message"];
+    EXPECT_TRUE(s.data.empty());
+  }
+  // grpc-message is percent-encoded where needed, readable here.
+  EXPECT_NE(h2.stream(no_header).headers["grpc-message"].find("workload.spiffe.io"), std::string::npos);
+  EXPECT_EQ(h2.stream(text).headers[":status"], "415");
+  EXPECT_EQ(h2.stream(text).headers.count("grpc-status"), 0u);
+  // A compressed message with no encoding we accept: INTERNAL, as the gRPC spec says.
+  EXPECT_EQ(h2.stream(flagged).headers["grpc-status"], "13");
+  // A request's own text quoted back in a status is cut short (found by fuzz_sidecar): a 10 KB
+  // type_url gets INVALID_ARGUMENT with a short grpc-message, not a 10 KB trailer.
+  auto wrong = sds_request({"web"});
+  wrong.set_type_url(std::string(10'000, 'x'));
+  const auto long_type = h2.call(kStreamSecrets, {grpc_frame(wrong)}, true);
+  ASSERT_TRUE(h2.pump([&] { return h2.stream(long_type).closed; }));
+  EXPECT_EQ(h2.stream(long_type).headers["grpc-status"], "3");
+  EXPECT_LT(h2.stream(long_type).headers["grpc-message"].size(), 300u);
+  // The connection is still good: a call on it gets its SVIDs.
+  const auto good = h2.call(kFetchX509Svid, {empty}, true, {{"workload.spiffe.io", "true"}});
+  ASSERT_TRUE(h2.pump([&] { return grpc_messages(h2.stream(good).data).size() >= 1; }));
+  X509SVIDResponse svids;
+  ASSERT_TRUE(svids.ParseFromString(grpc_messages(h2.stream(good).data)[0]));
+  EXPECT_EQ(svids.svids_size(), 2);  // root: api and web
+}
+
+TEST_F(SidecarApiTest, AClientThatNeverAnswersPingsIsDroppedAndLoggedOthersCarryOn) {
+  auto config = api_config();
+  config.keepalive = 300ms;
+  start(config);
+  std::ostringstream captured;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(captured);
+  auto logger = log::get("sidecar");
+  const auto level = logger->level();
+  on_io([&] {
+    logger->sinks().push_back(sink);
+    logger->set_level(spdlog::level::warn);
+  });
+  auto c = client({"sds", "web"});  // grpcio answers PINGs
+  ASSERT_TRUE(c.wait_messages(1)) << c.stderr_text();
+  // A valid HTTP/2 client with an open stream that stops reading: its PINGs go unanswered.
+  H2Client silent(path_);
+  const auto id = silent.call(kFetchX509Svid, {std::string("\0\0\0\0\0", 5)}, true, {{"workload.spiffe.io", "true"}});
+  silent.send_all();
+  EXPECT_TRUE(wait_until([&] {
+    return metric("certagent_sidecar_rejected_total", {{"reason", "keepalive_timeout"}}) >= 1;
+  }, kWait));
+  EXPECT_TRUE(closed_by_server(silent.fd(), kWait));
+  EXPECT_TRUE(wait_until([&] { return on_io([&] { return server_->streams(); }) == 1u; }, kWait));
+  (void)id;
+  // The grpcio stream outlived it, through several keep-alive rounds, and still gets rotations.
+  commit("web", material("web"));
+  ASSERT_TRUE(c.wait_messages(2));
+  const std::string log = on_io([&] {
+    logger->sinks().pop_back();
+    logger->set_level(level);
+    return captured.str();
+  });
+  EXPECT_NE(log.find("event=sidecar_connection_dropped reason=keepalive_timeout pid=" +
+                     std::to_string(::getpid()) + " uid=" + std::to_string(::getuid())),
+            std::string::npos) << log;
+}
+
+TEST_F(SidecarApiTest, GarbageAndBrokenFramesAreLoggedWithTheCaller) {
+  start();
+  std::ostringstream captured;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(captured);
+  auto logger = log::get("sidecar");
+  const auto level = logger->level();
+  on_io([&] {
+    logger->sinks().push_back(sink);
+    logger->set_level(spdlog::level::warn);
+  });
+  int fd = connect_raw(path_);
+  const std::string junk = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not HTTP/2 at all";  // TLS-ish
+  ASSERT_GT(::send(fd, junk.data(), junk.size(), MSG_NOSIGNAL), 0);
+  EXPECT_TRUE(closed_by_server(fd, kWait));
+  ::close(fd);
+  // A valid preface, then a DATA frame on stream 0 (a connection error).
+  fd = connect_raw(path_);
+  const std::string preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  const std::string settings("\x00\x00\x00\x04\x00\x00\x00\x00\x00", 9);
+  const std::string data0("\x00\x00\x01\x00\x00\x00\x00\x00\x00z", 10);
+  const std::string bytes = preface + settings + data0;
+  ASSERT_GT(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL), 0);
+  EXPECT_TRUE(closed_by_server(fd, kWait));
+  ::close(fd);
+  EXPECT_TRUE(wait_until([&] {
+    return metric("certagent_sidecar_rejected_total", {{"reason", "not_http2"}}) >= 1 &&
+           metric("certagent_sidecar_rejected_total", {{"reason", "protocol_error"}}) >= 1;
+  }, kWait));
+  const std::string log = on_io([&] {
+    logger->sinks().pop_back();
+    logger->set_level(level);
+    return captured.str();
+  });
+  const std::string who = " pid=" + std::to_string(::getpid()) + " uid=" + std::to_string(::getuid());
+  EXPECT_NE(log.find("event=sidecar_connection_dropped reason=not_http2" + who), std::string::npos) << log;
+  EXPECT_NE(log.find("event=sidecar_connection_dropped reason=protocol_error" + who), std::string::npos) << log;
+}
+
+TEST_F(SidecarApiTest, ClientResetEndsTheStreamAndReleasesItsLimit) {
+  auto config = api_config();
+  config.max_streams_per_uid = 1;
+  start(config);
+  H2Client h2(path_);
+  const std::string empty("\0\0\0\0\0", 5);
+  const auto first = h2.call(kFetchX509Svid, {empty}, true, {{"workload.spiffe.io", "true"}});
+  ASSERT_TRUE(h2.pump([&] { return !h2.stream(first).data.empty(); }));
+  EXPECT_EQ(on_io([&] { return server_->streams(); }), 1u);
+  // The client cancels (RST_STREAM CANCEL): the server forgets the stream and its slot.
+  h2.reset(first);
+  ASSERT_TRUE(wait_until([&] {
+    h2.pump([&] { return true; }, 10ms);
+    return on_io([&] { return server_->streams(); }) == 0u;
+  }, kWait));
+  const auto second = h2.call(kFetchX509Svid, {empty}, true, {{"workload.spiffe.io", "true"}});
+  ASSERT_TRUE(h2.pump([&] { return !h2.stream(second).data.empty(); }));
+  EXPECT_FALSE(h2.stream(second).closed);
 }
 
 TEST_F(SidecarApiTest, GarbageOnTheSocketIsDroppedAndOthersCarryOn) {

@@ -1,7 +1,8 @@
 // The sidecar API in the real daemon: the binary links no gRPC and loads the module
 // (certagent-sidecar.so) only when workload_api.path is set. Without it: no gRPC thread and no
 // gRPC library in the process (thread names from /proc/<pid>/task, mappings from
-// /proc/<pid>/maps). With it: the module serves an independent client (python3-grpcio). A
+// /proc/<pid>/maps). With it: the module serves an independent client (python3-grpcio) on the
+// daemon's own thread (nghttp2, no gRPC C++ library, no extra thread). A
 // missing module: a clear start-up error naming the file.
 
 #include "tests/support/daemon_fixture.h"
@@ -103,11 +104,13 @@ TEST(SidecarDaemon, WithWorkloadApiTheModuleServesAnIndependentClient) {
   d.start();
   ASSERT_TRUE(ready(d)) << d.log();
   ASSERT_TRUE(wait_until([&] { return fs::exists(socket); }, kWait)) << d.log();
-  // The module and gRPC are loaded, and gRPC's threads run beside the daemon's.
+  // The module is loaded (with nghttp2 and protobuf) and serves on the daemon's own io_context
+  // thread: it starts no thread, and no gRPC C++ library is mapped.
   const auto libs = mapped(d.pid(), {"certagent-sidecar.so"});
   EXPECT_EQ(libs.size(), 1u) << d.log();
-  const auto names = thread_names(d.pid());
-  EXPECT_GT(names.size(), 1u) << describe(names);
+  EXPECT_EQ(mapped(d.pid(), {"libnghttp2"}).size(), 1u) << d.log();
+  const auto grpc = mapped(d.pid(), {"libgrpc", "libabsl", "libupb"});
+  EXPECT_TRUE(grpc.empty()) << *grpc.begin();
 
   // python3-grpcio, as root (root may have every certificate): FetchSecrets gives web's
   // certificate and key.
@@ -117,6 +120,10 @@ TEST(SidecarDaemon, WithWorkloadApiTheModuleServesAnIndependentClient) {
   EXPECT_NE(r.out.find("\"kind\": \"tls\""), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("\"end\": \"OK\""), std::string::npos) << r.out;
   EXPECT_NE(d.log().find("event=sidecar_listening"), std::string::npos) << d.log();
+  // Still only the daemon's own threads, after serving a call.
+  const auto names = thread_names(d.pid());
+  EXPECT_EQ(names.size(), 1u) << describe(names);
+  EXPECT_EQ(names.begin()->first, "certagent") << describe(names);
 
   const int status = d.stop();
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << d.log();
