@@ -11,6 +11,7 @@
 #include "core/config/names.h"
 
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 
 #include <arpa/inet.h>
 
@@ -694,6 +695,62 @@ std::size_t first_invalid_utf8(std::string_view s) {
   return std::string_view::npos;
 }
 
+// Where each YAML document of a text starts, read with the parser's events only (no nodes).
+// Also where each one's first node is: errors point there, as at a node of the document.
+class DocumentStarts : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  std::vector<YAML::Mark> first_nodes;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override {
+    node(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void node(const YAML::Mark& mark) {
+    if (first_nodes.size() < starts.size()) first_nodes.push_back(mark);
+  }
+};
+
+struct DocumentCheck {
+  std::optional<YAML::Mark> stray;   // a token the parser cannot use: it would loop on it forever
+  std::optional<YAML::Mark> second;  // a second document
+};
+
+// yaml-cpp 0.7 (Debian 12) never ends YAML::LoadAll on a token its document parser does not
+// consume, such as a ',' outside brackets: every call then returns one more empty document at
+// the same place (upstream issue #1040, fixed after 0.8). So the documents are walked here, at
+// most three: a document starting where the previous one started means no progress.
+DocumentCheck check_documents(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts events;
+  DocumentCheck out;
+  for (int i = 0; i < 3 && parser.HandleNextDocument(events); ++i) {
+    const auto& s = events.starts;
+    if (s.size() >= 2 && s[s.size() - 1].pos == s[s.size() - 2].pos) {
+      out.stray = s.back();
+      return out;
+    }
+  }
+  if (events.starts.size() >= 2) {
+    out.second = events.first_nodes.size() >= 2 ? events.first_nodes[1] : events.starts[1];
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_name, const Catalog& catalog) {
@@ -718,14 +775,25 @@ Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_n
     return err;
   }
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml_text));
-    if (docs.empty() || docs[0].IsNull()) {
-      reader.error(YAML::Mark(), "the configuration is empty, expected a mapping of top-level keys "
-                                 "(state_dir, brokers, certificates, ...)");
-    } else if (docs.size() > 1) {
-      reader.error(docs[1].Mark(), "a second YAML document, expected a single document (no '---')");
+    const std::string text(yaml_text);
+    const DocumentCheck documents = check_documents(text);
+    if (documents.stray) {
+      const auto at = static_cast<std::size_t>(documents.stray->pos);
+      const bool printable = at < text.size() && text[at] > ' ' && text[at] < 0x7f;
+      const std::string token = printable ? "'" + text.substr(at, 1) + "'" : std::string("token");
+      reader.error(*documents.stray, "YAML syntax error: unexpected " + token +
+                                         " here, expected valid YAML (check indentation, quotes and brackets)");
+    } else if (documents.second) {
+      reader.error(*documents.second, "a second YAML document, expected a single document (no '---')");
     } else {
-      Schema(reader, catalog).root(Field{YAML::Node(), docs[0], ""}, config);
+      // The first document only: check_documents made sure that it is the only one.
+      const YAML::Node root = YAML::Load(text);
+      if (root.IsNull()) {
+        reader.error(YAML::Mark(), "the configuration is empty, expected a mapping of top-level keys "
+                                   "(state_dir, brokers, certificates, ...)");
+      } else {
+        Schema(reader, catalog).root(Field{YAML::Node(), root, ""}, config);
+      }
     }
   } catch (const YAML::DeepRecursion& e) {
     reader.error(e.mark, "YAML nesting too deep, expected a configuration nested a few levels deep");

@@ -22,6 +22,7 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <unistd.h>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -626,6 +627,41 @@ TEST(ConfigErrorsMisc, HostileNestingIsAnErrorNotACrash) {
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().message.rfind("/cfg/t.yaml:1:", 0), 0u) << r.error().message;
   EXPECT_NE(r.error().message.find("YAML nesting too deep"), std::string::npos) << r.error().message;
+}
+
+// Found by fuzz_config (tests/fuzz/corpus/config/regression-stray-comma): yaml-cpp 0.7's LoadAll
+// never ends on a ',' outside brackets (one more empty document each time, ~180 MB/s), so a
+// config with a line starting with ',' hung check-config and the daemon's start. Run in a child
+// that a deadline ends: without the fix this would never return and would eat the machine's memory.
+TEST(ConfigErrorsMisc, AStrayCommaIsASyntaxErrorNotAHang) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {",\n", "/cfg/t.yaml:1:1: "},
+      {"# a comment\n, with the identity in a TPM\nstate_dir: /var/lib/certagent\n", "/cfg/t.yaml:2:1: "},
+      {"{ state_dir: /a }\n,\n", "/cfg/t.yaml:2:1: "},
+      {"state_dir: /a\n...\n,\n", "/cfg/t.yaml:3:1: "},
+  };
+  const std::string expected = "YAML syntax error: unexpected ',' here, expected valid YAML";
+  ASSERT_EXIT(
+      {
+        alarm(10);  // a deadline for a hang, not a measure of speed: a parse takes microseconds
+        for (const auto& [yaml, where] : cases) {
+          auto r = parse_config(yaml, kSource);
+          if (r || r.error().message.rfind(where + expected, 0) != 0) std::_Exit(1);
+        }
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+  // The child ended, so these return: the exact messages.
+  for (const auto& [yaml, where] : cases) {
+    auto r = parse_config(yaml, kSource);
+    ASSERT_FALSE(r.has_value()) << yaml;
+    EXPECT_TRUE(r.error().configuration);
+    EXPECT_EQ(r.error().message.rfind(where + expected, 0), 0u) << yaml << "\n" << r.error().message;
+  }
+  // After a '---' it is a second document, named as such.
+  auto two = parse_config("state_dir: /a\n---\n,\n", kSource);
+  ASSERT_FALSE(two.has_value());
+  EXPECT_EQ(two.error().message.rfind("/cfg/t.yaml:3:1: a second YAML document", 0), 0u) << two.error().message;
 }
 
 TEST(ConfigErrorsMisc, TooManyErrorsAreCapped) {
