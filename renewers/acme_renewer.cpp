@@ -480,6 +480,9 @@ awaitable<Result<>> AcmeRenewer::ensure_account(Due due) {
   }
   std::string location = posted->response.header("Location");
   if (location.empty()) co_return make_error("newAccount: no Location header in the answer");
+  // The account URL goes into every later request's JWS (kid): only a URL we could ask.
+  if (auto u = http::parse_url(location); !u)
+    co_return make_error("newAccount: the Location header is not an account URL: " + u.error().message);
   std::string status = json_string(posted->body, "status");
   if (!status.empty() && status != "valid")
     co_return config_error(Cause::refused, "account",
@@ -805,6 +808,8 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
 
   std::string order_url = order.response.header("Location");
   if (order_url.empty()) co_return make_error("newOrder: no Location header in the answer");
+  if (auto u = http::parse_url(order_url); !u)
+    co_return make_error("newOrder: the Location header is not an order URL: " + u.error().message);
   std::string finalize_url = json_string(order.body, "finalize");
   std::vector<std::string> authz_urls;
   if (const auto* o = order.body.if_object())

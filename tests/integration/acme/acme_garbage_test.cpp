@@ -433,6 +433,22 @@ TEST_F(AcmeGarbage, ANonceThatIsNotBase64UrlIsNeverSent) {
   EXPECT_EQ(r->stats().signed_requests, 0u);
 }
 
+// Found by fuzz_acme: an account Location that is no URL (here a byte that is not ASCII) was
+// kept as the account and signed into every later request as its kid.
+TEST_F(AcmeGarbage, AnAccountLocationThatIsNoUrlIsNotKept) {
+  fake.new_account_override = [this](const Request&) {
+    return fake.json(201, R"({"status":"valid"})", {{"Location", "\xfe" + fake.base + "/acct/1"}});
+  };
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_FALSE(issued.result);
+  EXPECT_NE(issued.result.error().message.find("newAccount: the Location header is not an account URL"),
+            std::string::npos)
+      << issued.result.error().message;
+  EXPECT_TRUE(r->account_url().empty());
+  EXPECT_EQ(r->stats().signed_by_step["newOrder"], 0u);
+}
+
 TEST_F(AcmeGarbage, PollingHonoursRetryAfter) {
   fake.processing_polls = 1;
   fake.order_retry_after = "1";
