@@ -148,6 +148,7 @@ class MetricsListener {
   void stop();
   // The bound address (the real port when listen asked for port 0).
   std::optional<boost::asio::ip::tcp::endpoint> endpoint() const { return endpoint_; }
+  std::size_t connections() const { return server_.connections(); }
 
  private:
   boost::asio::io_context& io_;

@@ -67,15 +67,41 @@ std::string clean_line(std::string_view line) {
   return out;
 }
 
+bool digits(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
 }  // namespace
+
+bool is_nginx_emerg_line(std::string_view line) {
+  // "yyyy/mm/dd hh:mm:ss [emerg] <pid>#<tid>: "
+  constexpr std::string_view kLevel = " [emerg] ";
+  if (line.size() < 19 + kLevel.size() + 4) return false;
+  const std::string_view time = line.substr(0, 19);
+  if (!digits(time.substr(0, 4)) || time[4] != '/' || !digits(time.substr(5, 2)) || time[7] != '/' ||
+      !digits(time.substr(8, 2)) || time[10] != ' ' || !digits(time.substr(11, 2)) || time[13] != ':' ||
+      !digits(time.substr(14, 2)) || time[16] != ':' || !digits(time.substr(17, 2)))
+    return false;
+  if (line.substr(19, kLevel.size()) != kLevel) return false;
+  const std::string_view rest = line.substr(19 + kLevel.size());
+  const std::size_t hash = rest.find('#');
+  return hash > 0 && hash != std::string_view::npos && digits(rest.substr(0, hash));
+}
 
 void ErrorLogWatch::start() {
   partial_.clear();
+  skipping_ = false;
   found_.reset();
   offset_ = 0;
   if (path_.empty()) return;
+  int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return;
   struct stat st {};
-  if (::stat(path_.c_str(), &st) == 0) offset_ = static_cast<std::uintmax_t>(st.st_size);
+  if (::fstat(fd, &st) == 0) offset_ = static_cast<std::uintmax_t>(st.st_size);
+  // A last line without its end yet: what follows finishes it, it is no new line.
+  char last = '\n';
+  if (offset_ > 0 && ::pread(fd, &last, 1, static_cast<off_t>(offset_ - 1)) == 1) skipping_ = last != '\n';
+  ::close(fd);
 }
 
 std::optional<std::string> ErrorLogWatch::check() {
@@ -91,10 +117,12 @@ std::optional<std::string> ErrorLogWatch::check() {
   if (size < offset_) {  // rotated or truncated: the new content is all after the reload
     offset_ = 0;
     partial_.clear();
+    skipping_ = false;
   }
   if (size - offset_ > kMaxLogRead) {  // a flood: look at the most recent part only
     offset_ = size - kMaxLogRead;
     partial_.clear();
+    skipping_ = true;
   }
   std::string chunk(static_cast<std::size_t>(size - offset_), '\0');
   ssize_t n = chunk.empty() ? 0 : ::pread(fd, chunk.data(), chunk.size(), static_cast<off_t>(offset_));
@@ -102,20 +130,30 @@ std::optional<std::string> ErrorLogWatch::check() {
   if (n <= 0) return std::nullopt;
   chunk.resize(static_cast<std::size_t>(n));
   offset_ += static_cast<std::uintmax_t>(n);
-  partial_ += chunk;
+  std::string_view fresh(chunk);
+  if (skipping_) {
+    const auto nl = fresh.find('\n');
+    if (nl == std::string_view::npos) return std::nullopt;
+    fresh.remove_prefix(nl + 1);
+    skipping_ = false;
+  }
+  partial_ += fresh;
   std::size_t pos = 0;
   for (;;) {
     auto nl = partial_.find('\n', pos);
     if (nl == std::string::npos) break;
     std::string_view line(partial_.data() + pos, nl - pos);
-    if (line.find("[emerg]") != std::string_view::npos) {
+    if (is_nginx_emerg_line(line)) {
       found_ = clean_line(line);
       break;
     }
     pos = nl + 1;
   }
   partial_.erase(0, found_ ? partial_.size() : pos);
-  if (partial_.size() > kMaxLineBytes * 4) partial_.clear();  // no newline in sight: not a log line
+  if (partial_.size() > kMaxLineBytes * 4) {  // no newline in sight: not a log line
+    partial_.clear();
+    skipping_ = true;
+  }
   return found_;
 }
 

@@ -15,12 +15,19 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace certagent::reloaders {
 
+// Whether an error log line is nginx's own `[emerg]`: "2026/12/06 09:17:26 [emerg] 24498#24498: ..."
+// (ngx_log_error_core). Only the level field counts: a message holding "[emerg]" (a client's
+// request for /[emerg] logged at [error]) is not one.
+bool is_nginx_emerg_line(std::string_view line);
+
 // Watches an error log for `[emerg]` lines appended after start(). Reads only the new bytes;
-// a log that shrank (rotated, truncated) is read from its beginning.
+// a log that shrank (rotated, truncated) is read from its beginning. Only whole lines count: the
+// rest of a line cut by start(), by a flood or by its length is skipped.
 class ErrorLogWatch {
  public:
   explicit ErrorLogWatch(std::filesystem::path path) : path_(std::move(path)) {}
@@ -33,6 +40,7 @@ class ErrorLogWatch {
   std::filesystem::path path_;
   std::uintmax_t offset_{0};
   std::string partial_;
+  bool skipping_{false};  // inside a line whose start was not read: up to its end
   std::optional<std::string> found_;
 };
 

@@ -210,6 +210,13 @@ std::string absolute(const std::string& url, const std::string& base) {
 
 // ---- helpers with a public face ------------------------------------------------------------
 
+bool valid_replay_nonce(std::string_view nonce) {
+  // Servers send 16-32 bytes (22-43 characters); 256 leaves room without taking a whole header.
+  return !nonce.empty() && nonce.size() <= 256 &&
+         nonce.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") ==
+             std::string_view::npos;
+}
+
 std::string acme_eab_key_name(std::string_view broker) { return std::string(broker) + ".eab_hmac"; }
 
 Result<std::vector<std::uint8_t>> parse_eab_key_file_text(std::string_view text) {
@@ -331,8 +338,9 @@ awaitable<Result<std::string>> AcmeRenewer::take_nonce() {
   auto res = co_await client_->send(std::move(head));
   if (!res) co_return with_context("newNonce", res.error());
   std::string nonce = res->header("Replay-Nonce");
-  if (nonce.empty()) {
-    Error e = make_error("newNonce: HTTP " + std::to_string(res->status) + " without Replay-Nonce");
+  if (!valid_replay_nonce(nonce)) {
+    Error e = make_error("newNonce: HTTP " + std::to_string(res->status) +
+                         (nonce.empty() ? " without Replay-Nonce" : " with a Replay-Nonce that is not base64url"));
     e.retry_after = res->retry_after(clock_->now());
     co_return e;
   }
@@ -404,7 +412,7 @@ awaitable<Result<AcmeRenewer::Posted>> AcmeRenewer::post(const std::string& url,
       nonces_.clear();
       co_return with_context(what, res.error());
     }
-    if (std::string n = res->header("Replay-Nonce"); !n.empty()) {
+    if (std::string n = res->header("Replay-Nonce"); valid_replay_nonce(n)) {
       if (nonces_.size() >= 8) nonces_.erase(nonces_.begin());
       nonces_.push_back(std::move(n));
     }
@@ -472,6 +480,9 @@ awaitable<Result<>> AcmeRenewer::ensure_account(Due due) {
   }
   std::string location = posted->response.header("Location");
   if (location.empty()) co_return make_error("newAccount: no Location header in the answer");
+  // The account URL goes into every later request's JWS (kid): only a URL we could ask.
+  if (auto u = http::parse_url(location); !u)
+    co_return make_error("newAccount: the Location header is not an account URL: " + u.error().message);
   std::string status = json_string(posted->body, "status");
   if (!status.empty() && status != "valid")
     co_return config_error(Cause::refused, "account",
@@ -797,6 +808,8 @@ awaitable<Result<IssueResult>> AcmeRenewer::issue_once(const IssueRequest& reque
 
   std::string order_url = order.response.header("Location");
   if (order_url.empty()) co_return make_error("newOrder: no Location header in the answer");
+  if (auto u = http::parse_url(order_url); !u)
+    co_return make_error("newOrder: the Location header is not an order URL: " + u.error().message);
   std::string finalize_url = json_string(order.body, "finalize");
   std::vector<std::string> authz_urls;
   if (const auto* o = order.body.if_object())

@@ -31,6 +31,9 @@ std::string acme_eab_key_name(std::string_view broker);
 // alphabet accepted, surrounding whitespace ignored).
 [[nodiscard]] Result<std::vector<std::uint8_t>> parse_eab_key_file_text(std::string_view text);
 
+// A Replay-Nonce the client may use (RFC 8555 §6.5.1: base64url; clients MUST ignore others).
+bool valid_replay_nonce(std::string_view nonce);
+
 // RFC 9773 CertID of a PEM certificate: base64url(AKI keyIdentifier) "." base64url(serial).
 [[nodiscard]] Result<std::string> ari_cert_id(std::string_view cert_pem);
 

@@ -188,6 +188,10 @@ Result<Url> parse_url(std::string_view text) {
   // The target goes into the request line as it is.
   if (std::any_of(tail.begin(), tail.end(), [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 0x7f; }))
     return make_error("URL " + log::quote(text) + ": white space or a control character in the path");
+  // URLs are ASCII (RFC 3986: other characters are percent-encoded); an ACME JWS carries its URL
+  // and account URL as JSON text, which must be UTF-8.
+  if (std::any_of(tail.begin(), tail.end(), [](char c) { return static_cast<unsigned char>(c) >= 0x80; }))
+    return make_error("URL " + log::quote(text) + ": a byte that is not ASCII in the path (percent-encode it)");
   if (port.empty()) {
     url.port = url.tls() ? "443" : "80";
   } else {

@@ -1,22 +1,33 @@
 // The small text formats read from config, brokers, the TPM store and haproxy: durations,
 // RFC 3339 times, base64url and hex (EAB and cfssl keys, JWS parts), URLs, Retry-After, IP
 // text, key types, EAB key files, haproxy's `show ssl cert` answer and the blank-line
-// stripping of its payloads. The first byte picks the parser; the rest is its input.
+// stripping of its payloads, certificate serials (a DER INTEGER as a certificate holds it, and
+// serial text as status, state.json, meta.json and openssl print it: hex with or without
+// colons). The first byte picks the parser; the rest is its input.
 // Invariants: what is accepted writes back to text that reads back as the same value; the two
 // base64url decoders agree; limits and shapes hold (a URL has a host, a port of digits and a
-// target starting with '/'; a stripped payload has no blank line).
+// target starting with '/'; a stripped payload has no blank line; a serial printed as the file
+// sink stores it and as the serving probe reads it from a handshake normalizes to the same text,
+// in every written form).
 
 #include "core/config/config_yaml.h"
 #include "core/config/duration.h"
 #include "core/crypto/csr.h"
 #include "core/crypto/keys.h"
+#include "core/crypto/ossl_ptr.h"
+#include "core/crypto/x509.h"
 #include "core/encoding.h"
 #include "core/http/client.h"
 #include "core/time_format.h"
 #include "reloaders/haproxy_reloader.h"
+#include "reloaders/serving_probe.h"
 #include "renewers/acme_jws.h"
 #include "renewers/acme_renewer.h"
 #include "tests/fuzz/fuzz_util.h"
+
+#include <openssl/asn1.h>
+#include <openssl/bn.h>
+#include <openssl/x509.h>
 
 #include <algorithm>
 #include <cctype>
@@ -131,6 +142,64 @@ void haproxy_answer(std::string_view s) {
                "strip_blank_lines is not idempotent");
 }
 
+
+bool lower_hex(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// "0a1b2c" -> "0A:1B:2C" (openssl x509 -text, haproxy's `show ssl cert` detail).
+std::string colon_form(std::string_view hex) {
+  std::string out;
+  for (std::size_t i = 0; i < hex.size(); ++i) {
+    if (i > 0 && i % 2 == 0 && hex[i - 1] != '-') out += ':';
+    out += static_cast<char>(std::toupper(static_cast<unsigned char>(hex[i])));
+  }
+  return out;
+}
+
+// A certificate serial as DER (tag, length, content: what d2i_ASN1_INTEGER accepts), set on a
+// certificate: crypto::describe's serial_hex (state, files, status) and the serving probe's
+// reading of the same certificate (BN_bn2hex) must normalize to the same text, also when
+// written with colons or in capitals; a positive serial's text is lowercase hex.
+void serial_der(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  ASN1_INTEGER* raw = d2i_ASN1_INTEGER(nullptr, &p, static_cast<long>(s.size()));
+  if (!raw) return;
+  std::unique_ptr<ASN1_INTEGER, decltype(&ASN1_INTEGER_free)> serial(raw, ASN1_INTEGER_free);
+  certagent::crypto::X509Ptr cert(X509_new());
+  FUZZ_REQUIRE(cert && X509_set_serialNumber(cert.get(), serial.get()) == 1, "X509_set_serialNumber");
+  const std::string stored = certagent::crypto::describe(cert.get()).serial_hex;
+  certagent::crypto::BignumPtr bn(ASN1_INTEGER_to_BN(serial.get(), nullptr));
+  if (!bn) return;
+  char* printed = BN_bn2hex(bn.get());
+  FUZZ_REQUIRE(printed != nullptr, "BN_bn2hex");
+  const std::string served = certagent::reloaders::normalize_serial(printed);
+  OPENSSL_free(printed);
+  const std::string normal = certagent::reloaders::normalize_serial(stored);
+  FUZZ_REQUIRE(normal == served, "serial " + stored + " reads as " + normal + " from the file, " + served +
+                                     " from a handshake");
+  FUZZ_REQUIRE(certagent::reloaders::normalize_serial(colon_form(stored)) == normal,
+               "the colon form of " + stored + " normalizes differently");
+  FUZZ_REQUIRE(certagent::reloaders::normalize_serial(normal) == normal, "normalize_serial is not idempotent");
+  const bool negative = !stored.empty() && stored[0] == '-';
+  FUZZ_REQUIRE(lower_hex(negative ? std::string_view(stored).substr(1) : std::string_view(stored)),
+               "serial_hex is not lowercase hex: " + stored);
+}
+
+// Serial text as a user, state.json or a server writes it.
+void serial_text(std::string_view s) {
+  const std::string normal = certagent::reloaders::normalize_serial(s);
+  FUZZ_REQUIRE(certagent::reloaders::normalize_serial(normal) == normal, "normalize_serial is not idempotent");
+  FUZZ_REQUIRE(normal.find_first_of(": ") == std::string::npos, "a separator left in a normalized serial");
+  const bool hex_text = std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isxdigit(static_cast<unsigned char>(c)) != 0 || c == ':' || c == ' ';
+  });
+  if (hex_text && normal.size() > 0) {
+    FUZZ_REQUIRE(lower_hex(normal) && (normal == "0" || normal[0] != '0'),
+                 "hex serial text normalizes to " + normal);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -141,6 +210,12 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1 || size > 16 * 1024) return 0;
   const std::string_view s = certagent::fuzz::text_of(data + 1, size - 1);
+  // 10 and 11 came later: the other selectors keep their corpus.
+  if (data[0] == 10 || data[0] == 11) {
+    if (data[0] == 10) serial_der(s);
+    else serial_text(s);
+    return 0;
+  }
   switch (data[0] % 10) {
     case 0: duration(s); break;
     case 1: rfc3339(s); break;

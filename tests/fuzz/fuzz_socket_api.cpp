@@ -3,8 +3,11 @@
 // thread. Each input is sent as the bytes of one connection (keep-alive: it may hold several
 // requests, chunked bodies, a watch), then the client half-closes and reads until the server
 // closes.
+// The same bytes then go to the metrics listener (metrics.listen: the same HTTP server code
+// on TCP, with /metrics, /healthz and /readyz only).
 // Invariants: the server closes the connection within the deadline; everything it sends parses
-// as HTTP/1.1 responses with an expected status; a private key only ever travels in a 200; when
+// as HTTP/1.1 responses with an expected status; a private key only ever travels in a 200 on
+// the socket, and never from the metrics listener, which serves no certificate either; when
 // the connection is gone, no session or watcher is left behind.
 
 #include "agent/metrics.h"
@@ -17,6 +20,7 @@
 #include "renewers/local_renewer.h"
 #include "tests/fuzz/fuzz_util.h"
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -48,7 +52,9 @@ struct Harness {
   Metrics metrics;
   boost::asio::io_context io;
   std::unique_ptr<SocketServer> server;
+  std::unique_ptr<MetricsListener> metrics_listener;
   fs::path path;
+  sockaddr_in metrics_addr{};
 };
 Harness* harness = nullptr;
 
@@ -100,8 +106,12 @@ config::CertificateConfig cert_config(const std::string& name, std::vector<std::
 }
 
 // Everything the server sent, as HTTP/1.1 responses.
-void check_responses(std::string_view out) {
+void check_responses(std::string_view out, bool metrics_listener) {
   static const std::set<unsigned> kExpected = {200, 202, 400, 403, 404, 405, 408, 413, 431, 500, 503};
+  if (metrics_listener) {
+    FUZZ_REQUIRE(out.find("PRIVATE KEY") == std::string_view::npos, "a key from the metrics listener");
+    FUZZ_REQUIRE(out.find("BEGIN CERTIFICATE") == std::string_view::npos, "a certificate from the metrics listener");
+  }
   while (!out.empty()) {
     bhttp::response_parser<bhttp::string_body> parser;
     parser.body_limit(16 * 1024 * 1024);
@@ -121,6 +131,8 @@ void check_responses(std::string_view out) {
                      std::to_string(used) + "/" + std::to_string(out.size()) + " bytes:\n" + std::string(out.substr(0, 400)));
     const auto& res = parser.get();
     FUZZ_REQUIRE(kExpected.count(res.result_int()) == 1, "unexpected status " + std::to_string(res.result_int()));
+    FUZZ_REQUIRE(!metrics_listener || (res.result_int() != 202 && res.result_int() != 403),
+                 "the metrics listener answered " + std::to_string(res.result_int()));
     if (res.result_int() != 200) {
       FUZZ_REQUIRE(res.body().find("PRIVATE KEY") == std::string::npos, "a key in an error answer");
     }
@@ -156,17 +168,31 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   auto started = harness->server->start();
   FUZZ_REQUIRE(started.has_value(), started ? "" : started.error().message);
   harness->path = config.path;
+
+  harness->metrics_listener = std::make_unique<MetricsListener>(harness->io, "127.0.0.1:0", harness->store,
+                                                                harness->metrics, harness->clock, [] { return true; });
+  auto listening = harness->metrics_listener->start();
+  FUZZ_REQUIRE(listening.has_value(), listening ? "" : listening.error().message);
+  FUZZ_REQUIRE(harness->metrics_listener->endpoint().has_value(), "metrics endpoint");
+  harness->metrics_addr.sin_family = AF_INET;
+  harness->metrics_addr.sin_port = htons(harness->metrics_listener->endpoint()->port());
+  harness->metrics_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   return 0;
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  if (size > 128 * 1024) return 0;
-  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+// Sends the input as one connection's bytes, half-closes, and returns all the server sent.
+static std::string exchange(const std::uint8_t* data, std::size_t size, bool metrics_listener) {
+  const int fd = ::socket(metrics_listener ? AF_INET : AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   FUZZ_REQUIRE(fd >= 0, "socket");
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, harness->path.c_str(), sizeof addr.sun_path - 1);
-  FUZZ_REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0, "connect");
+  if (metrics_listener) {
+    const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&harness->metrics_addr), sizeof harness->metrics_addr);
+    FUZZ_REQUIRE(rc == 0 || errno == EINPROGRESS, "connect to the metrics listener");
+  } else {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, harness->path.c_str(), sizeof addr.sun_path - 1);
+    FUZZ_REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0, "connect");
+  }
 
   std::string out;
   std::size_t sent = 0;
@@ -178,11 +204,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (sending && sent < size) {
       const ssize_t n = ::send(fd, data + sent, size - sent, MSG_NOSIGNAL);
       if (n > 0) sent += static_cast<std::size_t>(n);
-      else if (errno != EAGAIN && errno != EWOULDBLOCK) sending = false;  // the server closed
+      else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINPROGRESS && errno != ENOTCONN) sending = false;
     }
     if (sending && sent == size) {
-      ::shutdown(fd, SHUT_WR);
-      sending = false;
+      if (::shutdown(fd, SHUT_WR) == 0 || errno != ENOTCONN) sending = false;
     }
     harness->io.restart();
     if (harness->io.poll() == 0) harness->io.run_one_for(1ms);
@@ -192,12 +217,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         out.append(buf, static_cast<std::size_t>(n));
         continue;
       }
-      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) eof = true;
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTCONN)) eof = true;
       break;
     }
     FUZZ_REQUIRE(std::chrono::steady_clock::now() < deadline, "the server kept the connection open");
   }
   ::close(fd);
+  return out;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  if (size > 128 * 1024) return 0;
+  const std::string out = exchange(data, size, false);
   // Let the server notice and clean up.
   for (int i = 0; i < 100 && (harness->server->connections() != 0 || harness->server->watchers() != 0); ++i) {
     harness->io.restart();
@@ -205,6 +236,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   FUZZ_REQUIRE(harness->server->connections() == 0, "a session outlived its connection");
   FUZZ_REQUIRE(harness->server->watchers() == 0, "a watcher outlived its connection");
-  check_responses(out);
+  check_responses(out, false);
+
+  const std::string metrics_out = exchange(data, size, true);
+  for (int i = 0; i < 100 && harness->metrics_listener->connections() != 0; ++i) {
+    harness->io.restart();
+    if (harness->io.poll() == 0) harness->io.run_one_for(1ms);
+  }
+  FUZZ_REQUIRE(harness->metrics_listener->connections() == 0, "a metrics session outlived its connection");
+  check_responses(metrics_out, true);
   return 0;
 }

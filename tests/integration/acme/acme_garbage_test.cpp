@@ -61,6 +61,7 @@ struct FakeAcme {
   std::string order_retry_after;    // Retry-After on processing answers
   std::string last_new_order;       // payload
   int bad_nonce_always{0};          // answer badNonce to every POST
+  std::string nonce_text;           // set: every Replay-Nonce is this (+ a number)
   int nonce_counter{0};
   int ari_requests{0};
   std::optional<std::chrono::seconds> clock_ahead;  // set: a Date header on every answer
@@ -76,8 +77,12 @@ struct FakeAcme {
 
   Reply json(unsigned status, const std::string& body, std::vector<std::pair<std::string, std::string>> headers = {}) {
     headers.emplace_back("Content-Type", status >= 400 ? "application/problem+json" : "application/json");
-    headers.emplace_back("Replay-Nonce", "nonce-" + std::to_string(++nonce_counter));
+    headers.emplace_back("Replay-Nonce", next_nonce());
     return Reply{.status = status, .headers = std::move(headers), .body = body};
+  }
+
+  std::string next_nonce() {
+    return (nonce_text.empty() ? std::string("nonce-") : nonce_text) + std::to_string(++nonce_counter);
   }
 
   Reply handle(const Request& r) {
@@ -116,7 +121,7 @@ struct FakeAcme {
       return json(200, R"({"newNonce":")" + base + R"(/nonce","newAccount":")" + base + R"(/acct","newOrder":")" +
                            base + R"(/order")" + ari + "}");
     }
-    if (r.target == "/nonce") return Reply{.headers = {{"Replay-Nonce", "nonce-" + std::to_string(++nonce_counter)}}};
+    if (r.target == "/nonce") return Reply{.headers = {{"Replay-Nonce", next_nonce()}}};
     if (r.target.rfind("/ari/", 0) == 0) {
       ++ari_requests;
       auto now = std::chrono::system_clock::now();
@@ -414,6 +419,34 @@ TEST_F(AcmeGarbage, EndlessBadNonceIsBounded) {
   ASSERT_FALSE(issued.result);
   EXPECT_NE(issued.result.error().message.find("badNonce"), std::string::npos);
   EXPECT_EQ(r->stats().bad_nonce_retries, static_cast<std::uint64_t>(renewers::AcmeTuning{}.max_bad_nonce_retries));
+}
+
+// Found by fuzz_acme: a Replay-Nonce that is not base64url was signed into the next request.
+TEST_F(AcmeGarbage, ANonceThatIsNotBase64UrlIsNeverSent) {
+  fake.nonce_text = "bad nonce \"";
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_FALSE(issued.result);
+  EXPECT_NE(issued.result.error().message.find("newNonce: HTTP 200 with a Replay-Nonce that is not base64url"),
+            std::string::npos)
+      << issued.result.error().message;
+  EXPECT_EQ(r->stats().signed_requests, 0u);
+}
+
+// Found by fuzz_acme: an account Location that is no URL (here a byte that is not ASCII) was
+// kept as the account and signed into every later request as its kid.
+TEST_F(AcmeGarbage, AnAccountLocationThatIsNoUrlIsNotKept) {
+  fake.new_account_override = [this](const Request&) {
+    return fake.json(201, R"({"status":"valid"})", {{"Location", "\xfe" + fake.base + "/acct/1"}});
+  };
+  auto r = renewer();
+  auto issued = issue(*r);
+  ASSERT_FALSE(issued.result);
+  EXPECT_NE(issued.result.error().message.find("newAccount: the Location header is not an account URL"),
+            std::string::npos)
+      << issued.result.error().message;
+  EXPECT_TRUE(r->account_url().empty());
+  EXPECT_EQ(r->stats().signed_by_step["newOrder"], 0u);
 }
 
 TEST_F(AcmeGarbage, PollingHonoursRetryAfter) {

@@ -258,27 +258,78 @@ TEST(AsyncMutex, GivesUpAtTheDeadline) {
 TEST(ErrorLogWatch, SeesOnlyEmergLinesAppendedAfterStart) {
   TempDir tmp;
   const auto log = tmp / "error.log";
-  test::write_file(log, "2026/01/01 [emerg] 1#1: old failure\n");
+  test::write_file(log, "2026/01/01 10:00:00 [emerg] 1#1: old failure\n");
   ErrorLogWatch w(log);
   w.start();
   EXPECT_FALSE(w.check());
-  test::write_file(log, test::read_file(log) + "2026/01/01 [notice] 1#1: signal process started\n");
+  test::write_file(log, test::read_file(log) + "2026/01/01 10:00:01 [notice] 1#1: signal process started\n");
   EXPECT_FALSE(w.check());
-  test::write_file(log, test::read_file(log) + "2026/01/01 [emerg] 7#7: cannot load certif");
+  test::write_file(log, test::read_file(log) + "2026/01/01 10:00:01 [emerg] 7#7: cannot load certif");
   EXPECT_FALSE(w.check()) << "a partial line is not judged yet";
   test::write_file(log, test::read_file(log) + "icate key \"/k.pem\"\n");
   auto found = w.check();
   ASSERT_TRUE(found);
-  EXPECT_EQ(*found, "2026/01/01 [emerg] 7#7: cannot load certificate key \"/k.pem\"");
+  EXPECT_EQ(*found, "2026/01/01 10:00:01 [emerg] 7#7: cannot load certificate key \"/k.pem\"");
 
   w.start();
   EXPECT_FALSE(w.check());
-  test::write_file(log, "[emerg] after rotation\n");  // shorter: truncated or rotated
+  test::write_file(log, "2026/01/01 10:00:02 [emerg] 9#9: after rotation\n");  // shorter: truncated or rotated
   ASSERT_TRUE(w.check());
 
   ErrorLogWatch missing(tmp / "nope.log");
   missing.start();
   EXPECT_FALSE(missing.check());
+}
+
+// Found writing fuzz_nginx_log, confirmed on nginx 1.22: any line holding "[emerg]"
+// counted, so a client that asked the served site for /[emerg] while a reload was watched
+// (nginx logs "[error] ... open() "/srv/[emerg]" failed ... request: "GET /%5Bemerg%5D ...")
+// made certagent report a failed reload (the log is the last word, even over a probe).
+TEST(ErrorLogWatch, OnlyTheLevelFieldMakesAnEmergLine) {
+  // Real lines from nginx 1.22 (a reload with a missing certificate, a request for /[emerg] x).
+  EXPECT_TRUE(is_nginx_emerg_line(
+      "2026/12/06 09:17:26 [emerg] 24498#24498: cannot load certificate \"/nonexistent/cert.pem\": "
+      "BIO_new_file() failed"));
+  EXPECT_FALSE(is_nginx_emerg_line(
+      "2026/12/06 09:17:26 [error] 24491#24491: *1 open() \"/tmp/hx/ngx/html/[emerg] x\" failed (2: No such "
+      "file or directory), client: 127.0.0.1, server: , request: \"GET /%5Bemerg%5D%20x HTTP/1.1\""));
+  EXPECT_FALSE(is_nginx_emerg_line("[emerg] 1#1: no time"));
+  EXPECT_FALSE(is_nginx_emerg_line("nginx: [emerg] a message on stderr, not in the log"));
+  EXPECT_FALSE(is_nginx_emerg_line("2026/12/06 09:17:26 [emerg] no pid"));
+  EXPECT_FALSE(is_nginx_emerg_line("2026/12/06 09:17:26 [emerg]"));
+
+  TempDir tmp;
+  const auto log = tmp / "error.log";
+  test::write_file(log, "");
+  ErrorLogWatch w(log);
+  w.start();
+  test::write_file(log, "2026/12/06 09:17:26 [error] 1#1: *1 open() \"/srv/[emerg] x\" failed, request: "
+                        "\"GET /%5Bemerg%5D%20x HTTP/1.1\"\n");
+  EXPECT_FALSE(w.check());
+}
+
+// Also found writing fuzz_nginx_log: only whole lines count. The end of a line cut by start(), or
+// left after a line too long to hold, was read as a line of its own.
+TEST(ErrorLogWatch, TheRestOfACutLineIsNoLine) {
+  TempDir tmp;
+  const auto log = tmp / "error.log";
+  const std::string fake = "2026/12/06 09:17:26 [emerg] 1#1: forged\n";
+  test::write_file(log, "2026/12/06 09:17:25 [error] 1#1: *1 request: \"GET /");
+  ErrorLogWatch w(log);
+  w.start();  // in the middle of a line
+  test::write_file(log, test::read_file(log) + fake);
+  EXPECT_FALSE(w.check());
+  test::write_file(log, test::read_file(log) + "2026/12/06 09:17:27 [emerg] 2#2: real\n");
+  ASSERT_TRUE(w.check());
+  EXPECT_EQ(*w.check(), "2026/12/06 09:17:27 [emerg] 2#2: real");
+
+  ErrorLogWatch w2(log);
+  w2.start();
+  // A line longer than the watch holds, read in two parts: its end is no line either.
+  test::write_file(log, test::read_file(log) + "2026/12/06 09:17:28 [error] 3#3: " + std::string(2000, 'x'));
+  EXPECT_FALSE(w2.check());
+  test::write_file(log, test::read_file(log) + fake);
+  EXPECT_FALSE(w2.check());
 }
 
 // ---- probe parsers ----------------------------------------------------------------------------

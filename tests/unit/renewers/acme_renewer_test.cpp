@@ -46,6 +46,21 @@ TEST(Base64Url, RoundTripsAndRejects) {
   EXPECT_FALSE(base64url_decode("Z"));
 }
 
+// Found by fuzz_acme: a Replay-Nonce that is not base64url went into the next JWS as it was.
+// RFC 8555 §6.5.1: clients MUST ignore invalid Replay-Nonce values.
+TEST(ReplayNonce, OnlyBase64UrlNoncesAreUsed) {
+  EXPECT_TRUE(valid_replay_nonce("oOEtv7CrbJEU8bxic3sHpA"));
+  EXPECT_TRUE(valid_replay_nonce("D8s4D2mLs8Vn-goWuPQeKA"));
+  EXPECT_TRUE(valid_replay_nonce("nonce-1_x"));
+  EXPECT_FALSE(valid_replay_nonce("oOEtv7CrbJEU8bxic!3sHpA"));
+  EXPECT_FALSE(valid_replay_nonce(""));
+  EXPECT_FALSE(valid_replay_nonce("a b"));
+  EXPECT_FALSE(valid_replay_nonce("abc\"def"));
+  EXPECT_FALSE(valid_replay_nonce("abc="));
+  EXPECT_FALSE(valid_replay_nonce("caf\xc3\xa9"));
+  EXPECT_FALSE(valid_replay_nonce(std::string(257, 'a')));
+}
+
 TEST(Jws, DerToRawPadsBothHalves) {
   // r = 1, s = 0x0100: DER 30 07 02 01 01 02 02 01 00
   const std::uint8_t der[] = {0x30, 0x07, 0x02, 0x01, 0x01, 0x02, 0x02, 0x01, 0x00};

@@ -90,6 +90,10 @@ TEST(ParseUrl, HostsAndPathsThatWouldBreakTheRequestAreRefused) {
   EXPECT_FALSE(parse_url("https://ca.example\r\nX-Evil: 1/"));
   EXPECT_FALSE(parse_url("https://ca.example/a b"));
   EXPECT_FALSE(parse_url("https://ca.example/a\r\nX-Evil: 1"));
+  // Found by fuzz_acme: URLs are ASCII (a Location with other bytes became a JWS's kid).
+  EXPECT_FALSE(parse_url("https://ca.example/acct/\xff" "1"));
+  EXPECT_FALSE(parse_url("https://ca.example/caf\xc3\xa9?x=1"));
+  EXPECT_TRUE(parse_url("https://ca.example/caf%C3%A9"));
   for (const char* ok : {"https://ca.example/acme/dir", "https://[::1]:14000/dir", "http://127.0.0.1:8000/x",
                          "https://xn--bcher-kva.example/", "https://under_score.internal/"}) {
     auto u = parse_url(ok);
