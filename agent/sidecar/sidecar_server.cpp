@@ -517,8 +517,21 @@ class WorkloadReactor : public grpc::ServerWriteReactor<Msg> {
  public:
   using Response = Msg;
 
-  WorkloadReactor(Impl& impl, grpc::CallbackServerContext* ctx)
-      : impl_(impl), link_(std::make_shared<Link<Self>>(static_cast<Self*>(this))) {
+  void OnWriteDone(bool) override { link_->on_write_done(); }
+  void OnCancel() override { link_->finish(Status::CANCELLED); }
+  void OnDone() override {
+    link_->on_done();
+    impl_.release(*link_);
+    delete static_cast<Self*>(this);
+  }
+
+ protected:
+  explicit WorkloadReactor(Impl& impl) : impl_(impl) {}
+
+  // Called from Self's constructor: `self` is then a Self (in the base's constructor it is not
+  // one yet, and the downcast is undefined, UBSan's vptr check).
+  void start(Self* self, grpc::CallbackServerContext* ctx) {
+    link_ = std::make_shared<Link<Self>>(self);
     link_->api = kApi;
     if (auto refused = impl_.admit(ctx, link_)) {
       link_->finish(*refused);
@@ -530,13 +543,6 @@ class WorkloadReactor : public grpc::ServerWriteReactor<Msg> {
       impl_.post([link = link_](Impl& s) { s.open_bundles(link); });
     }
   }
-  void OnWriteDone(bool) override { link_->on_write_done(); }
-  void OnCancel() override { link_->finish(Status::CANCELLED); }
-  void OnDone() override {
-    link_->on_done();
-    impl_.release(*link_);
-    delete static_cast<Self*>(this);
-  }
 
  private:
   Impl& impl_;
@@ -544,11 +550,13 @@ class WorkloadReactor : public grpc::ServerWriteReactor<Msg> {
 };
 
 class SvidReactor final : public WorkloadReactor<X509SVIDResponse, Api::x509_svid, SvidReactor> {
-  using WorkloadReactor::WorkloadReactor;
+ public:
+  SvidReactor(Impl& impl, grpc::CallbackServerContext* ctx) : WorkloadReactor(impl) { start(this, ctx); }
 };
 class BundlesReactor final
     : public WorkloadReactor<X509BundlesResponse, Api::x509_bundles, BundlesReactor> {
-  using WorkloadReactor::WorkloadReactor;
+ public:
+  BundlesReactor(Impl& impl, grpc::CallbackServerContext* ctx) : WorkloadReactor(impl) { start(this, ctx); }
 };
 
 class SdsService final : public envoy::service::secret::v3::SecretDiscoveryService::CallbackService {
