@@ -48,11 +48,11 @@ stage "sanitizer build"
 # (the daemon stopped with SIGTERM, a CLI run) fails the stage even when that test does not look
 # at the exit status. No suppressions: the run has none to hide (gRPC, OpenSSL, tpm2-tss, yaml-cpp
 # included); an artefact of a Debian library would get a narrow one here, with why.
-reports=$san_dir/sanitizer-reports
+reports=$(cd "$san_dir" && pwd)/sanitizer-reports
 rm -rf "$reports" && mkdir -p "$reports"
 san_rc=0
-ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:log_path=$PWD/$reports/report} \
-  UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$PWD/$reports/report} \
+ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:log_path=$reports/report} \
+  UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1:log_path=$reports/report} \
   GTEST_FILTER=${GTEST_FILTER:--*MemoryStaysBounded*} \
   ctest --test-dir "$san_dir" --output-on-failure -j "$(nproc)" --timeout 900 \
   -LE '^(image|packaging|scale|chaos|load|no_sanitizer)$' || san_rc=$?
