@@ -386,7 +386,7 @@ asio::awaitable<Stage<CertificateLoop::Issued>> CertificateLoop::issue_in_slot()
     co_return failure(FailureKind::broker, make_error("the broker did not answer within " +
                                                       config::format_duration(broker_->config.timeout * 4)));
   auto& issued = std::get<0>(outcome);
-  if (!issued) co_return failure(FailureKind::broker, std::move(issued.error()));
+  if (!issued) co_return failure(FailureKind::broker, issued.error());
   co_return Issued{std::move(*key), std::move(*issued)};
 }
 

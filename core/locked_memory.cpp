@@ -5,6 +5,7 @@
 #include <openssl/crypto.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <array>
@@ -55,6 +56,13 @@ std::size_t class_of(std::size_t block) {
   return static_cast<std::size_t>(std::countr_zero(block) - std::countr_zero(kMinBlock));
 }
 
+// The kernel's mlock/munlock, not libc's: AddressSanitizer replaces those with no-ops that
+// return success, so in the sanitized build our pages would be reported locked without being
+// locked, and the refusal path (RLIMIT_MEMLOCK) could not be tested. The regions are ours and
+// small, so locking them for real is harmless there too.
+int lock_pages(void* p, std::size_t bytes) { return static_cast<int>(::syscall(SYS_mlock, p, bytes)); }
+int unlock_pages(void* p, std::size_t bytes) { return static_cast<int>(::syscall(SYS_munlock, p, bytes)); }
+
 // Called with the arena locked; reports outside it.
 void* map_locked(std::size_t bytes, Arena& a, int* failure) {
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -63,7 +71,7 @@ void* map_locked(std::size_t bytes, Arena& a, int* failure) {
   if (::madvise(p, bytes, MADV_DONTDUMP) != 0) *failure = errno;
   // Linux >= 4.14; on an older kernel the child of a fork keeps a copy until it execs.
   (void)::madvise(p, bytes, MADV_WIPEONFORK);
-  if (::mlock(p, bytes) == 0) {
+  if (lock_pages(p, bytes) == 0) {
     a.stats.locked_bytes += bytes;
   } else if (*failure == 0) {
     *failure = errno;
@@ -119,7 +127,7 @@ void deallocate(void* p, std::size_t bytes) noexcept {
     const std::size_t size = round_to_pages(bytes);
     OPENSSL_cleanse(p, bytes);
     std::lock_guard lock(a.mutex);
-    if (::munlock(p, size) == 0 && a.stats.locked_bytes >= size) a.stats.locked_bytes -= size;
+    if (unlock_pages(p, size) == 0 && a.stats.locked_bytes >= size) a.stats.locked_bytes -= size;
     ::munmap(p, size);
     a.stats.mapped_bytes -= size;
     a.stats.in_use_bytes -= size;

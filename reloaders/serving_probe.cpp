@@ -219,7 +219,7 @@ asio::awaitable<Result<std::string>> fetch_served_serial(const std::string& conn
   co_return co_await handshake_serial(**ctx, *endpoints, server_name, protocol, deadline);
 }
 
-asio::awaitable<ProbeReport> probe_serving(const ProbeOptions& options, const std::string& expected_serial,
+asio::awaitable<ProbeReport> probe_serving(const ProbeOptions& options, std::string expected_serial,
                                            steady_clock::time_point hard_deadline,
                                            std::function<std::optional<std::string>()> abort_check) {
   ProbeReport report;

@@ -69,8 +69,10 @@ std::string normalize_serial(std::string_view hex);
 
 // Probes until verified, the deadline passes, or `abort_check` (called between handshakes)
 // returns a reason. `hard_deadline` (the reloader's whole budget) caps options.deadline.
+// `expected_serial` is taken by value: the coroutine first runs after the caller's full
+// expression, when a temporary passed by reference would already be gone.
 boost::asio::awaitable<ProbeReport> probe_serving(
-    const ProbeOptions& options, const std::string& expected_serial,
+    const ProbeOptions& options, std::string expected_serial,
     std::chrono::steady_clock::time_point hard_deadline,
     std::function<std::optional<std::string>()> abort_check = {});
 

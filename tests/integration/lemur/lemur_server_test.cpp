@@ -201,17 +201,17 @@ TEST_F(LemurServerTest, RejectsWhatLemurRejects) {
        400, {{"validityStart", "Not a valid datetime."}}},
       {"notify not a boolean", [](json::object& b) { b["notify"] = "no"; }, 400, {{"notify", "Not a valid boolean."}}},
       // Unknown ids: 400 with the field's _schema error as the whole body.
-      {"replaces an unknown id", [](json::object& b) { b["replaces"] = {json::object{{"id", 99999}}}; }, 400, {},
+      {"replaces an unknown id", [](json::object& b) { b["replaces"] = json::array{json::object{{"id", 99999}}}; }, 400, {},
        unknown("replaces", "lemur.certificates.models.Certificate", 99999)},
-      {"an unknown destination id", [](json::object& b) { b["destinations"] = {json::object{{"id", 5}}}; }, 400, {},
+      {"an unknown destination id", [](json::object& b) { b["destinations"] = json::array{json::object{{"id", 5}}}; }, 400, {},
        unknown("destinations", "lemur.destinations.models.Destination", 5)},
-      {"an unknown notification id", [](json::object& b) { b["notifications"] = {json::object{{"id", 6}}}; }, 400,
+      {"an unknown notification id", [](json::object& b) { b["notifications"] = json::array{json::object{{"id", 6}}}; }, 400,
        {}, unknown("notifications", "lemur.notifications.models.Notification", 6)},
-      {"an unknown role id", [](json::object& b) { b["roles"] = {json::object{{"id", 999}}}; }, 400, {},
+      {"an unknown role id", [](json::object& b) { b["roles"] = json::array{json::object{{"id", 999}}}; }, 400, {},
        unknown("roles", "lemur.roles.models.Role", 999)},
       {"destination by name (Lemur crashes)",
-       [](json::object& b) { b["destinations"] = {json::object{{"name", "aws"}}}; }, 500, {}},
-      {"unknown role by name", [](json::object& b) { b["roles"] = {json::object{{"name", "nobody"}}}; }, 400, {}},
+       [](json::object& b) { b["destinations"] = json::array{json::object{{"name", "aws"}}}; }, 500, {}},
+      {"unknown role by name", [](json::object& b) { b["roles"] = json::array{json::object{{"name", "nobody"}}}; }, 400, {}},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);

@@ -194,8 +194,10 @@ TEST_F(ServerTest, PostBodyWithinTheLimitIsRead) {
 
 TEST_F(ServerTest, GarbageGets400AndTheServerCarriesOn) {
   start(test_limits());
+  // A TLS ClientHello's first bytes (NULs included: the length is the array's, not strlen's).
+  static constexpr char kTlsHello[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n";
   for (const std::string& garbage :
-       {std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", 24),
+       {std::string(kTlsHello, sizeof kTlsHello - 1),
         std::string("GET / HTTP/9.9\r\n\r\n"), std::string("GET /x HTTP/1.1\r\nBad Header\r\n\r\n"),
         std::string("POST /echo HTTP/1.1\r\nContent-Length: -5\r\n\r\n")}) {
     auto c = RawClient::unix_socket(socket_path_);
