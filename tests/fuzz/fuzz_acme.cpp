@@ -32,6 +32,7 @@
 #include "renewers/acme_config.h"
 #include "renewers/acme_jws.h"
 #include "renewers/acme_renewer.h"
+#include "tests/fuzz/fuzz_async.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "tests/support/software_identity.h"
 #include "tests/support/test_pki.h"
@@ -433,21 +434,6 @@ asio::awaitable<void> accept_loop() {
   }
 }
 
-template <class T>
-T run(asio::awaitable<T> call) {
-  std::optional<T> out;
-  asio::co_spawn(harness->io, std::move(call), [&](std::exception_ptr e, T value) {
-    FUZZ_REQUIRE(!e, "the call threw");
-    out = std::move(value);
-  });
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!out) {
-    harness->io.run_one_for(100ms);
-    FUZZ_REQUIRE(std::chrono::steady_clock::now() < deadline, "the call did not end within 10 s");
-  }
-  return std::move(*out);
-}
-
 void check_issued(const Result<renewers::IssueResult>& r, const renewers::AcmeRenewer& renewer) {
   const Model& m = harness->model;
   if (std::getenv("FUZZ_ACME_VERBOSE"))  // what an input did, when writing seeds
@@ -506,8 +492,8 @@ void fuzz_renewer(std::uint8_t setup, std::string_view rest) {
   auto renewer = std::move(*created);
   renewers::IssueRequest request = harness->request;
   if (setup & 4) request.previous_cert_pem = harness->previous_cert_pem;
-  check_issued(run(renewer->issue(request)), *renewer);
-  if (setup & 8) check_issued(run(renewer->issue(request)), *renewer);
+  check_issued(certagent::fuzz::run_within(harness->io, renewer->issue(request)), *renewer);
+  if (setup & 8) check_issued(certagent::fuzz::run_within(harness->io, renewer->issue(request)), *renewer);
   renewer.reset();
   // The server side of this input's connections ends with them.
   for (int i = 0; i < 1000 && harness->sessions != 0; ++i) harness->io.run_one_for(1ms);

@@ -19,6 +19,7 @@
 #include "renewers/cfssl_renewer.h"
 #include "renewers/lemur_config.h"
 #include "renewers/lemur_renewer.h"
+#include "tests/fuzz/fuzz_async.h"
 #include "tests/fuzz/fuzz_util.h"
 #include "tests/support/software_identity.h"
 
@@ -97,22 +98,6 @@ config::BrokerConfig broker(std::string name, config::SettingsSlot settings) {
   b.timeout = 300ms;
   b.settings = std::move(settings);
   return b;
-}
-
-// Runs `call` on the io_context until it completes; the call must end within its timeout.
-template <class T>
-T run(asio::awaitable<T> call) {
-  std::optional<T> out;
-  asio::co_spawn(harness->io, std::move(call), [&](std::exception_ptr e, T value) {
-    FUZZ_REQUIRE(!e, "the call threw");
-    out = std::move(value);
-  });
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!out) {
-    harness->io.run_one_for(100ms);
-    FUZZ_REQUIRE(std::chrono::steady_clock::now() < deadline, "the call did not end within 10 s");
-  }
-  return std::move(*out);
 }
 
 // The caller's own secret is never in its error messages. The Lemur token is sent (in the
@@ -211,7 +196,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   switch (data[0] % 3) {
     case 0: {
-      auto r = run(harness->client->get(harness->base_url + "/api/v1/cfssl/info"));
+      auto r = certagent::fuzz::run_within(harness->io, harness->client->get(harness->base_url + "/api/v1/cfssl/info"));
       harness->client->close();
       if (!r) {
         FUZZ_REQUIRE(!r.error().message.empty(), "an error without a message");
@@ -225,8 +210,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       (void)r->header_values("Link");
       break;
     }
-    case 1: check_issued(run(harness->cfssl->issue(harness->request)), Caller::cfssl, input); break;
-    default: check_issued(run(harness->lemur->issue(harness->request)), Caller::lemur, input); break;
+    case 1: check_issued(certagent::fuzz::run_within(harness->io, harness->cfssl->issue(harness->request)), Caller::cfssl, input); break;
+    default: check_issued(certagent::fuzz::run_within(harness->io, harness->lemur->issue(harness->request)), Caller::lemur, input); break;
   }
   // The server side of this input's connections ends with them.
   for (int i = 0; i < 1000 && harness->sessions != 0; ++i) harness->io.run_one_for(1ms);

@@ -18,6 +18,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "renewers/local_renewer.h"
+#include "tests/fuzz/fuzz_material.h"
 #include "tests/fuzz/fuzz_util.h"
 
 #include <nghttp2/nghttp2.h>
@@ -56,38 +57,6 @@ Harness* harness = nullptr;
 void remove_dir() {
   std::error_code ec;
   if (harness) fs::remove_all(harness->dir, ec);
-}
-
-MaterialPtr make_material(const fs::path& state_dir, const Clock& clock, const std::string& name) {
-  auto key = crypto::generate_key(crypto::KeyType::ecdsa_p256);
-  FUZZ_REQUIRE(key.has_value(), "generate_key");
-  crypto::SubjectNames names{name + ".internal", {name + ".internal"}, {}, {}};
-  auto csr = crypto::build_csr(key->get(), names);
-  FUZZ_REQUIRE(csr.has_value(), "build_csr");
-  auto ca = renewers::LocalRenewer::open(state_dir, &clock);
-  FUZZ_REQUIRE(ca.has_value(), "local CA");
-  renewers::IssueRequest request;
-  request.cert_name = name;
-  request.csr_pem = *csr;
-  request.common_name = names.common_name;
-  request.dns_names = names.dns_names;
-  request.lifetime = 24h;
-  auto issued = (*ca)->issue_now(request);
-  FUZZ_REQUIRE(issued.has_value(), "issue");
-  auto chain = crypto::parse_chain(issued->chain_pem);
-  FUZZ_REQUIRE(chain.has_value(), "chain");
-  const crypto::CertInfo info = crypto::describe(chain->front().get());
-  auto key_pem = crypto::private_key_pem(key->get());
-  FUZZ_REQUIRE(key_pem.has_value(), "key PEM");
-  auto m = std::make_shared<Material>();
-  m->cert_pem = crypto::to_pem(chain->front().get());
-  m->key_pem = std::move(*key_pem);
-  m->serial_hex = info.serial_hex;
-  m->not_before = info.not_before;
-  m->not_after = info.not_after;
-  m->sha256_hex = info.sha256_hex;
-  m->broker = "dev";
-  return m;
 }
 
 config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids) {
@@ -237,8 +206,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   std::atexit(remove_dir);
 
   harness->store.configure({cert_config("web", {4242}), cert_config("db", {})});
-  auto web = make_material(harness->dir / "ca", harness->clock, "web");
-  auto db = make_material(harness->dir / "ca", harness->clock, "db");
+  auto web = certagent::fuzz::make_material(harness->dir / "ca", harness->clock, "web");
+  auto db = certagent::fuzz::make_material(harness->dir / "ca", harness->clock, "db");
   harness->db_key_pem = std::string(db->key_pem.view());
   auto second_line = [](std::string_view pem) {
     const auto a = pem.find('\n') + 1;

@@ -18,6 +18,7 @@
 #include "core/crypto/keys.h"
 #include "core/crypto/x509.h"
 #include "renewers/local_renewer.h"
+#include "tests/fuzz/fuzz_material.h"
 #include "tests/fuzz/fuzz_util.h"
 
 #include <netinet/in.h>
@@ -64,38 +65,6 @@ void remove_dir() {
 }
 
 // A real certificate and key from a local CA, as the daemon would hold them.
-MaterialPtr make_material(const fs::path& state_dir, const Clock& clock) {
-  auto key = crypto::generate_key(crypto::KeyType::ecdsa_p256);
-  FUZZ_REQUIRE(key.has_value(), "generate_key");
-  crypto::SubjectNames names{"web.internal", {"web.internal"}, {}, {}};
-  auto csr = crypto::build_csr(key->get(), names);
-  FUZZ_REQUIRE(csr.has_value(), "build_csr");
-  auto ca = renewers::LocalRenewer::open(state_dir, &clock);
-  FUZZ_REQUIRE(ca.has_value(), "local CA");
-  renewers::IssueRequest request;
-  request.cert_name = "web";
-  request.csr_pem = *csr;
-  request.common_name = names.common_name;
-  request.dns_names = names.dns_names;
-  request.lifetime = 24h;
-  auto issued = (*ca)->issue_now(request);
-  FUZZ_REQUIRE(issued.has_value(), "issue");
-  auto chain = crypto::parse_chain(issued->chain_pem);
-  FUZZ_REQUIRE(chain.has_value(), "chain");
-  const crypto::CertInfo info = crypto::describe(chain->front().get());
-  auto key_pem = crypto::private_key_pem(key->get());
-  FUZZ_REQUIRE(key_pem.has_value(), "key PEM");
-  auto m = std::make_shared<Material>();
-  m->cert_pem = crypto::to_pem(chain->front().get());
-  m->key_pem = std::move(*key_pem);
-  m->serial_hex = info.serial_hex;
-  m->not_before = info.not_before;
-  m->not_after = info.not_after;
-  m->sha256_hex = info.sha256_hex;
-  m->broker = "dev";
-  return m;
-}
-
 config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids) {
   config::CertificateConfig c;
   c.name = name;
@@ -153,7 +122,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
   harness->store.configure({cert_config("web", {4242}), cert_config("db", {})});
   harness->store.set_renewal_handler([](const std::string&) {});
-  harness->store.commit("web", make_material(harness->dir / "ca", harness->clock), harness->clock.now());
+  harness->store.commit("web", certagent::fuzz::make_material(harness->dir / "ca", harness->clock, "web"), harness->clock.now());
 
   config::SocketConfig config;
   config.path = harness->dir / "agent.sock";
