@@ -1,6 +1,6 @@
 #pragma once
-// Shared by the harnesses that serve certificates (socket_api, sidecar): a real leaf with its
-// key, issued by the local CA, as the store holds it.
+// Shared by the harnesses that serve certificates (socket_api, sidecar): a certificate's
+// configuration, and a real leaf with its key, issued by the local CA, as the store holds it.
 
 #include "agent/store.h"
 #include "core/clock.h"
@@ -14,8 +14,22 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace certagent::fuzz {
+
+// A certificate "<name>" from broker "dev" for "<name>.internal" (and `uri` if given), served on
+// the socket to `uids` only.
+inline config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids,
+                                             const std::string& uri = {}) {
+  config::CertificateConfig c;
+  c.name = name;
+  c.broker = "dev";
+  c.common_name = name + ".internal";
+  if (!uri.empty()) c.uris = {uri};
+  c.socket.allow_uids = std::move(uids);
+  return c;
+}
 
 // A leaf for "<name>.internal", valid 24 h from the clock's now.
 inline MaterialPtr make_material(const std::filesystem::path& state_dir, const Clock& clock,

@@ -59,16 +59,6 @@ void remove_dir() {
   if (harness) fs::remove_all(harness->dir, ec);
 }
 
-config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids) {
-  config::CertificateConfig c;
-  c.name = name;
-  c.broker = "dev";
-  c.common_name = name + ".internal";
-  c.uris = {"spiffe://example.org/" + name};
-  c.socket.allow_uids = std::move(uids);
-  return c;
-}
-
 void run_io() {
   harness->io.restart();
   if (harness->io.poll() == 0) harness->io.run_one_for(1ms);
@@ -205,7 +195,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   harness->dir = dir;
   std::atexit(remove_dir);
 
-  harness->store.configure({cert_config("web", {4242}), cert_config("db", {})});
+  harness->store.configure({certagent::fuzz::cert_config("web", {4242}, "spiffe://example.org/web"),
+                            certagent::fuzz::cert_config("db", {}, "spiffe://example.org/db")});
   auto web = certagent::fuzz::make_material(harness->dir / "ca", harness->clock, "web");
   auto db = certagent::fuzz::make_material(harness->dir / "ca", harness->clock, "db");
   harness->db_key_pem = std::string(db->key_pem.view());

@@ -64,16 +64,6 @@ void remove_dir() {
   if (harness) fs::remove_all(harness->dir, ec);
 }
 
-// A real certificate and key from a local CA, as the daemon would hold them.
-config::CertificateConfig cert_config(const std::string& name, std::vector<std::uint32_t> uids) {
-  config::CertificateConfig c;
-  c.name = name;
-  c.broker = "dev";
-  c.common_name = name + ".internal";
-  c.socket.allow_uids = std::move(uids);
-  return c;
-}
-
 // Everything the server sent, as HTTP/1.1 responses.
 void check_responses(std::string_view out, bool metrics_listener) {
   static const std::set<unsigned> kExpected = {200, 202, 400, 403, 404, 405, 408, 413, 431, 500, 503};
@@ -120,7 +110,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   harness->dir = dir;
   std::atexit(remove_dir);
 
-  harness->store.configure({cert_config("web", {4242}), cert_config("db", {})});
+  harness->store.configure({certagent::fuzz::cert_config("web", {4242}), certagent::fuzz::cert_config("db", {})});
   harness->store.set_renewal_handler([](const std::string&) {});
   harness->store.commit("web", certagent::fuzz::make_material(harness->dir / "ca", harness->clock, "web"), harness->clock.now());
 
