@@ -21,7 +21,10 @@ enum class Error { none, compression, too_large };
 class Decoder {
  public:
   // max_table_bytes: the SETTINGS_HEADER_TABLE_SIZE this side advertises (HTTP/2's default
-  // 4096): a dynamic table size update above it is a compression error.
+  // 4096): a dynamic table size update above it is a compression error. The table starts at
+  // this size. A peer's encoder assumes 4096 until it has our SETTINGS (a client's first
+  // requests usually go out before), so to advertise less, still construct with 4096: the
+  // peer shrinks the table with a size update once it has the SETTINGS.
   explicit Decoder(std::size_t max_table_bytes = 4096);
 
   // Decodes one whole header block (a HEADERS payload and its CONTINUATIONs, padding and
