@@ -1,6 +1,8 @@
 #include "agent/sidecar/sidecar_server.h"
 
 #include "agent/sidecar/content.h"
+#include "agent/sidecar/h2_frames.h"
+#include "agent/sidecar/hpack.h"
 #include "agent/socket_server.h"
 #include "core/http/server.h"
 #include "core/logging.h"
@@ -10,11 +12,10 @@
 
 #include <google/protobuf/stubs/logging.h>
 
-#include <nghttp2/nghttp2.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/asio/post.hpp>
@@ -56,23 +57,20 @@ constexpr std::size_t kMaxResourceNames = 64;
 constexpr std::size_t kMaxResourceNameBytes = 256;
 // Request headers of one call, HPACK-decoded (RFC 9113 SETTINGS_MAX_HEADER_LIST_SIZE counting).
 constexpr std::uint32_t kMaxHeaderListBytes = 16 * 1024;
-// Our HPACK decoder's table (the client's encoder keeps to it) and encoder's table: small, since
-// gRPC's request headers are few and a table is held per connection.
-constexpr std::uint32_t kHeaderTableBytes = 512;
 // Read from a socket per wake-up before the other connections get their turn.
 constexpr std::size_t kReadBudget = 256 * 1024;
-// Frames nghttp2 serialises are gathered up to this much before one write(2).
+// Output gathered for one sendmsg(2), and its parts (IOV_MAX is 1024).
 constexpr std::size_t kWriteChunk = 64 * 1024;
-// nghttp2's outbound frame buffer: one block for a 16 KiB frame and its header, allocated with
-// the session.
-constexpr std::size_t kFrameBufferMin = 16384 + 10;
-constexpr std::size_t kFrameBufferMax = 16384 + 10 + 256;
-constexpr std::size_t kFrameBufferHead = 64;  // never released: room for the frame prefix
-// How long after a connection's last write its frame buffer's pages go back to the kernel, and
-// after frames of what size (smaller ones touch a page or two: not worth a madvise and the page
-// faults of the next push).
-constexpr auto kTrimDelay = 200ms;
-constexpr std::size_t kTrimAbove = 8 * 1024;
+constexpr std::size_t kMaxSegments = 1000;
+// Limits against floods, as nghttp2 sets them: CONTINUATION frames per header block, entries
+// per SETTINGS frame, PING/SETTINGS answers queued unread, client resets (a burst, then a rate).
+constexpr int kMaxContinuations = 8;
+constexpr std::size_t kMaxSettingsEntries = 32;
+constexpr int kMaxQueuedAcks = 100;
+constexpr double kResetBurst = 100;
+constexpr double kResetRate = 10;  // per second
+// grpc-message is cut here, so a status always fits one HEADERS frame.
+constexpr std::size_t kMaxStatusMessage = 1024;
 // A PING not answered within this (or the keep-alive interval, if shorter) is a dead peer.
 constexpr auto kPingTimeout = 20s;
 
@@ -145,17 +143,6 @@ std::string percent_encode(std::string_view text) {
   return out;
 }
 
-nghttp2_nv header(std::string_view name, std::string_view value, bool constant = true) {
-  nghttp2_nv nv;
-  nv.name = reinterpret_cast<uint8_t*>(const_cast<char*>(name.data()));
-  nv.namelen = name.size();
-  nv.value = reinterpret_cast<uint8_t*>(const_cast<char*>(value.data()));
-  nv.valuelen = value.size();
-  nv.flags = constant ? (NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE)
-                      : NGHTTP2_NV_FLAG_NO_COPY_NAME;
-  return nv;
-}
-
 // The gRPC methods, by :path.
 enum class Method { unknown, unimplemented, sds_stream, sds_fetch, x509_svid, x509_bundles };
 
@@ -185,6 +172,93 @@ Api api_of(Method m) {
   }
 }
 
+// Output gathered for one connection's sendmsg(2): frame headers, prefixes and the like copied
+// into one buffer, message bodies referenced where every stream shares them (and kept alive
+// until the write). One list serves every connection in turn.
+class WriteList {
+ public:
+  std::size_t size() const { return total_; }
+  bool full() const { return segments_.size() >= kMaxSegments; }
+  // f appends to the buffer.
+  template <class F>
+  void append(F&& f) {
+    const std::size_t before = bytes_.size();
+    f(bytes_);
+    const std::size_t len = bytes_.size() - before;
+    if (len == 0) return;
+    if (!segments_.empty() && !segments_.back().data &&
+        segments_.back().offset + segments_.back().len == before) {
+      segments_.back().len += len;
+    } else {
+      segments_.push_back({nullptr, before, len});
+    }
+    total_ += len;
+  }
+  void copy(std::string_view part) {
+    append([&](std::string& b) { b.append(part); });
+  }
+  void reference(const Bytes& owner, std::string_view part) {
+    if (part.size() < 256) return copy(part);  // a segment costs more than the copy
+    if (keep_.empty() || keep_.back() != owner) keep_.push_back(owner);
+    segments_.push_back({part.data(), 0, part.size()});
+    total_ += part.size();
+  }
+  // One sendmsg(2); false on an error other than a full socket (errno tells).
+  bool send(int fd, std::size_t& written) {
+    iov_.clear();
+    for (const auto& s : segments_) {
+      const char* p = s.data ? s.data : bytes_.data() + s.offset;
+      iov_.push_back({const_cast<char*>(p), s.len});
+    }
+    msghdr msg{};
+    msg.msg_iov = iov_.data();
+    msg.msg_iovlen = iov_.size();
+    for (;;) {
+      const auto n = ::sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n >= 0) {
+        written = static_cast<std::size_t>(n);
+        return true;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        written = 0;
+        return true;
+      }
+      return false;
+    }
+  }
+  // What the kernel did not take, appended to out.
+  void rest(std::size_t written, std::string& out) const {
+    for (const auto& s : segments_) {
+      if (written >= s.len) {
+        written -= s.len;
+        continue;
+      }
+      const char* p = s.data ? s.data : bytes_.data() + s.offset;
+      out.append(p + written, s.len - written);
+      written = 0;
+    }
+  }
+  void clear() {
+    bytes_.clear();
+    segments_.clear();
+    keep_.clear();
+    total_ = 0;
+  }
+
+ private:
+  struct Segment {
+    const char* data;  // null: bytes_[offset, offset + len)
+    std::size_t offset;
+    std::size_t len;
+  };
+  std::string bytes_;
+  std::vector<Segment> segments_;
+  std::vector<Bytes> keep_;
+  std::vector<iovec> iov_;
+  std::size_t total_{0};
+};
+
 // One message on its way out: the 5-byte gRPC prefix, bytes shared with other streams, and a
 // per-stream tail (SDS: version_info and nonce, which protobuf merges into the message).
 struct OutMessage {
@@ -193,23 +267,26 @@ struct OutMessage {
   std::string tail;
 
   std::size_t size() const { return prefix.size() + body->size() + tail.size(); }
-  // Copies bytes [from, from + n) of the framed message to dst.
-  void copy(std::size_t from, std::size_t n, std::uint8_t* dst) const {
-    auto take = [&](std::string_view part) {
+  // Bytes [from, from + n) of the framed message, into w.
+  void gather(std::size_t from, std::size_t n, WriteList& w) const {
+    auto take = [&](std::string_view part, const Bytes* owner) {
       if (n == 0) return;
       if (from >= part.size()) {
         from -= part.size();
         return;
       }
       const std::size_t k = std::min(n, part.size() - from);
-      std::memcpy(dst, part.data() + from, k);
-      dst += k;
+      if (owner) {
+        w.reference(*owner, part.substr(from, k));
+      } else {
+        w.copy(part.substr(from, k));
+      }
       n -= k;
       from = 0;
     };
-    take(std::string_view(prefix.data(), prefix.size()));
-    take(*body);
-    take(tail);
+    take(std::string_view(prefix.data(), prefix.size()), nullptr);
+    take(*body, &body);
+    take(tail, nullptr);
   }
 };
 
@@ -229,12 +306,12 @@ OutMessage frame_message(Bytes body, std::string tail = {}) {
 
 class Connection;
 
-// One gRPC call: an HTTP/2 stream of one connection. Lives while the stream is open in nghttp2
+// One gRPC call: an HTTP/2 stream of one connection. Lives while the stream is open
 // (the connection owns it) and while the server's stream tables hold it; once closed, it ignores
 // everything.
 struct Call {
   std::uint64_t id{0};
-  std::int32_t stream_id{0};
+  std::uint32_t stream_id{0};
   Connection* conn{nullptr};  // null once closed
   Method method{Method::unknown};
   Api api{Api::connection};
@@ -244,23 +321,31 @@ struct Call {
   std::string content_type;
   std::string encoding;
   bool spiffe_header{false};
-  std::size_t header_bytes{0};
-  bool started{false};   // headers complete and dispatched
-  bool admitted{false};  // counted by the limits
+  bool has_method{false};
+  bool has_scheme{false};
+  bool has_authority{false};
+  bool saw_field{false};   // a regular field came (pseudo-headers must come before)
+  bool bad_header{false};  // a malformed request (RFC 9113 8.1.1): reset
+  bool started{false};     // headers complete and dispatched
+  bool admitted{false};    // counted by the limits
   bool remote_closed{false};
-  uid_t uid{0};          // the caller's, once admitted
+  uid_t uid{0};            // the caller's, once admitted
   std::size_t messages_in{0};
-  std::string inbuf;     // request bytes not yet a whole message
+  std::string inbuf;       // request bytes not yet a whole message
+
+  // HTTP/2 flow control: what we may still send, and what came since our last WINDOW_UPDATE.
+  std::int64_t send_window{h2::kDefaultWindow};
+  std::int64_t received{0};
 
   // Response.
   bool response_started{false};
+  bool headers_sent{false};
   bool finishing{false};
-  bool deferred{false};  // nghttp2 waits for resume_data
+  std::string_view http_status;  // not gRPC: this HTTP status alone (a constant)
   std::optional<OutMessage> current;
   std::size_t offset{0};  // into current
   std::optional<OutMessage> pending;
   std::optional<Status> trailers;
-  std::string status_text;  // grpc-status value, alive while nghttp2 holds the trailers
 
   const http::Peer& peer() const;
   // Latest wins: a message that comes while another is being written replaces the one waiting
@@ -285,11 +370,9 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   // ---- from connections ----
   asio::io_context& io() { return io_; }
   const config::WorkloadApiConfig& config() const { return config_; }
-  nghttp2_session_callbacks* callbacks() { return callbacks_; }
-  nghttp2_option* options() { return options_; }
   std::uint8_t* read_buffer() { return read_buffer_.data(); }
   std::size_t read_buffer_size() const { return read_buffer_.size(); }
-  std::string& write_buffer() { return write_buffer_; }
+  WriteList& write_list() { return write_list_; }
   // Headers complete: admit and dispatch, or end the call with a status.
   void start_call(const std::shared_ptr<Call>& call);
   void call_message(const std::shared_ptr<Call>& call, std::string_view bytes);
@@ -298,9 +381,6 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   void connection_closed(Connection* conn, std::string_view reason, const std::string& detail);
   void refused(Api api, const http::Peer& peer, std::string_view reason, const std::string& detail);
   std::uint64_t next_id() { return ++next_id_; }
-  // After a connection's writes: its idle frame buffer is given back a little later, once for
-  // every connection written in that time (off the path of a push).
-  void schedule_trim(std::shared_ptr<Connection> conn);
   // During a push to every stream: connections are flushed once each at its end (no post each).
   bool batch_flush(std::shared_ptr<Connection> conn) {
     if (!batch_) return false;
@@ -387,21 +467,17 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   bool refresh_pending_{false};
   bool started_{false};
   std::uint64_t next_id_{0};
-  nghttp2_session_callbacks* callbacks_{nullptr};
-  nghttp2_option* options_{nullptr};
   // One read buffer and one write buffer for every connection: the io thread serves one at a
   // time, so an idle connection holds neither.
   std::vector<std::uint8_t> read_buffer_;
-  std::string write_buffer_;
+  WriteList write_list_;
 
   // Connections (owned here) and the limits.
   std::unordered_map<Connection*, std::shared_ptr<Connection>> conns_;
   std::unordered_map<uid_t, std::size_t> conns_per_uid_;
   std::unordered_map<uid_t, Bucket> buckets_;
   std::size_t calls_{0};
-  std::vector<std::shared_ptr<Connection>> to_trim_;
   std::vector<std::shared_ptr<Connection>>* batch_{nullptr};
-  std::optional<asio::steady_timer> trim_timer_;
 
   std::map<std::uint64_t, SdsStream> sds_;
   std::map<std::uint64_t, SvidStream> svid_;
@@ -432,14 +508,19 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
 
 using Impl = SidecarServer::Impl;
 
-// ---- a connection: one nghttp2 server session on the daemon's io_context --------------------
+// ---- a connection: HTTP/2 server framing on the daemon's io_context --------------------------
+//
+// RFC 9113 as a gRPC server needs it: the client preface and SETTINGS, HEADERS/CONTINUATION with
+// HPACK (hpack.h), DATA with flow control both ways, PING, RST_STREAM, GOAWAY, WINDOW_UPDATE;
+// PRIORITY and unknown frames are ignored, PUSH_PROMISE from a client is an error. A connection
+// holds only its state (no frame buffer, no encoder table): input is read into one buffer shared
+// by every connection, and output is gathered for one sendmsg(2) whose message bodies point into
+// the serialised bytes every stream shares. Only what the kernel does not take is copied.
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
   Connection(Impl& impl, local::socket socket, http::Peer peer)
-      : impl_(&impl), socket_(std::move(socket)), peer_(std::move(peer)),
-        timer_(impl.io()) {}
-  ~Connection() { release_session(); }
+      : impl_(&impl), socket_(std::move(socket)), peer_(std::move(peer)), timer_(impl.io()) {}
 
   const http::Peer& peer() const { return peer_; }
 
@@ -447,25 +528,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
     boost::system::error_code ec;
     socket_.non_blocking(true, ec);
     if (ec) return false;
-    mem_ = nghttp2_mem{this, &Connection::mem_malloc, &Connection::mem_free, &Connection::mem_calloc,
-                       &Connection::mem_realloc};
-    creating_ = true;
-    const int rv = nghttp2_session_server_new3(&session_, impl_->callbacks(), this, impl_->options(), &mem_);
-    creating_ = false;
-    if (rv != 0) return false;
-    const auto& c = impl_->config();
-    const nghttp2_settings_entry settings[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
-         static_cast<std::uint32_t>(std::min<std::size_t>(c.max_streams_per_uid, 1 << 20))},
-        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, kMaxHeaderListBytes},
-        {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, kHeaderTableBytes},
-    };
-    if (nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, std::size(settings)) != 0) {
-      return false;
-    }
+    // HEADER_TABLE_SIZE 0: a client empties its table once it has read this (the decoder still
+    // takes the default 4096 bytes, which a client may use until then), so a long-lived
+    // connection holds no header table.
+    h2::append_settings(control_, {{h2::Setting::max_concurrent_streams, max_streams()},
+                                   {h2::Setting::max_header_list_size, kMaxHeaderListBytes},
+                                   {h2::Setting::header_table_size, 0},
+                                   {h2::Setting::enable_push, 0}});
     const auto now = SteadyClock::now();
     idle_since_ = now;
-    next_ping_ = now + c.keepalive;
+    next_ping_ = now + impl_->config().keepalive;
+    reset_tokens_ = kResetBurst;
+    reset_refill_ = now;
     arm_timer();
     wait_read();
     flush_now();
@@ -484,10 +558,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
       call->conn = nullptr;
       impl_->call_closed(*call);
     }
-    release_session();
     OPENSSL_cleanse(out_.data(), out_.size());
-    out_.clear();
-    out_.shrink_to_fit();
+    std::string().swap(out_);
+    std::string().swap(in_);
+    std::string().swap(block_);
+    std::string().swap(control_);
     socket_.close(ec);
     Impl* impl = impl_;
     impl_ = nullptr;
@@ -497,7 +572,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // stop(): every call has been told UNAVAILABLE; a GOAWAY, what the kernel takes, and close.
   void shutdown() {
     if (closed_) return;
-    nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+    goaway(h2::ErrorCode::no_error);
     flush_now();
     // Unread input would make the kernel reset the connection and drop what we just wrote.
     while (!closed_) {
@@ -508,7 +583,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     close("stopping");
   }
 
-  // After the server gave nghttp2 something to send: one flush per connection per io turn.
+  // After the server gave a call something to send: one flush per connection per io turn.
   void schedule_flush() {
     if (closed_ || flush_posted_ || in_callback_) return;
     flush_posted_ = true;
@@ -520,92 +595,460 @@ class Connection : public std::enable_shared_from_this<Connection> {
     flush_now();
   }
 
-  nghttp2_session* session() { return session_; }
-  // Bytes nghttp2 holds for this connection now.
-  std::size_t nghttp2_bytes() const { return mem_bytes_; }
+  // ---- from the gRPC layer (Call) ----
+  void start_response(Call& call) {
+    call.response_started = true;
+    schedule_flush();
+  }
+  void submit_trailers(Call&) { schedule_flush(); }
+  // Not gRPC at all (content-type): an HTTP status alone, as the gRPC spec asks (415).
+  void reject_http(Call& call, std::string_view status) {
+    call.finishing = true;
+    call.response_started = true;
+    call.http_status = status;
+    schedule_flush();
+  }
+  void resume(Call&) { schedule_flush(); }
 
-  // The frame buffer's whole pages, apart from its head, back to the kernel (their content is
-  // dead once nghttp2 has handed out every frame; the next frame faults in fresh zero pages).
-  void trim() {
-    trim_pending_ = false;
-    large_frame_ = false;
-
-    if (closed_ || !frame_buffer_ || !out_.empty() || nghttp2_session_want_write(session_)) return;
-    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const auto start = reinterpret_cast<std::uintptr_t>(frame_buffer_);
-    const std::uintptr_t begin = (start + kFrameBufferHead + page - 1) / page * page;
-    const std::uintptr_t end = (start + frame_buffer_size_) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+ private:
+  // What the gRPC layer may keep open at once on one connection; more are refused by HTTP/2.
+  std::uint32_t max_streams() const {
+    return static_cast<std::uint32_t>(std::min<std::size_t>(impl_->config().max_streams_per_uid, 1 << 20));
   }
 
-  // ---- nghttp2 callbacks ----
-  int on_begin_headers(const nghttp2_frame* frame) {
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-    auto call = std::make_shared<Call>();
-    call->id = impl_->next_id();
-    call->stream_id = frame->hd.stream_id;
-    call->conn = this;
-    calls_.emplace(call->stream_id, std::move(call));
-    idle_since_.reset();
-    return 0;
+  Call* find(std::uint32_t stream_id) {
+    auto it = calls_.find(stream_id);
+    return it == calls_.end() ? nullptr : it->second.get();
   }
 
-  int on_header(const nghttp2_frame* frame, std::string_view name, std::string_view value) {
-    auto* call = find(frame->hd.stream_id);
-    if (!call || call->started) return 0;  // trailers from the client: nothing we use
-    call->header_bytes += name.size() + value.size() + 32;
-    if (call->header_bytes > kMaxHeaderListBytes) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-    if (name == ":path") {
-      call->path = value;
-    } else if (name == "content-type") {
-      call->content_type = value;
-    } else if (name == "grpc-encoding") {
-      call->encoding = value;
-    } else if (name == "workload.spiffe.io") {
-      call->spiffe_header = value == "true";
+  // ---- input ----
+
+  void wait_read() {
+    socket_.async_wait(local::socket::wait_read,
+                       [self = shared_from_this()](boost::system::error_code ec) {
+                         if (self->closed_ || ec) return;
+                         self->on_readable();
+                       });
+  }
+
+  void on_readable() {
+    std::size_t budget = kReadBudget;
+    while (!closed_ && budget > 0) {
+      const auto n = ::recv(socket_.native_handle(), impl_->read_buffer(), impl_->read_buffer_size(),
+                            MSG_DONTWAIT);
+      if (n == 0) {
+        // The client is done sending: what its last frames asked for still goes out.
+        flush_now();
+        close(drop_reason_.empty() ? "peer_closed" : drop_reason_, drop_detail_);
+        return;
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        close("read_failed", std::strerror(errno));
+        return;
+      }
+      budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(n));
+      in_callback_ = true;
+      process(impl_->read_buffer(), static_cast<std::size_t>(n));
+      in_callback_ = false;
+      if (dying_) {
+        // A connection error: the GOAWAY (and whatever is queued before it) goes out first, if
+        // the kernel takes it.
+        flush_now();
+        close(drop_reason_, drop_detail_);
+        return;
+      }
     }
-    return 0;
+    if (closed_) return;
+    flush_now();
+    if (closed_) return;
+    if (!out_.empty()) {
+      // The client does not take what we send: read nothing more from it until it does (its
+      // PINGs and SETTINGS would only queue more answers).
+      read_paused_ = true;
+      return;
+    }
+    if (budget == 0) {
+      // More may be waiting: after the others' turn.
+      asio::post(impl_->io(), [self = shared_from_this()] {
+        if (!self->closed_) self->on_readable();
+      });
+    } else {
+      wait_read();
+    }
   }
 
-  int on_frame_recv(const nghttp2_frame* frame) {
-    switch (frame->hd.type) {
-      case NGHTTP2_HEADERS:
-      case NGHTTP2_DATA: {
-        auto call = shared(frame->hd.stream_id);
-        if (!call) return 0;
-        if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+  // Whole frames from what came; a frame cut by the read waits in in_.
+  void process(const std::uint8_t* data, std::size_t n) {
+    std::string_view input(reinterpret_cast<const char*>(data), n);
+    if (!in_.empty()) {
+      in_.append(input);
+      input = in_;
+    }
+    std::size_t at = 0;
+    if (preface_seen_ < h2::kPreface.size()) {
+      const std::size_t k = std::min(h2::kPreface.size() - preface_seen_, input.size());
+      if (input.substr(0, k) != h2::kPreface.substr(preface_seen_, k)) {
+        drop("not_http2", "no HTTP/2 client preface");
+        return;
+      }
+      preface_seen_ += k;
+      at = k;
+    }
+    while (!dying_ && input.size() - at >= h2::kFrameHeaderBytes) {
+      const auto* p = reinterpret_cast<const std::uint8_t*>(input.data() + at);
+      const h2::FrameHeader h = h2::parse_frame_header(p);
+      if (h.length > h2::kDefaultMaxFrame) {
+        connection_error(h2::ErrorCode::frame_size_error,
+                         "a frame of " + std::to_string(h.length) + " bytes");
+        return;
+      }
+      if (input.size() - at - h2::kFrameHeaderBytes < h.length) break;
+      const std::string_view payload = input.substr(at + h2::kFrameHeaderBytes, h.length);
+      at += h2::kFrameHeaderBytes + h.length;
+      on_frame(h, payload);
+    }
+    if (dying_ || closed_) return;
+    if (!in_.empty()) {
+      in_.erase(0, at);
+    } else {
+      in_.assign(input.substr(at));
+    }
+    if (in_.empty() && in_.capacity() > 0) std::string().swap(in_);
+  }
+
+  void on_frame(const h2::FrameHeader& h, std::string_view payload) {
+    using h2::ErrorCode;
+    using h2::Type;
+    if (!settings_seen_ && (h.type != Type::settings || (h.flags & h2::flag::ack))) {
+      return connection_error(ErrorCode::protocol_error, "the first frame is not SETTINGS");
+    }
+    if (block_stream_ != 0 && (h.type != Type::continuation || h.stream_id != block_stream_)) {
+      return connection_error(ErrorCode::protocol_error, "a header block is cut by another frame");
+    }
+    switch (h.type) {
+      case Type::data: return on_data(h, payload);
+      case Type::headers: return on_headers(h, payload);
+      case Type::continuation: return on_continuation(h, payload);
+      case Type::priority:
+        if (h.stream_id == 0) return connection_error(ErrorCode::protocol_error, "PRIORITY on stream 0");
+        if (payload.size() != 5) return connection_error(ErrorCode::frame_size_error, "PRIORITY size");
+        return;  // gRPC has no use for priorities
+      case Type::rst_stream: return on_rst_stream(h, payload);
+      case Type::settings: return on_settings(h, payload);
+      case Type::push_promise:
+        return connection_error(ErrorCode::protocol_error, "PUSH_PROMISE from a client");
+      case Type::ping: return on_ping(h, payload);
+      case Type::goaway:
+        if (h.stream_id != 0) return connection_error(ErrorCode::protocol_error, "GOAWAY on a stream");
+        if (payload.size() < 8) return connection_error(ErrorCode::frame_size_error, "GOAWAY size");
+        goaway_received_ = true;
+        return;
+      case Type::window_update: return on_window_update(h, payload);
+    }
+    // Unknown frame types are ignored (RFC 9113 4.1).
+  }
+
+  void on_data(const h2::FrameHeader& h, std::string_view payload) {
+    using h2::ErrorCode;
+    if (h.stream_id == 0) return connection_error(ErrorCode::protocol_error, "DATA on stream 0");
+    std::string_view data = payload;
+    if (h.flags & h2::flag::padded) {
+      if (data.empty()) return connection_error(ErrorCode::frame_size_error, "padded DATA without its length");
+      const std::size_t pad = static_cast<std::uint8_t>(data[0]);
+      if (pad >= data.size()) return connection_error(ErrorCode::protocol_error, "DATA padding too long");
+      data = data.substr(1, data.size() - 1 - pad);
+    }
+    // The whole frame counts against the windows, padding included (RFC 9113 6.9).
+    conn_received_ += h.length;
+    if (conn_received_ > h2::kDefaultWindow) {
+      return connection_error(ErrorCode::flow_control_error, "DATA beyond the connection's window");
+    }
+    if (conn_received_ >= h2::kDefaultWindow / 2) {
+      h2::append_window_update(control_, 0, static_cast<std::uint32_t>(conn_received_));
+      conn_received_ = 0;
+    }
+    Call* call = find(h.stream_id);
+    if (!call) {
+      if (h.stream_id > last_stream_id_) {
+        return connection_error(ErrorCode::protocol_error, "DATA on an idle stream");
+      }
+      return;  // a stream we closed: what was in flight is dropped
+    }
+    if (call->remote_closed) return reset(*call, ErrorCode::stream_closed);
+    call->received += h.length;
+    if (call->received > h2::kDefaultWindow) return reset(*call, ErrorCode::flow_control_error);
+    const bool end = h.flags & h2::flag::end_stream;
+    auto keep = calls_.at(h.stream_id);
+    if (!data.empty()) on_data_chunk(keep, data);
+    if (keep->conn == nullptr || dying_) return;
+    if (!end && keep->received >= h2::kDefaultWindow / 2) {
+      h2::append_window_update(control_, h.stream_id, static_cast<std::uint32_t>(keep->received));
+      keep->received = 0;
+    }
+    if (end) half_closed(keep);
+  }
+
+  void on_headers(const h2::FrameHeader& h, std::string_view payload) {
+    using h2::ErrorCode;
+    if (h.stream_id == 0) return connection_error(ErrorCode::protocol_error, "HEADERS on stream 0");
+    std::size_t pos = 0;
+    std::size_t pad = 0;
+    if (h.flags & h2::flag::padded) {
+      if (payload.empty()) return connection_error(ErrorCode::frame_size_error, "padded HEADERS without its length");
+      pad = static_cast<std::uint8_t>(payload[0]);
+      pos = 1;
+    }
+    if (h.flags & h2::flag::priority) {
+      if (payload.size() < pos + 5) return connection_error(ErrorCode::frame_size_error, "HEADERS priority");
+      const auto dep = h2::read_u32(reinterpret_cast<const std::uint8_t*>(payload.data() + pos)) & 0x7fffffffu;
+      if (dep == h.stream_id) return connection_error(ErrorCode::protocol_error, "a stream depends on itself");
+      pos += 5;
+    }
+    if (pad > payload.size() - pos) return connection_error(ErrorCode::protocol_error, "HEADERS padding too long");
+    block_.assign(payload.substr(pos, payload.size() - pos - pad));
+    block_flags_ = h.flags;
+    continuations_ = 0;
+    if (h.flags & h2::flag::end_headers) {
+      end_of_block(h.stream_id);
+    } else {
+      block_stream_ = h.stream_id;
+    }
+  }
+
+  void on_continuation(const h2::FrameHeader& h, std::string_view payload) {
+    if (block_stream_ == 0) {
+      return connection_error(h2::ErrorCode::protocol_error, "CONTINUATION without HEADERS");
+    }
+    if (++continuations_ > kMaxContinuations) {
+      return flood("more than " + std::to_string(kMaxContinuations) + " CONTINUATION frames");
+    }
+    block_.append(payload);
+    if (h.flags & h2::flag::end_headers) {
+      const auto sid = block_stream_;
+      block_stream_ = 0;
+      end_of_block(sid);
+    }
+  }
+
+  // A whole header block: a new call, the client's trailers, or one for a stream already gone
+  // (decoded all the same: the HPACK table must stay in step).
+  void end_of_block(std::uint32_t sid) {
+    using h2::ErrorCode;
+    const bool end_stream = block_flags_ & h2::flag::end_stream;
+    std::shared_ptr<Call> call;
+    hpack::Error error = hpack::Error::none;
+    auto ignore = [](std::string_view, std::string_view) {};
+    if (auto it = calls_.find(sid); it != calls_.end()) {
+      // Trailers from the client: they must end the stream; their content is of no use.
+      error = decoder_.decode(block_, kMaxHeaderListBytes, ignore);
+      call = it->second;
+      if (error == hpack::Error::compression) return compression_error();
+      if (!end_stream) return reset(*call, ErrorCode::protocol_error);
+      if (!call->remote_closed) half_closed(call);
+    } else if (sid <= last_stream_id_ || goaway_sent_) {
+      error = decoder_.decode(block_, kMaxHeaderListBytes, ignore);
+      if (error == hpack::Error::compression) return compression_error();
+    } else if (sid % 2 == 0) {
+      return connection_error(ErrorCode::protocol_error, "a client opened an even stream");
+    } else {
+      last_stream_id_ = sid;
+      if (calls_.size() >= max_streams()) {
+        error = decoder_.decode(block_, kMaxHeaderListBytes, ignore);
+        if (error == hpack::Error::compression) return compression_error();
+        h2::append_rst_stream(control_, sid, ErrorCode::refused_stream);
+      } else {
+        call = std::make_shared<Call>();
+        call->id = impl_->next_id();
+        call->stream_id = sid;
+        call->conn = this;
+        call->send_window = peer_initial_window_;
+        calls_.emplace(sid, call);
+        idle_since_.reset();
+        error = decoder_.decode(block_, kMaxHeaderListBytes,
+                                [&](std::string_view name, std::string_view value) {
+                                  on_header(*call, name, value);
+                                });
+        if (error == hpack::Error::compression) return compression_error();
+        if (error == hpack::Error::too_large) {
+          reset(*call, ErrorCode::enhance_your_calm);
+        } else if (call->bad_header || !call->has_method || !call->has_scheme || call->path.empty()) {
+          reset(*call, ErrorCode::protocol_error);
+        } else {
           call->started = true;
           impl_->start_call(call);
+          if (end_stream && call->conn && !call->remote_closed) half_closed(call);
         }
-        if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !call->remote_closed) {
-          call->remote_closed = true;
-          if (call->conn) impl_->call_half_closed(call);
-        }
-        return 0;
       }
-      case NGHTTP2_PING:
-        if ((frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-            std::memcmp(frame->ping.opaque_data, ping_data_.data(), ping_data_.size()) == 0) {
-          ping_deadline_.reset();
-        }
-        return 0;
-      default:
-        return 0;
+    }
+    if (block_.capacity() > 256) {
+      std::string().swap(block_);
+    } else {
+      block_.clear();
     }
   }
 
-  int on_data_chunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t len) {
-    auto call = shared(stream_id);
-    if (!call || call->finishing || !call->conn) return 0;  // ended early: the rest is dropped
+  // RFC 9113 8.2 and 8.3: what makes a request malformed (a stream error), then the fields the
+  // gRPC layer reads.
+  static void on_header(Call& call, std::string_view name, std::string_view value) {
+    const bool bad_name = name.empty() || std::any_of(name.begin() + (name[0] == ':' ? 1 : 0), name.end(), [](char ch) {
+                            const auto c = static_cast<unsigned char>(ch);
+                            return c <= 0x20 || (c >= 'A' && c <= 'Z') || c >= 0x7f || c == ':';
+                          });
+    const bool bad_value = value.find_first_of(std::string_view("\0\r\n", 3)) != std::string_view::npos;
+    if (bad_name || bad_value) {
+      call.bad_header = true;
+      return;
+    }
+    if (name[0] == ':') {
+      bool* seen = name == ":method"      ? &call.has_method
+                   : name == ":scheme"    ? &call.has_scheme
+                   : name == ":authority" ? &call.has_authority
+                                          : nullptr;
+      if (name == ":path") {
+        if (!call.path.empty() || value.empty()) call.bad_header = true;
+        call.path = value;
+        if (call.saw_field) call.bad_header = true;
+        return;
+      }
+      if (!seen || *seen || call.saw_field) {
+        call.bad_header = true;
+        return;
+      }
+      *seen = true;
+      return;
+    }
+    call.saw_field = true;
+    if (name == "connection" || name == "keep-alive" || name == "proxy-connection" ||
+        name == "transfer-encoding" || name == "upgrade" || (name == "te" && value != "trailers")) {
+      call.bad_header = true;
+    } else if (name == "content-type") {
+      call.content_type = value;
+    } else if (name == "grpc-encoding") {
+      call.encoding = value;
+    } else if (name == "workload.spiffe.io") {
+      call.spiffe_header = value == "true";
+    }
+  }
+
+  void on_rst_stream(const h2::FrameHeader& h, std::string_view payload) {
+    using h2::ErrorCode;
+    if (h.stream_id == 0) return connection_error(ErrorCode::protocol_error, "RST_STREAM on stream 0");
+    if (payload.size() != 4) return connection_error(ErrorCode::frame_size_error, "RST_STREAM size");
+    if (h.stream_id > last_stream_id_) {
+      return connection_error(ErrorCode::protocol_error, "RST_STREAM on an idle stream");
+    }
+    // Rapid reset (CVE-2023-44487): a client opening and cancelling streams in a loop.
+    const auto now = SteadyClock::now();
+    reset_tokens_ = std::min(kResetBurst, reset_tokens_ + std::chrono::duration<double>(now - reset_refill_).count() * kResetRate);
+    reset_refill_ = now;
+    if (reset_tokens_ < 1) return flood("streams reset faster than " + std::to_string(static_cast<int>(kResetRate)) + "/s");
+    reset_tokens_ -= 1;
+    if (find(h.stream_id)) close_stream(h.stream_id);
+  }
+
+  void on_settings(const h2::FrameHeader& h, std::string_view payload) {
+    using h2::ErrorCode;
+    using h2::Setting;
+    if (h.stream_id != 0) return connection_error(ErrorCode::protocol_error, "SETTINGS on a stream");
+    if (h.flags & h2::flag::ack) {
+      if (!payload.empty()) return connection_error(ErrorCode::frame_size_error, "SETTINGS ack with a payload");
+      return;
+    }
+    if (payload.size() % 6 != 0) return connection_error(ErrorCode::frame_size_error, "SETTINGS size");
+    if (payload.size() / 6 > kMaxSettingsEntries) {
+      return flood("more than " + std::to_string(kMaxSettingsEntries) + " entries in a SETTINGS frame");
+    }
+    for (std::size_t i = 0; i < payload.size(); i += 6) {
+      const auto* p = reinterpret_cast<const std::uint8_t*>(payload.data() + i);
+      const auto id = static_cast<Setting>((p[0] << 8) | p[1]);
+      const std::uint32_t value = h2::read_u32(p + 2);
+      switch (id) {
+        case Setting::enable_push:
+          if (value > 1) return connection_error(ErrorCode::protocol_error, "ENABLE_PUSH neither 0 nor 1");
+          break;
+        case Setting::initial_window_size: {
+          if (value > h2::kMaxWindow) return connection_error(ErrorCode::flow_control_error, "INITIAL_WINDOW_SIZE too large");
+          const std::int64_t delta = static_cast<std::int64_t>(value) - peer_initial_window_;
+          for (auto& [sid, call] : calls_) {
+            call->send_window += delta;
+            if (call->send_window > h2::kMaxWindow) {
+              return connection_error(ErrorCode::flow_control_error, "a stream window past 2^31-1");
+            }
+          }
+          peer_initial_window_ = value;
+          break;
+        }
+        case Setting::max_frame_size:
+          if (value < h2::kDefaultMaxFrame || value > 0xffffff) {
+            return connection_error(ErrorCode::protocol_error, "MAX_FRAME_SIZE out of range");
+          }
+          peer_max_frame_ = value;
+          break;
+        default:
+          break;  // header table size (we index nothing), limits on streams we never open, ...
+      }
+    }
+    settings_seen_ = true;
+    h2::append_settings_ack(control_);
+    count_ack();
+  }
+
+  void on_ping(const h2::FrameHeader& h, std::string_view payload) {
+    if (h.stream_id != 0) return connection_error(h2::ErrorCode::protocol_error, "PING on a stream");
+    if (payload.size() != 8) return connection_error(h2::ErrorCode::frame_size_error, "PING size");
+    const auto* opaque = reinterpret_cast<const std::uint8_t*>(payload.data());
+    if (h.flags & h2::flag::ack) {
+      if (ping_deadline_ && std::memcmp(opaque, ping_data_.data(), ping_data_.size()) == 0) {
+        ping_deadline_.reset();
+      }
+      return;
+    }
+    h2::append_ping(control_, true, opaque);
+    count_ack();
+  }
+
+  void on_window_update(const h2::FrameHeader& h, std::string_view payload) {
+    using h2::ErrorCode;
+    if (payload.size() != 4) return connection_error(ErrorCode::frame_size_error, "WINDOW_UPDATE size");
+    const std::int64_t increment =
+        h2::read_u32(reinterpret_cast<const std::uint8_t*>(payload.data())) & 0x7fffffffu;
+    if (h.stream_id == 0) {
+      if (increment == 0) return connection_error(ErrorCode::protocol_error, "WINDOW_UPDATE of 0");
+      conn_send_window_ += increment;
+      if (conn_send_window_ > h2::kMaxWindow) {
+        return connection_error(ErrorCode::flow_control_error, "the connection window past 2^31-1");
+      }
+      return;
+    }
+    Call* call = find(h.stream_id);
+    if (!call) {
+      if (h.stream_id > last_stream_id_) {
+        return connection_error(ErrorCode::protocol_error, "WINDOW_UPDATE on an idle stream");
+      }
+      return;
+    }
+    if (increment == 0) return reset(*call, ErrorCode::protocol_error);
+    call->send_window += increment;
+    if (call->send_window > h2::kMaxWindow) return reset(*call, ErrorCode::flow_control_error);
+  }
+
+  // SETTINGS and PING answers the client has not read: more than a few is a flood (a client
+  // that writes them and never reads would otherwise make us queue without end).
+  void count_ack() {
+    if (++acks_queued_ > kMaxQueuedAcks) flood("more than " + std::to_string(kMaxQueuedAcks) + " PING/SETTINGS answers unread");
+  }
+
+  // gRPC messages in a call's DATA: a message may span DATA frames, a frame may hold several.
+  void on_data_chunk(const std::shared_ptr<Call>& call, std::string_view data) {
+    if (call->finishing || !call->conn) return;  // ended early: the rest is dropped
     const std::size_t max = impl_->config().max_request_bytes;
-    call->inbuf.append(reinterpret_cast<const char*>(data), len);
-    // Every whole message in what has come: a message may span DATA frames, a frame may hold
-    // several.
+    call->inbuf.append(data);
     std::size_t at = 0;
     while (call->inbuf.size() - at >= 5 && !call->finishing && call->conn) {
       const auto* p = reinterpret_cast<const unsigned char*>(call->inbuf.data() + at);
-      const std::uint32_t n = (std::uint32_t{p[1]} << 24) | (std::uint32_t{p[2]} << 16) |
-                              (std::uint32_t{p[3]} << 8) | std::uint32_t{p[4]};
+      const std::uint32_t n = h2::read_u32(p + 1);
       if (p[0] & 1) {
         // Compressed, while we named no grpc-encoding we accept (only identity): the gRPC
         // spec's answer to a compressed message without a matching encoding.
@@ -624,323 +1067,203 @@ class Connection : public std::enable_shared_from_this<Connection> {
       impl_->call_message(call, message);
     }
     if (call->finishing || !call->conn) {
-      call->inbuf.clear();
-      call->inbuf.shrink_to_fit();
+      std::string().swap(call->inbuf);
     } else {
       call->inbuf.erase(0, at);
-      if (call->inbuf.empty()) call->inbuf.shrink_to_fit();
+      if (call->inbuf.empty()) std::string().swap(call->inbuf);
     }
-    return 0;
   }
 
-  int on_stream_close(std::int32_t stream_id) {
+  void half_closed(const std::shared_ptr<Call>& call) {
+    call->remote_closed = true;
+    if (call->conn) impl_->call_half_closed(call);
+  }
+
+  // ---- errors ----
+
+  // A stream error: RST_STREAM, and the call is gone.
+  void reset(Call& call, h2::ErrorCode code) {
+    h2::append_rst_stream(control_, call.stream_id, code);
+    close_stream(call.stream_id);
+  }
+
+  void close_stream(std::uint32_t stream_id) {
     auto it = calls_.find(stream_id);
-    if (it == calls_.end()) return 0;
+    if (it == calls_.end()) return;
     auto call = std::move(it->second);
     calls_.erase(it);
     call->conn = nullptr;
     impl_->call_closed(*call);
     if (calls_.empty()) idle_since_ = SteadyClock::now();
-    return 0;
   }
 
-  int on_frame_send(const nghttp2_frame* frame) {
-    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
-      drop_reason_ = "protocol_error";
-      drop_detail_ = nghttp2_http2_strerror(frame->goaway.error_code);
+  void goaway(h2::ErrorCode code) {
+    if (goaway_sent_) return;
+    goaway_sent_ = true;
+    h2::append_goaway(control_, last_stream_id_, code);
+  }
+
+  // A connection error: GOAWAY with the code, then the connection ends (after this input).
+  void connection_error(h2::ErrorCode code, std::string detail) {
+    goaway(code);
+    drop(code == h2::ErrorCode::enhance_your_calm ? "flooded" : "protocol_error",
+         std::string(h2::error_name(code)) + ": " + detail);
+  }
+  void flood(std::string detail) { connection_error(h2::ErrorCode::enhance_your_calm, std::move(detail)); }
+  void compression_error() {
+    connection_error(h2::ErrorCode::compression_error, "a header block that does not decode");
+  }
+  void drop(std::string_view reason, std::string detail) {
+    if (dying_) return;
+    dying_ = true;
+    drop_reason_ = reason;
+    drop_detail_ = std::move(detail);
+    if (!in_callback_) {
+      flush_now();
+      close(drop_reason_, drop_detail_);
     }
-    // Our side of a call is done (trailers, or Trailers-Only): a client still sending is told to
-    // stop, without error (RFC 9113 8.1), as gRPC servers do.
-    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
-        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-      auto* call = find(frame->hd.stream_id);
-      if (call && !call->remote_closed) {
-        nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+  }
+
+  // ---- output ----
+
+  bool has_output(const Call& c) const {
+    if (!c.http_status.empty()) return !c.headers_sent;
+    return (c.response_started && !c.headers_sent) || c.current || c.trailers;
+  }
+
+  // Gathers what can go now: control frames first, then each call's HEADERS, DATA (within the
+  // flow-control windows) and trailers, up to about kWriteChunk bytes.
+  void gather(WriteList& w) {
+    if (!control_.empty()) {
+      w.copy(control_);
+      if (control_.capacity() > 64) {
+        std::string().swap(control_);
+      } else {
+        control_.clear();
       }
+      acks_queued_ = 0;
     }
-    return 0;
+    std::vector<std::uint32_t> ended;  // allocates only when a stream ends
+    for (auto& [sid, call] : calls_) {
+      if (w.size() >= kWriteChunk || w.full()) break;
+      if (has_output(*call)) gather_call(*call, w, ended);
+    }
+    for (auto sid : ended) close_stream(sid);
   }
 
-  ssize_t read_data(Call& call, std::uint8_t* buf, std::size_t length, std::uint32_t* flags) {
-    std::size_t done = 0;
-    while (done < length && call.current) {
-      const std::size_t k = std::min(length - done, call.current->size() - call.offset);
-      call.current->copy(call.offset, k, buf + done);
-      done += k;
-      call.offset += k;
-      if (call.offset == call.current->size()) {
-        call.current = std::move(call.pending);
-        call.pending.reset();
-        call.offset = 0;
-      }
-    }
-    if (!call.current && call.trailers) {
-      *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;
-      submit_trailers(call);
-      return static_cast<ssize_t>(done);
-    }
-    if (done == 0) {
-      call.deferred = true;
-      return NGHTTP2_ERR_DEFERRED;
-    }
-    return static_cast<ssize_t>(done);
-  }
-
-  // HEADERS, then DATA from the call's messages.
-  void start_response(Call& call) {
-    call.response_started = true;
-    const nghttp2_nv nva[] = {header(":status", "200"),
-                              header("content-type", "application/grpc"),
-                              header("grpc-accept-encoding", "identity")};
-    nghttp2_data_provider provider{};
-    provider.source.ptr = &call;
-    provider.read_callback = [](nghttp2_session*, std::int32_t, std::uint8_t* buf, std::size_t length,
-                                std::uint32_t* flags, nghttp2_data_source* source,
-                                void* user) -> ssize_t {
-      auto* self = static_cast<Connection*>(user);
-      return self->read_data(*static_cast<Call*>(source->ptr), buf, length, flags);
-    };
-    if (nghttp2_submit_response(session_, call.stream_id, nva, std::size(nva), &provider) != 0) {
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, call.stream_id, NGHTTP2_INTERNAL_ERROR);
-    }
-    schedule_flush();
-  }
-
-  // The status: as trailers after the messages, or as Trailers-Only when nothing was sent.
-  void submit_trailers(Call& call) {
-    const auto& t = *call.trailers;
-    call.status_text = std::to_string(static_cast<int>(t.code));
-    const std::string message = percent_encode(t.message);
-    std::vector<nghttp2_nv> nva;
-    const bool trailers_only = !call.response_started;
-    if (trailers_only) {
-      call.response_started = true;
-      nva.push_back(header(":status", "200"));
-      nva.push_back(header("content-type", "application/grpc"));
-    }
-    nva.push_back(header("grpc-status", call.status_text, false));
-    if (!message.empty()) nva.push_back(header("grpc-message", message, false));
-    const int rv = trailers_only
-                       ? nghttp2_submit_response(session_, call.stream_id, nva.data(), nva.size(), nullptr)
-                       : nghttp2_submit_trailer(session_, call.stream_id, nva.data(), nva.size());
-    if (rv != 0) {
-      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, call.stream_id, NGHTTP2_INTERNAL_ERROR);
-    }
-    schedule_flush();
-  }
-
-  // Not gRPC at all (content-type): HTTP 415, as the gRPC spec asks.
-  void reject_http(Call& call, std::string_view status) {
-    call.finishing = true;
-    call.response_started = true;
-    const nghttp2_nv nva[] = {header(":status", status)};
-    nghttp2_submit_response(session_, call.stream_id, nva, std::size(nva), nullptr);
-    schedule_flush();
-  }
-
-  void resume(Call& call) {
-    if (call.deferred) {
-      call.deferred = false;
-      nghttp2_session_resume_data(session_, call.stream_id);
-    }
-    schedule_flush();
-  }
-
- private:
-  Call* find(std::int32_t stream_id) {
-    auto it = calls_.find(stream_id);
-    return it == calls_.end() ? nullptr : it->second.get();
-  }
-  std::shared_ptr<Call> shared(std::int32_t stream_id) {
-    auto it = calls_.find(stream_id);
-    return it == calls_.end() ? nullptr : it->second;
-  }
-
-  void release_session() {
-    if (session_) {
-      nghttp2_session_del(session_);
-      session_ = nullptr;
-    }
-  }
-
-  // nghttp2's memory: counted, and wiped when freed (frames held key bytes).
-  struct alignas(16) MemHeader {
-    std::size_t size;
-  };
-  static void* mem_malloc(std::size_t size, void* user) {
-    auto* self = static_cast<Connection*>(user);
-    auto* h = static_cast<MemHeader*>(std::malloc(sizeof(MemHeader) + size));
-    if (!h) return nullptr;
-    h->size = size;
-    self->mem_bytes_ += size;
-
-    void* p = h + 1;
-    if (self->creating_ && size >= kFrameBufferMin && size <= kFrameBufferMax && !self->frame_buffer_) {
-      self->frame_buffer_ = p;
-      self->frame_buffer_size_ = size;
-    }
-    return p;
-  }
-  static void mem_free(void* ptr, void* user) {
-    if (!ptr) return;
-    auto* self = static_cast<Connection*>(user);
-    auto* h = static_cast<MemHeader*>(ptr) - 1;
-    if (ptr == self->frame_buffer_) self->frame_buffer_ = nullptr;
-    self->mem_bytes_ -= h->size;
-    OPENSSL_cleanse(ptr, h->size);
-    std::free(h);
-  }
-  // calloc(3) itself: memory fresh from the kernel is not written, so untouched pages of a
-  // zeroed table cost nothing.
-  static void* mem_calloc(std::size_t n, std::size_t size, void* user) {
-    if (size != 0 && n > (SIZE_MAX - sizeof(MemHeader)) / size) return nullptr;
-    auto* self = static_cast<Connection*>(user);
-    auto* h = static_cast<MemHeader*>(std::calloc(1, sizeof(MemHeader) + n * size));
-    if (!h) return nullptr;
-    h->size = n * size;
-    self->mem_bytes_ += h->size;
-    return h + 1;
-  }
-  static void* mem_realloc(void* ptr, std::size_t size, void* user) {
-    if (!ptr) return mem_malloc(size, user);
-    if (size == 0) {
-      mem_free(ptr, user);
-      return nullptr;
-    }
-    void* p = mem_malloc(size, user);
-    if (!p) return nullptr;
-    std::memcpy(p, ptr, std::min(size, (static_cast<MemHeader*>(ptr) - 1)->size));
-    mem_free(ptr, user);
-    return p;
-  }
-
-  void wait_read() {
-    socket_.async_wait(local::socket::wait_read,
-                       [self = shared_from_this()](boost::system::error_code ec) {
-                         if (self->closed_ || ec) return;
-                         self->on_readable();
-                       });
-  }
-
-  void on_readable() {
-    std::size_t budget = kReadBudget;
-    while (!closed_ && budget > 0) {
-      const auto n = ::recv(socket_.native_handle(), impl_->read_buffer(), impl_->read_buffer_size(),
-                            MSG_DONTWAIT);
-      if (n == 0) {
-        // The client is done sending: what its last frames asked for still goes out.
-        flush_now();
-        close("peer_closed");
-        return;
-      }
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-        close("read_failed", std::strerror(errno));
-        return;
-      }
-      budget -= std::min<std::size_t>(budget, static_cast<std::size_t>(n));
-      in_callback_ = true;
-      const auto rv = nghttp2_session_mem_recv(session_, impl_->read_buffer(), static_cast<std::size_t>(n));
-      in_callback_ = false;
-      if (rv < 0) {
-        const char* reason = rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC ? "not_http2"
-                             : rv == NGHTTP2_ERR_FLOODED        ? "flooded"
-                                                                : "protocol_error";
-        // What nghttp2 queued (a GOAWAY) goes out first, if the kernel takes it.
-        flush_now();
-        close(reason, nghttp2_strerror(static_cast<int>(rv)));
-        return;
-      }
-    }
-    if (closed_) return;
-    flush_now();
-    if (closed_) return;
-    if (budget == 0) {
-      // More may be waiting: after the others' turn.
-      asio::post(impl_->io(), [self = shared_from_this()] {
-        if (!self->closed_) self->on_readable();
+  void gather_call(Call& c, WriteList& w, std::vector<std::uint32_t>& ended) {
+    const auto sid = c.stream_id;
+    if (!c.http_status.empty()) {
+      c.headers_sent = true;
+      w.append([&](std::string& b) {
+        h2::append_headers(b, sid, h2::HeaderBlock().status(c.http_status), true);
+        if (!c.remote_closed) h2::append_rst_stream(b, sid, h2::ErrorCode::no_error);
       });
-    } else {
-      wait_read();
+      ended.push_back(sid);
+      return;
     }
+    if (c.response_started && !c.headers_sent) {
+      c.headers_sent = true;
+      w.append([&](std::string& b) {
+        h2::append_headers(b, sid,
+                           h2::HeaderBlock()
+                               .status("200")
+                               .field("content-type", "application/grpc")
+                               .field("grpc-accept-encoding", "identity"),
+                           false);
+      });
+    }
+    while (c.current && w.size() < kWriteChunk && !w.full()) {
+      const std::int64_t window = std::min(conn_send_window_, c.send_window);
+      if (window <= 0) return;  // a WINDOW_UPDATE will let the rest go
+      const std::size_t n = std::min({c.current->size() - c.offset, static_cast<std::size_t>(window),
+                                      static_cast<std::size_t>(peer_max_frame_)});
+      w.append([&](std::string& b) {
+        h2::append_frame_header(b, static_cast<std::uint32_t>(n), h2::Type::data, 0, sid);
+      });
+      c.current->gather(c.offset, n, w);
+      conn_send_window_ -= static_cast<std::int64_t>(n);
+      c.send_window -= static_cast<std::int64_t>(n);
+      c.offset += n;
+      if (c.offset == c.current->size()) {
+        c.current = std::move(c.pending);
+        c.pending.reset();
+        c.offset = 0;
+      }
+    }
+    if (c.current || !c.trailers) return;
+    // The status: as trailers after the messages, or as Trailers-Only when nothing was sent.
+    const auto& t = *c.trailers;
+    std::string message = percent_encode(t.message);
+    if (message.size() > kMaxStatusMessage) message.resize(kMaxStatusMessage);
+    h2::HeaderBlock block;
+    if (!c.response_started) block.status("200").field("content-type", "application/grpc");
+    block.field("grpc-status", std::to_string(static_cast<int>(t.code)));
+    if (!message.empty()) block.field("grpc-message", message);
+    w.append([&](std::string& b) {
+      h2::append_headers(b, sid, block, true);
+      // Our side is done: a client still sending is told to stop, without error (RFC 9113
+      // 8.1), as gRPC servers do.
+      if (!c.remote_closed) h2::append_rst_stream(b, sid, h2::ErrorCode::no_error);
+    });
+    c.response_started = true;
+    c.trailers.reset();
+    ended.push_back(sid);
   }
 
-  // Gathers what nghttp2 has to send and writes it; what the kernel does not take stays in out_
-  // (at most one chunk), and nothing more is taken from nghttp2 until it is written: a client
-  // that does not read holds a bounded amount here, then fails its keep-alive.
+  // Writes what there is to write; what the kernel does not take stays in out_ (at most one
+  // gathering), and nothing more is gathered until it is written: a client that does not read
+  // holds a bounded amount here, then fails its keep-alive.
   void flush_now() {
     if (closed_ || writing_blocked_) return;
-    if (!out_.empty()) {
-      if (!write_out()) return;
-    }
-    std::string& chunk = impl_->write_buffer();
-    bool wrote = false;
+    if (!out_.empty() && !write_out()) return;
+    WriteList& w = impl_->write_list();
     while (!closed_) {
-      chunk.clear();
-      while (chunk.size() < kWriteChunk) {
-        const std::uint8_t* data = nullptr;
-        in_callback_ = true;
-        const auto n = nghttp2_session_mem_send(session_, &data);
-        in_callback_ = false;
-        if (n < 0) {
-          close("internal_error", nghttp2_strerror(static_cast<int>(n)));
-          return;
-        }
-        if (n == 0) break;
-        if (static_cast<std::size_t>(n) > kTrimAbove) large_frame_ = true;
-        chunk.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
-      }
-      if (chunk.empty()) break;
+      w.clear();
+      gather(w);
+      if (w.size() == 0) break;
       std::size_t written = 0;
-      if (!write_some(chunk, written)) return;
-      if (written < chunk.size()) {
-        out_.assign(chunk, written);
-        OPENSSL_cleanse(chunk.data(), chunk.size());
+      const bool ok = w.send(socket_.native_handle(), written);
+      if (!ok) {
+        const int err = errno;
+        w.clear();
+        close(err == EPIPE || err == ECONNRESET ? "peer_closed" : "write_failed", std::strerror(err));
+        return;
+      }
+      if (written < w.size()) {
+        w.rest(written, out_);
+        w.clear();
         wait_write();
         return;
       }
-      OPENSSL_cleanse(chunk.data(), chunk.size());
-      wrote = true;
     }
+    w.clear();
     if (closed_) return;
-    if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
-      close(drop_reason_.empty() ? "goaway" : drop_reason_, drop_detail_);
-      return;
-    }
-    if (wrote && large_frame_ && !trim_pending_) {
-      trim_pending_ = true;
-      impl_->schedule_trim(shared_from_this());
-    }
+    if (goaway_received_ && calls_.empty() && !dying_) close("goaway");
   }
 
   // False: closed, or blocked (out_ keeps the rest).
   bool write_out() {
     std::size_t written = 0;
-    if (!write_some(out_, written)) return false;
-    OPENSSL_cleanse(out_.data(), written);
-    out_.erase(0, written);
-    if (!out_.empty()) {
-      wait_write();
-      return false;
-    }
-    out_.shrink_to_fit();
-    return true;
-  }
-
-  bool write_some(const std::string& data, std::size_t& written) {
-    while (written < data.size()) {
-      const auto n = ::send(socket_.native_handle(), data.data() + written, data.size() - written,
+    while (written < out_.size()) {
+      const auto n = ::send(socket_.native_handle(), out_.data() + written, out_.size() - written,
                             MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n < 0) {
         if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         close(errno == EPIPE || errno == ECONNRESET ? "peer_closed" : "write_failed",
               std::strerror(errno));
         return false;
       }
       written += static_cast<std::size_t>(n);
     }
+    OPENSSL_cleanse(out_.data(), written);
+    out_.erase(0, written);
+    if (!out_.empty()) {
+      wait_write();
+      return false;
+    }
+    std::string().swap(out_);
     return true;
   }
 
@@ -952,6 +1275,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
                          self->writing_blocked_ = false;
                          if (self->closed_ || ec) return;
                          self->flush_now();
+                         if (!self->closed_ && self->out_.empty() && self->read_paused_) {
+                           self->read_paused_ = false;
+                           self->wait_read();
+                         }
                        });
   }
 
@@ -976,7 +1303,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     if (idle_since_ && now >= *idle_since_ + impl_->config().idle_timeout) {
-      nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+      goaway(h2::ErrorCode::no_error);
       flush_now();
       close("idle");
       return;
@@ -986,7 +1313,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       next_ping_ = now + keepalive;
       if (!ping_deadline_) {
         RAND_bytes(ping_data_.data(), static_cast<int>(ping_data_.size()));
-        nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, ping_data_.data());
+        h2::append_ping(control_, false, ping_data_.data());
         ping_deadline_ = now + std::min<SteadyClock::duration>(kPingTimeout, keepalive);
         flush_now();
         if (closed_) return;
@@ -998,27 +1325,40 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Impl* impl_;
   local::socket socket_;
   http::Peer peer_;
-  nghttp2_session* session_{nullptr};
-  std::map<std::int32_t, std::shared_ptr<Call>> calls_;
-  std::string out_;  // written by nghttp2, not yet taken by the kernel
+  hpack::Decoder decoder_;
+  std::map<std::uint32_t, std::shared_ptr<Call>> calls_;
+  std::string in_;       // a frame cut by the last read
+  std::string block_;    // a header block waiting for its CONTINUATION frames
+  std::string control_;  // frames of our own to send (SETTINGS, answers, WINDOW_UPDATE, RST, GOAWAY)
+  std::string out_;      // gathered, not yet taken by the kernel
   asio::steady_timer timer_;
   SteadyClock::time_point next_ping_;
   std::optional<SteadyClock::time_point> ping_deadline_;
   std::optional<SteadyClock::time_point> idle_since_;
+  SteadyClock::time_point reset_refill_;
+  double reset_tokens_{0};
   std::array<std::uint8_t, 8> ping_data_{};
   std::string drop_reason_;
   std::string drop_detail_;
-  nghttp2_mem mem_{};
-  std::size_t mem_bytes_{0};
-  void* frame_buffer_{nullptr};
-  std::size_t frame_buffer_size_{0};
-  bool creating_{false};
-  bool trim_pending_{false};
-  bool large_frame_{false};  // a frame that filled more than a page or two since the last trim
+  std::int64_t conn_send_window_{h2::kDefaultWindow};
+  std::int64_t peer_initial_window_{h2::kDefaultWindow};
+  std::int64_t conn_received_{0};  // DATA bytes since our last connection WINDOW_UPDATE
+  std::uint32_t peer_max_frame_{h2::kDefaultMaxFrame};
+  std::uint32_t last_stream_id_{0};
+  std::uint32_t block_stream_{0};  // non-zero: CONTINUATION frames of this stream expected
+  std::uint8_t block_flags_{0};
+  std::uint8_t continuations_{0};
+  std::uint16_t acks_queued_{0};
+  std::uint8_t preface_seen_{0};
+  bool settings_seen_{false};
+  bool goaway_sent_{false};
+  bool goaway_received_{false};
+  bool dying_{false};  // a connection error: the rest of the input is not read
   bool closed_{false};
   bool in_callback_{false};
   bool flush_posted_{false};
   bool writing_blocked_{false};
+  bool read_paused_{false};
 };
 
 const http::Peer& Call::peer() const {
@@ -1055,44 +1395,6 @@ void Call::finish(Status status) {
   }
 }
 
-namespace {
-
-Connection* conn_of(void* user) { return static_cast<Connection*>(user); }
-
-nghttp2_session_callbacks* make_callbacks() {
-  nghttp2_session_callbacks* cb = nullptr;
-  if (nghttp2_session_callbacks_new(&cb) != 0) return nullptr;
-  nghttp2_session_callbacks_set_on_begin_headers_callback(
-      cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
-        return conn_of(user)->on_begin_headers(frame);
-      });
-  nghttp2_session_callbacks_set_on_header_callback(
-      cb, [](nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
-             const std::uint8_t* value, std::size_t valuelen, std::uint8_t, void* user) {
-        return conn_of(user)->on_header(
-            frame, std::string_view(reinterpret_cast<const char*>(name), namelen),
-            std::string_view(reinterpret_cast<const char*>(value), valuelen));
-      });
-  nghttp2_session_callbacks_set_on_frame_recv_callback(
-      cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
-        return conn_of(user)->on_frame_recv(frame);
-      });
-  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-      cb, [](nghttp2_session*, std::uint8_t, std::int32_t stream_id, const std::uint8_t* data,
-             std::size_t len, void* user) { return conn_of(user)->on_data_chunk(stream_id, data, len); });
-  nghttp2_session_callbacks_set_on_stream_close_callback(
-      cb, [](nghttp2_session*, std::int32_t stream_id, std::uint32_t, void* user) {
-        return conn_of(user)->on_stream_close(stream_id);
-      });
-  nghttp2_session_callbacks_set_on_frame_send_callback(
-      cb, [](nghttp2_session*, const nghttp2_frame* frame, void* user) {
-        return conn_of(user)->on_frame_send(frame);
-      });
-  return cb;
-}
-
-}  // namespace
-
 // ---- Impl: connections and calls ------------------------------------------------------------
 
 Impl::Impl(asio::io_context& io, const config::WorkloadApiConfig& config, CertificateStore& store,
@@ -1101,8 +1403,6 @@ Impl::Impl(asio::io_context& io, const config::WorkloadApiConfig& config, Certif
 
 Impl::~Impl() {
   stop();
-  if (callbacks_) nghttp2_session_callbacks_del(callbacks_);
-  if (options_) nghttp2_option_del(options_);
 }
 
 std::string Impl::admit_connection(const http::Peer& peer) {
@@ -1284,21 +1584,6 @@ void Impl::connection_closed(Connection* conn, std::string_view reason, const st
   asio::post(io_, [keep = std::move(keep)] {});  // not freed inside its own call stack
 }
 
-void Impl::schedule_trim(std::shared_ptr<Connection> conn) {
-  to_trim_.push_back(std::move(conn));
-  if (!trim_timer_) trim_timer_.emplace(io_);
-  if (to_trim_.size() > 1) return;  // armed
-  trim_timer_->expires_after(kTrimDelay);
-  trim_timer_->async_wait([weak = weak_from_this()](boost::system::error_code ec) {
-    auto self = weak.lock();
-    if (!self) return;
-    auto conns = std::move(self->to_trim_);
-    self->to_trim_.clear();
-    if (ec) return;
-    for (auto& c : conns) c->trim();
-  });
-}
-
 Result<> Impl::start() {
   if (config_.path.empty()) return {};
   if (started_) return make_error("sidecar API already started");
@@ -1318,21 +1603,7 @@ Result<> Impl::start() {
                                      const std::string& message) {
     if (level >= google::protobuf::LOGLEVEL_FATAL) logger()->critical("event=protobuf_fatal error={}", log::quote(message));
   });
-  if (!callbacks_) callbacks_ = make_callbacks();
-  if (!options_ && nghttp2_option_new(&options_) == 0) {
-    // Our HPACK encoder's table: gRPC responses carry a handful of constant headers.
-    nghttp2_option_set_max_deflate_dynamic_table_size(options_, kHeaderTableBytes);
-    // Closed streams are not kept for priority bookkeeping (gRPC uses none).
-    nghttp2_option_set_no_closed_streams(options_, 1);
-    // Floods of frames that ask for an answer (PING, SETTINGS), and rapid resets.
-    nghttp2_option_set_max_outbound_ack(options_, 100);
-    nghttp2_option_set_max_settings(options_, 32);
-    nghttp2_option_set_stream_reset_rate_limit(options_, 100, 10);
-    nghttp2_option_set_max_continuations(options_, 8);
-  }
-  if (!callbacks_ || !options_) return make_error("workload_api: nghttp2 could not be set up");
   read_buffer_.resize(64 * 1024);
-  write_buffer_.reserve(kWriteChunk + 32 * 1024);
 
   auto file = create_unix_socket(io_, config_.path, config_.mode, config_.group, "workload_api");
   if (!file) return file.error();
@@ -1360,7 +1631,6 @@ void Impl::stop() {
   boost::system::error_code ec;
   if (acceptor_) acceptor_->close(ec);
   expiry_.cancel();
-  if (trim_timer_) trim_timer_->cancel();
   subscription_.reset();
   // Every stream is told UNAVAILABLE, then each connection gets a GOAWAY and is closed.
   std::vector<std::shared_ptr<Call>> calls;

@@ -4,19 +4,23 @@
 // description; this is how it works.
 //
 // gRPC over HTTP/2 (h2c with prior knowledge, as gRPC clients speak it on a Unix socket) is
-// served here, on the daemon's io_context thread: libnghttp2 does HTTP/2 (framing, HPACK, flow
-// control, its checks against floods and rapid resets), this file does gRPC's mapping (request
-// headers, 5-byte message framing, trailers and Trailers-Only statuses) and the two APIs. The
-// module starts no thread.
+// served here, on the daemon's io_context thread, by our own HTTP/2 server framing (h2_frames.h,
+// hpack.h: what a gRPC server needs of RFC 9113 and RFC 7541 — HEADERS/CONTINUATION with HPACK
+// decoding, DATA with flow control both ways, SETTINGS, PING, RST_STREAM, GOAWAY, and the limits
+// against floods, rapid resets and CONTINUATION floods that nghttp2 sets). This file also does
+// gRPC's mapping (request headers, 5-byte message framing, trailers and Trailers-Only statuses)
+// and the two APIs. The module starts no thread.
 //
 // The daemon accepts each connection itself and reads SO_PEERCRED/SO_PEERGROUPS before reading a
 // byte; the connection keeps that caller, so authorization comes from the kernel, never from
 // what the client sends.
 //
 // What a push costs: one serialisation per distinct content (shared by every stream that gets
-// it; SDS adds its per-stream version and nonce as a small tail), one copy into nghttp2's DATA
-// frame and one write(2) per connection. Memory per stream: the nghttp2 session (per
-// connection) and the call's state; read and write buffers are shared by every connection.
+// it; SDS adds its per-stream version and nonce as a small tail) and one sendmsg(2) per
+// connection whose DATA frames point into those shared bytes (nothing copied unless the kernel
+// will not take it all). Memory per stream: the call's state and the connection's (no frame
+// buffer, no HPACK encoder table; the decoder's table holds what the client indexed); read and
+// write buffers are shared by every connection.
 //
 // The daemon never links this: it loads it as the module certagent-sidecar.so (module.cpp,
 // loader.h) only when workload_api.path is set. Tests and the benchmark link it directly.

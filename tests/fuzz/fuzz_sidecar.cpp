@@ -1,4 +1,4 @@
-// The sidecar API's gRPC server as a client sees it: a real SidecarServer (HTTP/2 via nghttp2,
+// The sidecar API's gRPC server as a client sees it: a real SidecarServer (its own HTTP/2 and HPACK,
 // gRPC framing, protobuf requests, SDS and the Workload API) driven on this thread. Each input is
 // the bytes of one connection (from the HTTP/2 preface on: the seed corpus holds what python3-grpcio
 // and grpc-go send), written into one end of a socketpair whose other end the server serves as
@@ -6,7 +6,8 @@
 // server closes.
 // Invariants: the server closes the connection within the deadline; what it sends is HTTP/2 (a
 // SETTINGS frame first, then well-formed frames whose header blocks HPACK-decode, with a gRPC
-// status or HTTP 415 where there is one); db's private key never travels (PEM or DER); once the
+// status or HTTP 415 where there is one; no more DATA, nor larger frames, than the client's
+// windows and SETTINGS let through); db's private key never travels (PEM or DER); once the
 // connection is gone, no stream or connection is left behind.
 
 #include "agent/metrics.h"
@@ -27,6 +28,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -70,8 +72,43 @@ std::uint32_t be(const unsigned char* p, int n) {
   return v;
 }
 
-// Everything the server sent: HTTP/2 frames, header blocks that decode, DATA per stream.
-void check_output(std::string_view out) {
+// What the client's frames let the server send (an upper bound: the largest initial window any
+// SETTINGS named, plus every WINDOW_UPDATE), and the largest frame it allowed.
+struct ClientWindows {
+  std::uint64_t initial{65535};
+  std::uint32_t max_frame{16384};
+  std::map<std::uint32_t, std::uint64_t> increments;  // stream (0: the connection) -> sum
+};
+
+ClientWindows client_windows(std::string_view in) {
+  ClientWindows w;
+  constexpr std::string_view kPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  if (in.substr(0, kPreface.size()) != kPreface) return w;
+  std::size_t at = kPreface.size();
+  while (in.size() - at >= 9) {
+    const auto* h = reinterpret_cast<const unsigned char*>(in.data() + at);
+    const std::uint32_t len = be(h, 3);
+    const std::uint32_t stream = be(h + 5, 4) & 0x7fffffffu;
+    if (in.size() - at - 9 < len) break;
+    const auto* p = h + 9;
+    if (h[3] == NGHTTP2_SETTINGS && !(h[4] & NGHTTP2_FLAG_ACK)) {
+      for (std::uint32_t i = 0; i + 6 <= len; i += 6) {
+        const std::uint32_t id = be(p + i, 2);
+        const std::uint32_t value = be(p + i + 2, 4);
+        if (id == NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE) w.initial = std::max<std::uint64_t>(w.initial, value);
+        if (id == NGHTTP2_SETTINGS_MAX_FRAME_SIZE) w.max_frame = std::max(w.max_frame, value);
+      }
+    } else if (h[3] == NGHTTP2_WINDOW_UPDATE && len == 4) {
+      w.increments[stream] += be(p, 4) & 0x7fffffffu;
+    }
+    at += 9 + len;
+  }
+  return w;
+}
+
+// Everything the server sent: HTTP/2 frames, header blocks that decode, DATA per stream within
+// the client's flow-control windows.
+void check_output(std::string_view out, const ClientWindows& windows) {
   nghttp2_hd_inflater* inflater = nullptr;
   FUZZ_REQUIRE(nghttp2_hd_inflate_new(&inflater) == 0, "inflater");
   std::map<std::uint32_t, std::string> data;  // stream -> DATA payloads, in order
@@ -109,6 +146,7 @@ void check_output(std::string_view out) {
           payload.remove_suffix(pad);
         }
         if (type == NGHTTP2_DATA) {
+          FUZZ_REQUIRE(len <= windows.max_frame, "a DATA frame larger than the client allows");
           data[stream].append(payload);
           break;
         }
@@ -179,10 +217,18 @@ void check_output(std::string_view out) {
     }
   }
   nghttp2_hd_inflate_del(inflater);
+  std::uint64_t total = 0;
   for (const auto& [stream, bytes] : data) {
+    total += bytes.size();
+    const auto inc = windows.increments.find(stream);
+    FUZZ_REQUIRE(bytes.size() <= windows.initial + (inc == windows.increments.end() ? 0 : inc->second),
+                 "more DATA on a stream than its window let through");
     FUZZ_REQUIRE(bytes.find(harness->db_key_pem) == std::string::npos, "db's key (PEM) was sent");
     FUZZ_REQUIRE(bytes.find(harness->db_key_der) == std::string::npos, "db's key (DER) was sent");
   }
+  const auto conn = windows.increments.find(0);
+  FUZZ_REQUIRE(total <= 65535 + (conn == windows.increments.end() ? 0 : conn->second),
+               "more DATA than the connection's window let through");
 }
 
 }  // namespace
@@ -275,6 +321,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   FUZZ_REQUIRE(harness->server->connections() == 0, "a connection outlived its socket");
   FUZZ_REQUIRE(harness->server->streams() == 0, "a stream outlived its connection");
-  check_output(out);
+  check_output(out, client_windows(std::string_view(reinterpret_cast<const char*>(data), size)));
   return 0;
 }

@@ -30,6 +30,7 @@
 #include <gtest/gtest.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <deque>
 #include <future>
 #include <thread>
@@ -1018,6 +1019,305 @@ TEST_F(SidecarApiTest, StopEndsStreamsAndRemovesTheSocket) {
   on_io([&] { server_->stop(); });
   EXPECT_EQ(c.wait_end(), "UNAVAILABLE");
   EXPECT_FALSE(fs::exists(fs::symlink_status(path_)));
+}
+
+
+// ---- the HTTP/2 layer itself, frame by frame ----------------------------------------------
+
+// A client writing frames by hand and reading the server's, for what no library sends: floods,
+// malformed requests and header blocks, tiny windows. Header blocks are encoded by nghttp2's
+// HPACK deflater (an independent encoder).
+class RawH2 {
+ public:
+  struct Frame {
+    std::uint8_t type{0};
+    std::uint8_t flags{0};
+    std::uint32_t stream{0};
+    std::string payload;
+  };
+
+  // Connects and sends the preface and SETTINGS (entries: id, value).
+  RawH2(const fs::path& path, std::vector<std::pair<std::uint16_t, std::uint32_t>> settings = {})
+      : fd_(connect_raw(path)) {
+    nghttp2_hd_deflate_new(&deflater_, 4096);
+    std::string s;
+    for (auto [id, value] : settings) {
+      s.push_back(static_cast<char>(id >> 8));
+      s.push_back(static_cast<char>(id));
+      s += u32(value);
+    }
+    send(std::string("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") + frame(4, 0, 0, s));
+  }
+  ~RawH2() {
+    nghttp2_hd_deflate_del(deflater_);
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  static std::string u32(std::uint32_t v) {
+    return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+            static_cast<char>(v)};
+  }
+  static std::string frame(std::uint8_t type, std::uint8_t flags, std::uint32_t stream,
+                           const std::string& payload) {
+    const auto n = static_cast<std::uint32_t>(payload.size());
+    return std::string{static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n),
+                       static_cast<char>(type), static_cast<char>(flags)} +
+           u32(stream) + payload;
+  }
+  // A header block for a gRPC request (plus `extra`), HPACK-encoded by nghttp2.
+  std::string block(const std::string& path,
+                    std::vector<std::pair<std::string, std::string>> extra = {}) {
+    std::vector<std::pair<std::string, std::string>> h = {
+        {":method", "POST"}, {":scheme", "http"}, {":authority", "localhost"}, {":path", path},
+        {"content-type", "application/grpc"}, {"te", "trailers"}, {"workload.spiffe.io", "true"}};
+    h.insert(h.end(), extra.begin(), extra.end());
+    std::vector<nghttp2_nv> nva;
+    for (auto& [n, v] : h) {
+      nva.push_back({reinterpret_cast<uint8_t*>(n.data()), reinterpret_cast<uint8_t*>(v.data()),
+                     n.size(), v.size(), NGHTTP2_NV_FLAG_NONE});
+    }
+    std::string out(nghttp2_hd_deflate_bound(deflater_, nva.data(), nva.size()), '\0');
+    const auto n = nghttp2_hd_deflate_hd(deflater_, reinterpret_cast<uint8_t*>(out.data()), out.size(),
+                                         nva.data(), nva.size());
+    out.resize(n < 0 ? 0 : static_cast<std::size_t>(n));
+    return out;
+  }
+  // A FetchX509SVID call on `stream`: HEADERS, then its one (empty) message ending the stream.
+  // A block past 16 KiB goes as HEADERS and CONTINUATION frames.
+  void svid_call(std::uint32_t stream, std::vector<std::pair<std::string, std::string>> extra = {}) {
+    const std::string b = block("/SpiffeWorkloadAPI/FetchX509SVID", std::move(extra));
+    std::string out;
+    for (std::size_t at = 0; at < b.size(); at += 16384) {
+      const bool last = at + 16384 >= b.size();
+      out += frame(at == 0 ? 1 : 9, last ? 0x4 : 0, stream, b.substr(at, 16384));
+    }
+    send(out + frame(0, 0x1, stream, std::string(5, '\0')));
+  }
+
+  void send(const std::string& bytes) {
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const auto n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return;  // the server closed: what it sent is still read
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
+  // Reads frames until `done(frames)` or the server closes or the deadline; done's last answer.
+  template <class F>
+  bool read_until(F done, std::chrono::milliseconds deadline = std::chrono::duration_cast<std::chrono::milliseconds>(kWait)) {
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    while (!done(frames_)) {
+      if (eof_ || std::chrono::steady_clock::now() > end) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      char buf[16384];
+      const auto n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) {
+        eof_ = true;
+        continue;
+      }
+      in_.append(buf, static_cast<std::size_t>(n));
+      while (in_.size() >= 9) {
+        const auto* h = reinterpret_cast<const unsigned char*>(in_.data());
+        const std::size_t len = (std::size_t{h[0]} << 16) | (std::size_t{h[1]} << 8) | h[2];
+        if (in_.size() < 9 + len) break;
+        Frame f;
+        f.type = h[3];
+        f.flags = h[4];
+        f.stream = ((std::uint32_t{h[5]} << 24) | (std::uint32_t{h[6]} << 16) |
+                    (std::uint32_t{h[7]} << 8) | h[8]) & 0x7fffffffu;
+        f.payload = in_.substr(9, len);
+        in_.erase(0, 9 + len);
+        frames_.push_back(std::move(f));
+      }
+    }
+    return true;
+  }
+  bool closed(std::chrono::milliseconds deadline = std::chrono::duration_cast<std::chrono::milliseconds>(kWait)) {
+    read_until([&](const auto&) { return eof_; }, deadline);
+    return eof_;
+  }
+
+  const std::vector<Frame>& frames() const { return frames_; }
+  static std::uint32_t code_of(const Frame& f) {  // RST_STREAM's code, GOAWAY's
+    const auto* p = reinterpret_cast<const unsigned char*>(f.payload.data()) + (f.type == 7 ? 4 : 0);
+    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
+  }
+  // The first frame of `type` on `stream`, if any.
+  const Frame* find(std::uint8_t type, std::uint32_t stream) const {
+    for (const auto& f : frames_) {
+      if (f.type == type && f.stream == stream) return &f;
+    }
+    return nullptr;
+  }
+  std::string data(std::uint32_t stream) const {
+    std::string out;
+    for (const auto& f : frames_) {
+      if (f.type == 0 && f.stream == stream) out += f.payload;
+    }
+    return out;
+  }
+
+ private:
+  int fd_{-1};
+  nghttp2_hd_deflater* deflater_{nullptr};
+  std::string in_;
+  std::vector<Frame> frames_;
+  bool eof_{false};
+};
+
+constexpr std::uint8_t kData = 0, kHeaders = 1, kRstStream = 3, kSettings = 4, kPing = 6,
+                       kGoaway = 7, kWindowUpdate = 8;
+
+TEST_F(SidecarApiTest, ServerSettingsComeFirstAndPingsAreAnsweredWithTheirData) {
+  start();
+  RawH2 c(path_);
+  c.send(RawH2::frame(kPing, 0, 0, "certagnt"));
+  ASSERT_TRUE(c.read_until([](const auto& f) {
+    return std::any_of(f.begin(), f.end(), [](const auto& x) { return x.type == kPing; });
+  }));
+  ASSERT_FALSE(c.frames().empty());
+  EXPECT_EQ(c.frames().front().type, kSettings);
+  EXPECT_EQ(c.frames().front().flags & 1, 0);
+  const auto* ack = c.find(kPing, 0);
+  ASSERT_NE(ack, nullptr);
+  EXPECT_EQ(ack->flags, 1);
+  EXPECT_EQ(ack->payload, "certagnt");
+}
+
+TEST_F(SidecarApiTest, AMessageWaitsForTheClientsWindowAndArrivesWhole) {
+  start();
+  // Reference: the message as a client with the default window gets it.
+  RawH2 wide(path_);
+  wide.svid_call(1);
+  ASSERT_TRUE(wide.read_until([&](const auto&) { return grpc_messages(wide.data(1)).size() == 1; }));
+  const std::string message = grpc_messages(wide.data(1)).at(0);
+  ASSERT_GT(message.size(), 200u);
+  // A stream window of 100 bytes: at most 100 bytes, then nothing until a WINDOW_UPDATE.
+  RawH2 narrow(path_, {{0x4, 100}});
+  narrow.svid_call(1);
+  ASSERT_TRUE(narrow.read_until([&](const auto&) { return narrow.data(1).size() >= 100; }));
+  EXPECT_FALSE(narrow.read_until([&](const auto&) { return narrow.data(1).size() > 100; }, 300ms));
+  EXPECT_EQ(narrow.data(1).size(), 100u);
+  // Opening it bit by bit lets the rest through, the same bytes.
+  while (grpc_messages(narrow.data(1)).empty()) {
+    const auto had = narrow.data(1).size();
+    narrow.send(RawH2::frame(kWindowUpdate, 0, 1, RawH2::u32(1000)));
+    ASSERT_TRUE(narrow.read_until([&](const auto&) { return narrow.data(1).size() > had; }));
+    EXPECT_LE(narrow.data(1).size(), had + 1000);
+  }
+  EXPECT_EQ(grpc_messages(narrow.data(1)).at(0), message);
+  // Every DATA frame kept within the 16 KiB the client allows by default.
+  for (const auto& f : narrow.frames()) EXPECT_LE(f.payload.size(), 16384u);
+}
+
+TEST_F(SidecarApiTest, AMalformedRequestIsResetAndTheConnectionCarriesOn) {
+  start();
+  RawH2 c(path_);
+  c.svid_call(1, {{"Upper-Case", "x"}});               // names must be lower case
+  c.svid_call(3, {{"connection", "keep-alive"}});      // connection-specific
+  c.svid_call(5, {{std::string(20 * 1024, 'a'), "b"}});  // past SETTINGS_MAX_HEADER_LIST_SIZE
+  c.svid_call(7);
+  ASSERT_TRUE(c.read_until([&](const auto&) { return grpc_messages(c.data(7)).size() == 1; }));
+  for (std::uint32_t id : {1u, 3u}) {
+    const auto* rst = c.find(kRstStream, id);
+    ASSERT_NE(rst, nullptr) << id;
+    EXPECT_EQ(RawH2::code_of(*rst), 0x1u) << id;  // PROTOCOL_ERROR
+  }
+  const auto* large = c.find(kRstStream, 5);
+  ASSERT_NE(large, nullptr);
+  EXPECT_EQ(RawH2::code_of(*large), 0xbu);  // ENHANCE_YOUR_CALM
+  EXPECT_EQ(c.find(kGoaway, 0), nullptr);
+  EXPECT_EQ(on_io([&] { return server_->connections(); }), 1u);
+}
+
+TEST_F(SidecarApiTest, AHeaderBlockThatDoesNotDecodeEndsTheConnection) {
+  start();
+  RawH2 c(path_);
+  // An indexed field whose index runs past 2^32 (RFC 7541 5.1): a COMPRESSION_ERROR.
+  c.send(RawH2::frame(kHeaders, 0x5, 1, std::string("\xff\xff\xff\xff\xff\xff\x7f", 7)));
+  ASSERT_TRUE(c.closed());
+  const auto* goaway = c.find(kGoaway, 0);
+  ASSERT_NE(goaway, nullptr);
+  EXPECT_EQ(RawH2::code_of(*goaway), 0x9u);  // COMPRESSION_ERROR
+  EXPECT_TRUE(wait_until([&] {
+    return metric("certagent_sidecar_rejected_total", {{"reason", "protocol_error"}}) >= 1;
+  }, kWait));
+}
+
+TEST_F(SidecarApiTest, FloodsOfResetsAndUnreadPingsEndTheConnectionAsFlooded) {
+  start();
+  {
+    // Rapid reset (CVE-2023-44487): open and cancel streams in a loop.
+    RawH2 c(path_);
+    std::string burst;
+    for (std::uint32_t id = 1; id < 2 * 400; id += 2) {
+      burst += RawH2::frame(kHeaders, 0x4, id, c.block("/SpiffeWorkloadAPI/FetchX509SVID"));
+      burst += RawH2::frame(kRstStream, 0, id, RawH2::u32(0x8));
+    }
+    c.send(burst);
+    ASSERT_TRUE(c.closed());
+    const auto* goaway = c.find(kGoaway, 0);
+    ASSERT_NE(goaway, nullptr);
+    EXPECT_EQ(RawH2::code_of(*goaway), 0xbu);  // ENHANCE_YOUR_CALM
+  }
+  {
+    // PINGs by the thousand, none of the answers read.
+    RawH2 c(path_);
+    std::string pings;
+    for (int i = 0; i < 2000; ++i) pings += RawH2::frame(kPing, 0, 0, "pingpong");
+    c.send(pings);
+    ASSERT_TRUE(c.closed());
+  }
+  EXPECT_TRUE(wait_until([&] {
+    return metric("certagent_sidecar_rejected_total", {{"reason", "flooded"}}) >= 2;
+  }, kWait));
+  // Others carry on.
+  RawH2 ok(path_);
+  ok.svid_call(1);
+  EXPECT_TRUE(ok.read_until([&](const auto&) { return grpc_messages(ok.data(1)).size() == 1; }));
+}
+
+TEST_F(SidecarApiTest, StreamsBeyondTheAdvertisedLimitAreRefusedByHttp2) {
+  auto config = api_config();
+  config.max_streams_per_uid = 2;
+  start(config);
+  RawH2 c(path_);
+  c.svid_call(1);
+  c.svid_call(3);
+  c.svid_call(5);  // a third while two are open: REFUSED_STREAM, which a client may retry
+  ASSERT_TRUE(c.read_until([&](const auto&) { return c.find(kRstStream, 5) != nullptr; }));
+  EXPECT_EQ(RawH2::code_of(*c.find(kRstStream, 5)), 0x7u);
+  ASSERT_TRUE(c.read_until([&](const auto&) {
+    return grpc_messages(c.data(1)).size() == 1 && grpc_messages(c.data(3)).size() == 1;
+  }));
+}
+
+TEST_F(SidecarApiTest, WindowsAndFramesBreakingTheRulesAreConnectionErrors) {
+  start();
+  struct Case {
+    const char* what;
+    std::string bytes;
+    std::uint32_t code;
+  };
+  const std::vector<Case> cases = {
+      {"WINDOW_UPDATE past 2^31-1", RawH2::frame(kWindowUpdate, 0, 0, RawH2::u32(0x7fffffff)), 0x3},
+      {"WINDOW_UPDATE of 0", RawH2::frame(kWindowUpdate, 0, 0, RawH2::u32(0)), 0x1},
+      {"PING of 7 bytes", RawH2::frame(kPing, 0, 0, "1234567"), 0x6},
+      {"DATA on an idle stream", RawH2::frame(kData, 0, 9, "x"), 0x1},
+      {"SETTINGS ENABLE_PUSH 2", RawH2::frame(kSettings, 0, 0, std::string("\x00\x02", 2) + RawH2::u32(2)), 0x1},
+      {"a frame past 16 KiB", RawH2::frame(kData, 0, 1, std::string(16385, 'x')), 0x6},
+      {"PUSH_PROMISE", RawH2::frame(5, 0x4, 1, RawH2::u32(2)), 0x1},
+  };
+  for (const auto& k : cases) {
+    RawH2 c(path_);
+    c.send(k.bytes);
+    ASSERT_TRUE(c.closed()) << k.what;
+    const auto* goaway = c.find(kGoaway, 0);
+    ASSERT_NE(goaway, nullptr) << k.what;
+    EXPECT_EQ(RawH2::code_of(*goaway), k.code) << k.what;
+  }
 }
 
 }  // namespace

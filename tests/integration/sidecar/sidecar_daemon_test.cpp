@@ -2,7 +2,7 @@
 // (certagent-sidecar.so) only when workload_api.path is set. Without it: no gRPC thread and no
 // gRPC library in the process (thread names from /proc/<pid>/task, mappings from
 // /proc/<pid>/maps). With it: the module serves an independent client (python3-grpcio) on the
-// daemon's own thread (nghttp2, no gRPC C++ library, no extra thread). A
+// daemon's own thread (its own HTTP/2, protobuf, no gRPC C++ library, no extra thread). A
 // missing module: a clear start-up error naming the file.
 
 #include "tests/support/daemon_fixture.h"
@@ -104,11 +104,12 @@ TEST(SidecarDaemon, WithWorkloadApiTheModuleServesAnIndependentClient) {
   d.start();
   ASSERT_TRUE(ready(d)) << d.log();
   ASSERT_TRUE(wait_until([&] { return fs::exists(socket); }, kWait)) << d.log();
-  // The module is loaded (with nghttp2 and protobuf) and serves on the daemon's own io_context
-  // thread: it starts no thread, and no gRPC C++ library is mapped.
+  // The module is loaded (with protobuf; HTTP/2 is its own) and serves on the daemon's own
+  // io_context thread: it starts no thread, and no gRPC C++ library, nor nghttp2, is mapped.
   const auto libs = mapped(d.pid(), {"certagent-sidecar.so"});
   EXPECT_EQ(libs.size(), 1u) << d.log();
-  EXPECT_EQ(mapped(d.pid(), {"libnghttp2"}).size(), 1u) << d.log();
+  EXPECT_EQ(mapped(d.pid(), {"libprotobuf"}).size(), 1u) << d.log();
+  EXPECT_TRUE(mapped(d.pid(), {"libnghttp2"}).empty()) << d.log();
   const auto grpc = mapped(d.pid(), {"libgrpc", "libabsl", "libupb"});
   EXPECT_TRUE(grpc.empty()) << *grpc.begin();
 
