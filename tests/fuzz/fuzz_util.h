@@ -1,12 +1,13 @@
 #pragma once
 // Shared by the libFuzzer harnesses: an invariant check that aborts (libFuzzer records the input
-// as a crash), quiet logging, and the input as text.
+// as a crash), a limit on waiting, quiet logging, and the input as text.
 
 #include "core/logging.h"
 
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -25,6 +26,21 @@
   } while (0)
 
 namespace certagent::fuzz {
+
+// How long a harness waits for the code under test: rounds in which nothing happened (no
+// handler ran, no byte moved), each waiting `per_round` at most, up to 10 s of them. Counting
+// idle rounds, not wall time, keeps a harness starved of CPU or stopped (a loaded machine, a
+// SIGSTOP) from reporting a hang it does not have; libFuzzer's -timeout bounds everything else.
+class IdleLimit {
+ public:
+  explicit IdleLimit(std::chrono::milliseconds per_round = std::chrono::milliseconds(1))
+      : left_(std::chrono::milliseconds(10'000) / per_round) {}
+  // After each round: false once the idle rounds are spent.
+  bool round(bool progress) { return progress || left_-- > 0; }
+
+ private:
+  long left_;
+};
 
 inline std::string_view text_of(const std::uint8_t* data, std::size_t size) {
   return {reinterpret_cast<const char*>(data), size};
