@@ -66,12 +66,12 @@ FrameHeader parse_frame_header(const std::uint8_t* p) {
 
 void append_frame_header(std::string& out, std::uint32_t length, Type type, std::uint8_t flags,
                          std::uint32_t stream_id) {
-  out.push_back(static_cast<char>(length >> 16));
-  out.push_back(static_cast<char>(length >> 8));
-  out.push_back(static_cast<char>(length));
-  out.push_back(static_cast<char>(type));
-  out.push_back(static_cast<char>(flags));
-  append_u32(out, stream_id & 0x7fffffffu);
+  stream_id &= 0x7fffffffu;
+  const char h[kFrameHeaderBytes] = {
+      static_cast<char>(length >> 16), static_cast<char>(length >> 8), static_cast<char>(length),
+      static_cast<char>(type),         static_cast<char>(flags),       static_cast<char>(stream_id >> 24),
+      static_cast<char>(stream_id >> 16), static_cast<char>(stream_id >> 8), static_cast<char>(stream_id)};
+  out.append(h, sizeof h);
 }
 
 void append_settings(std::string& out,

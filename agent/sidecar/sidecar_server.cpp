@@ -422,6 +422,13 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
     std::vector<std::pair<std::string, std::string>> bundles;  // trust domain, DER
     std::string key;
   };
+  struct PeerKey {
+    bool known;
+    uid_t uid;
+    gid_t gid;
+    std::vector<gid_t> groups;
+    auto operator<=>(const PeerKey&) const = default;
+  };
   struct Bucket {
     double tokens{0};
     SteadyClock::time_point last;
@@ -441,8 +448,16 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   void open_bundles(const std::shared_ptr<Call>& call);
   SdsContent sds_content(const http::Peer& peer, const std::vector<std::string>& names,
                          std::vector<std::string>* denied);
+  // What a set of names gives a caller now: the content, its key and version. During a refresh,
+  // one per (caller identity, names), shared by the streams that ask the same.
+  struct SdsPlan;
+  SdsPlan& sds_plan(const http::Peer& peer, const std::vector<std::string>& names,
+                    std::map<std::string, Bytes>& shared, SdsPlan& scratch);
   void sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& shared);
   SvidContent svid_content(const http::Peer& peer);
+  // During a refresh, one SvidContent per caller identity (uid, gid, groups), shared by its
+  // streams: what a stream may have depends on nothing else.
+  const SvidContent& svid_content_for(const http::Peer& peer, SvidContent& scratch);
   BundlesContent bundles_content(const http::Peer& peer);
   void svid_push(SvidStream& s, std::map<std::string, Bytes>& shared);
   void bundles_push(BundlesStream& s, std::map<std::string, Bytes>& shared);
@@ -500,6 +515,13 @@ class SidecarServer::Impl : public std::enable_shared_from_this<Impl> {
   std::map<std::string, TlsCache> tls_cache_;
   std::map<std::string, TrustCache> trust_cache_;
   std::map<std::string, SvidCache> svid_cache_;
+  std::map<PeerKey, SvidContent>* svid_memo_{nullptr};  // during refresh_all
+  struct SdsPlan {
+    SdsContent content;
+    std::string key;
+    Bytes version;
+  };
+  std::map<std::pair<PeerKey, std::vector<std::string>>, SdsPlan>* sds_memo_{nullptr};
   std::int64_t log_second_{0};
   int logged_{0};
   std::size_t pushes_sds_{0};
@@ -1852,26 +1874,56 @@ void Impl::sds_request(SdsStream& s, const DiscoveryRequest& request) {
 // The response is serialised once per distinct content (version) and shared by every stream
 // that gets it; only version_info and the stream's nonce are per stream, serialised after it
 // (protobuf merges fields in any order).
-void Impl::sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& shared) {
-  auto content = sds_content(s.call->peer(), s.names, nullptr);
-  if (!s.sent && content.resources.empty()) return;  // nothing to say yet
+Impl::SdsPlan& Impl::sds_plan(const http::Peer& peer, const std::vector<std::string>& names,
+                               std::map<std::string, Bytes>& shared, SdsPlan& scratch) {
+  SdsPlan* plan = &scratch;
+  if (sds_memo_) {
+    auto [it, fresh] = sds_memo_->try_emplace(
+        std::make_pair(PeerKey{peer.known, peer.uid, peer.gid, peer.groups}, names));
+    if (!fresh) return it->second;
+    plan = &it->second;
+  }
+  plan->content = sds_content(peer, names, nullptr);
   // Streams with the same content share its version (a digest) and its bytes: keyed by the
   // (name, content id) pairs, which are sorted (the names are).
-  std::string key = "sds:";
-  for (const auto& [name, id] : content.ids) key.append(name).append("=").append(id).append(";");
-  auto& body = shared[key];
-  auto& version_of = shared["v:" + key];
-  if (!version_of) version_of = std::make_shared<const std::string>(content_version(content.ids));
-  const std::string& version = *version_of;
+  plan->key = "sds:";
+  for (const auto& [name, id] : plan->content.ids) {
+    plan->key.append(name).append("=").append(id).append(";");
+  }
+  auto& version_of = shared["v:" + plan->key];
+  if (!version_of) version_of = std::make_shared<const std::string>(content_version(plan->content.ids));
+  plan->version = version_of;
+  return *plan;
+}
+
+void Impl::sds_push(SdsStream& s, bool always, std::map<std::string, Bytes>& shared) {
+  SdsPlan scratch;
+  SdsPlan& plan = sds_plan(s.call->peer(), s.names, shared, scratch);
+  if (!s.sent && plan.content.resources.empty()) return;  // nothing to say yet
+  const std::string& version = *plan.version;
   if (!always && s.sent && version == s.version) return;
   s.version = version;
   s.nonce = std::to_string(++s.nonces);
   s.sent = true;
-  if (!body) body = serialize(*discovery_response(content.resources, "", ""));
-  DiscoveryResponse tail;
-  tail.set_version_info(s.version);
-  tail.set_nonce(s.nonce);
-  s.call->send(frame_message(body, tail.SerializeAsString()));
+  auto& body = shared[plan.key];
+  if (!body) body = serialize(*discovery_response(plan.content.resources, "", ""));
+  // DiscoveryResponse's version_info (1) and nonce (5), which protobuf merges into the shared
+  // message: encoded here, a protobuf object per stream cost more than the rest of the push.
+  std::string tail;
+  auto field = [&tail](char tag, const std::string& value) {
+    tail.push_back(tag);
+    for (std::size_t n = value.size(); ; n >>= 7) {
+      if (n < 0x80) {
+        tail.push_back(static_cast<char>(n));
+        break;
+      }
+      tail.push_back(static_cast<char>((n & 0x7f) | 0x80));
+    }
+    tail += value;
+  };
+  field('\x0a', s.version);
+  field('\x2a', s.nonce);
+  s.call->send(frame_message(body, std::move(tail)));
   ++pushes_sds_;
 }
 
@@ -1970,9 +2022,20 @@ void Impl::open_svid(const std::shared_ptr<Call>& call) {
 
 // The standard: every message is the full set the caller may have; none at all (no identity,
 // or every SVID expired or removed) is PERMISSION_DENIED, which ends the stream.
+const Impl::SvidContent& Impl::svid_content_for(const http::Peer& peer, SvidContent& scratch) {
+  if (!svid_memo_) {
+    scratch = svid_content(peer);
+    return scratch;
+  }
+  auto [it, fresh] = svid_memo_->try_emplace(PeerKey{peer.known, peer.uid, peer.gid, peer.groups});
+  if (fresh) it->second = svid_content(peer);
+  return it->second;
+}
+
 void Impl::svid_push(SvidStream& s, std::map<std::string, Bytes>& shared) {
   if (s.ended) return;
-  auto content = svid_content(s.call->peer());
+  SvidContent scratch;
+  const SvidContent& content = svid_content_for(s.call->peer(), scratch);
   if (content.svids.empty()) {
     s.ended = true;
     const std::string why = content.entitled
@@ -2043,12 +2106,18 @@ void Impl::refresh_all() {
   // (PERMISSION_DENIED) while we go: its entry stays until its HTTP/2 stream closes.
   std::map<std::string, Bytes> shared;
   std::vector<std::shared_ptr<Connection>> batch;
+  std::map<PeerKey, SvidContent> svid_memo;
+  std::map<std::pair<PeerKey, std::vector<std::string>>, SdsPlan> sds_memo;
   batch_ = &batch;
+  svid_memo_ = &svid_memo;
+  sds_memo_ = &sds_memo;
   for (auto& [id, s] : sds_) {
     if (s.requested) sds_push(s, false, shared);
   }
   for (auto& [id, s] : svid_) svid_push(s, shared);
   for (auto& [id, s] : bundles_) bundles_push(s, shared);
+  svid_memo_ = nullptr;
+  sds_memo_ = nullptr;
   batch_ = nullptr;
   for (auto& conn : batch) conn->run_flush();
   publish_pushes();
