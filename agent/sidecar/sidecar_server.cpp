@@ -65,6 +65,10 @@ constexpr std::size_t kMaxSegments = 1000;
 // Limits against floods, as nghttp2 sets them: CONTINUATION frames per header block, entries
 // per SETTINGS frame, PING/SETTINGS answers queued unread, client resets (a burst, then a rate).
 constexpr int kMaxContinuations = 8;
+// A header block (HEADERS and its CONTINUATIONs) is gathered whole before it is decoded: beyond
+// this it could not decode to a list within kMaxHeaderListBytes anyway, and a client holding
+// blocks open on many connections must not make us hold 144 KiB for each.
+constexpr std::size_t kMaxHeaderBlockBytes = 2 * kMaxHeaderListBytes;
 constexpr std::size_t kMaxSettingsEntries = 32;
 constexpr int kMaxQueuedAcks = 100;
 constexpr double kResetBurst = 100;
@@ -829,6 +833,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       pos += 5;
     }
     if (pad > payload.size() - pos) return connection_error(ErrorCode::protocol_error, "HEADERS padding too long");
+    if (payload.size() - pos - pad > kMaxHeaderBlockBytes) return flood("a header block over 32 KiB");
     block_.assign(payload.substr(pos, payload.size() - pos - pad));
     block_flags_ = h.flags;
     continuations_ = 0;
@@ -846,6 +851,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (++continuations_ > kMaxContinuations) {
       return flood("more than " + std::to_string(kMaxContinuations) + " CONTINUATION frames");
     }
+    if (block_.size() + payload.size() > kMaxHeaderBlockBytes) return flood("a header block over 32 KiB");
     block_.append(payload);
     if (h.flags & h2::flag::end_headers) {
       const auto sid = block_stream_;

@@ -1309,6 +1309,10 @@ TEST_F(SidecarApiTest, WindowsAndFramesBreakingTheRulesAreConnectionErrors) {
       {"SETTINGS ENABLE_PUSH 2", RawH2::frame(kSettings, 0, 0, std::string("\x00\x02", 2) + RawH2::u32(2)), 0x1},
       {"a frame past 16 KiB", RawH2::frame(kData, 0, 1, std::string(16385, 'x')), 0x6},
       {"PUSH_PROMISE", RawH2::frame(5, 0x4, 1, RawH2::u32(2)), 0x1},
+      {"a header block over 32 KiB",
+       RawH2::frame(kHeaders, 0, 1, std::string(16384, '\x80')) +
+           RawH2::frame(9, 0, 1, std::string(16384, '\x80')) + RawH2::frame(9, 0x4, 1, "x"),
+       0xb},
   };
   for (const auto& k : cases) {
     RawH2 c(path_);
