@@ -667,32 +667,48 @@ const ReloaderType* Catalog::reloader(std::string_view name) const {
 
 namespace {
 
-// Where the text stops being UTF-8 (overlong forms, surrogates and code points past U+10FFFF
-// count as invalid), or npos. YAML is UTF-8 here: yaml-cpp reads other bytes but writes them back
-// differently, so a config with them would not survive check-config (found by fuzz_config).
-std::size_t first_invalid_utf8(std::string_view s) {
+// The first character YAML does not allow in a config here, and what it is; npos when none.
+// YAML is UTF-8 here (overlong forms, surrogates and code points past U+10FFFF count as
+// invalid), and printable: tab, LF and CRLF line ends, no other C0 or C1 control character, no
+// DEL. yaml-cpp reads both kinds but writes them back differently, so a config with them would
+// not survive check-config, and a NUL or a lone CR would reach a broker in a label or a path
+// (found by fuzz_config).
+struct BadCharacter {
+  std::size_t at{std::string_view::npos};
+  const char* what{""};
+};
+
+BadCharacter first_bad_character(std::string_view s) {
   std::size_t i = 0;
   while (i < s.size()) {
     const auto c = static_cast<unsigned char>(s[i]);
     std::size_t len = 0;
     std::uint32_t cp = 0;
-    if (c < 0x80) { ++i; continue; }
+    if (c < 0x80) {
+      const bool crlf = c == '\r' && i + 1 < s.size() && s[i + 1] == '\n';
+      if ((c < 0x20 && c != '\t' && c != '\n' && !crlf) || c == 0x7f) {
+        return {i, c == '\r' ? "a carriage return without a line feed" : "a control character"};
+      }
+      ++i;
+      continue;
+    }
     if (c >= 0xc2 && c <= 0xdf) { len = 2; cp = c & 0x1fu; }
     else if (c >= 0xe0 && c <= 0xef) { len = 3; cp = c & 0x0fu; }
     else if (c >= 0xf0 && c <= 0xf4) { len = 4; cp = c & 0x07u; }
-    else return i;
-    if (s.size() - i < len) return i;
+    else return {i, "not UTF-8"};
+    if (s.size() - i < len) return {i, "not UTF-8"};
     for (std::size_t k = 1; k < len; ++k) {
       const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xc0u) != 0x80u) return i;
+      if ((cc & 0xc0u) != 0x80u) return {i, "not UTF-8"};
       cp = (cp << 6) | (cc & 0x3fu);
     }
     if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
         (cp >= 0xd800 && cp <= 0xdfff))
-      return i;
+      return {i, "not UTF-8"};
+    if (cp >= 0x80 && cp <= 0x9f) return {i, "a control character"};
     i += len;
   }
-  return std::string_view::npos;
+  return {};
 }
 
 // Where each YAML document of a text starts, read with the parser's events only (no nodes).
@@ -760,7 +776,8 @@ Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_n
   YamlReader reader(source_name.string(), base);
   Config config;
   config.source = source_name;
-  if (const std::size_t bad = first_invalid_utf8(yaml_text); bad != std::string_view::npos) {
+  if (const BadCharacter found = first_bad_character(yaml_text); found.at != std::string_view::npos) {
+    const std::size_t bad = found.at;
     YAML::Mark mark;
     mark.pos = static_cast<int>(bad);
     const std::string_view before = yaml_text.substr(0, bad);
@@ -769,7 +786,8 @@ Result<Config> parse_config(std::string_view yaml_text, const fs::path& source_n
     mark.column = static_cast<int>(line_start == std::string_view::npos ? bad : bad - line_start - 1);
     char byte[8];
     std::snprintf(byte, sizeof byte, "0x%02x", static_cast<unsigned char>(yaml_text[bad]));
-    reader.error(mark, std::string("byte ") + byte + " is not UTF-8, expected a UTF-8 text file");
+    reader.error(mark, std::string("byte ") + byte + " is " + found.what +
+                           ", expected a UTF-8 text file of printable characters");
     Error err = make_error(reader.joined_errors());
     err.configuration = true;
     return err;

@@ -580,7 +580,8 @@ TEST(ConfigErrorsMisc, TextThatIsNotUtf8IsRefusedWithItsPosition) {
   auto r = parse_config(HEAD "    broker: dev\n    common_name: \"web\xff.internal\"\n", kSource);
   ASSERT_FALSE(r.has_value());
   EXPECT_TRUE(r.error().configuration);
-  EXPECT_EQ(r.error().message, "/cfg/t.yaml:6:22: byte 0xff is not UTF-8, expected a UTF-8 text file");
+  EXPECT_EQ(r.error().message, "/cfg/t.yaml:6:22: byte 0xff is not UTF-8, expected a UTF-8 text "
+                               "file of printable characters");
   // Overlong forms, surrogates and truncated sequences are not UTF-8 either.
   for (const char* bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82"}) {
     EXPECT_FALSE(parse_config(HEAD "    broker: dev\n    common_name: \"web" + std::string(bad) + "\"\n", kSource))
@@ -588,6 +589,29 @@ TEST(ConfigErrorsMisc, TextThatIsNotUtf8IsRefusedWithItsPosition) {
   }
   // Multi-byte UTF-8 is fine (here in a comment, where nothing else checks it).
   parse_ok(HEAD "    broker: dev  # caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x94\x92\n    common_name: web.internal\n");
+}
+
+// fuzz_config: `label: primary <NUL> <CR> # comment` was read as a label ending in a NUL and a
+// CR, which check-config wrote back as another label (and which would have reached the broker).
+TEST(ConfigErrorsMisc, ControlCharactersAreRefusedWithTheirPosition) {
+  const char nul[] = HEAD "    broker: dev\n    common_name: web   \x00  \r  # a comment\n";
+  auto r = parse_config(std::string_view(nul, sizeof nul - 1), kSource);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_TRUE(r.error().configuration);
+  EXPECT_EQ(r.error().message, "/cfg/t.yaml:6:24: byte 0x00 is a control character, expected a UTF-8 "
+                               "text file of printable characters");
+  auto cr = parse_config(HEAD "    broker: dev\n    common_name: web\r  # a comment\n", kSource);
+  ASSERT_FALSE(cr.has_value());
+  EXPECT_NE(cr.error().message.find("6:21: byte 0x0d is a carriage return without a line feed"),
+            std::string::npos)
+      << cr.error().message;
+  // DEL, ESC, and C1 controls (U+0085 as UTF-8) too.
+  for (const char* bad : {"\x7f", "\x1b", "\xc2\x85"}) {
+    EXPECT_FALSE(parse_config(HEAD "    broker: dev\n    common_name: \"web" + std::string(bad) + "\"\n", kSource))
+        << bad;
+  }
+  // Tabs in a comment and CRLF line ends are fine.
+  parse_ok(HEAD "    broker: dev\t# a\ttab\r\n    common_name: web.internal\r\n");
 }
 
 TEST(ConfigErrorsMisc, NoBrokersDefinedSaysSo) {
