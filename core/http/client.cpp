@@ -475,6 +475,13 @@ awaitable<Client::Impl::Exchange> Client::Impl::exchange(Stream& stream, const U
   }
   auto& res = parser.get();
   out.response.status = res.result_int();
+  // RFC 9110 15: a status's first digit is its class, 1 to 5; Beast takes any three digits
+  // ("082" read as 82: found by fuzz_broker_answers). 6xx-9xx stay, as codes of no known class.
+  if (out.response.status < 100) {
+    out.ec = bhttp::error::bad_status;
+    out.step = "read";
+    co_return out;
+  }
   for (const auto& field : res)
     out.response.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
   out.response.body = std::move(res.body());

@@ -280,6 +280,17 @@ TEST_F(ClientTest, NotHttpIsAnError) {
   EXPECT_FALSE(get(*client, server.url() + "/"));
 }
 
+// fuzz_broker_answers: "HTTP/1.1 082 OK" came back as a response with status 82.
+TEST_F(ClientTest, AStatusBelow100IsAnError) {
+  TestHttpsServer server(pki.leaf.cert_pem(), pki.leaf.key_pem(), [](const TestHttpsServer::Request&) {
+    return TestHttpsServer::Reply{.raw = std::string("HTTP/1.1 082 OK\r\nContent-Length: 2\r\n\r\n{}")};
+  });
+  auto client = make_client();
+  auto r = get(*client, server.url() + "/");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("read"), std::string::npos) << r.error().message;
+}
+
 TEST_F(ClientTest, ConnectionRefused) {
   int port = test::free_tcp_port();
   auto client = make_client(ClientOptions{.timeout = 2s});
