@@ -330,7 +330,6 @@ struct Call {
   bool has_authority{false};
   bool saw_field{false};   // a regular field came (pseudo-headers must come before)
   bool bad_header{false};  // a malformed request (RFC 9113 8.1.1): reset
-  bool started{false};     // headers complete and dispatched
   bool admitted{false};    // counted by the limits
   bool remote_closed{false};
   uid_t uid{0};            // the caller's, once admitted
@@ -626,7 +625,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
     call.response_started = true;
     schedule_flush();
   }
-  void submit_trailers(Call&) { schedule_flush(); }
   // Not gRPC at all (content-type): an HTTP status alone, as the gRPC spec asks (415).
   void reject_http(Call& call, std::string_view status) {
     call.finishing = true;
@@ -634,6 +632,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     call.http_status = status;
     schedule_flush();
   }
+  // Something new to send (a message, trailers, or Trailers-Only): gathered at the next flush.
   void resume(Call&) { schedule_flush(); }
 
  private:
@@ -741,7 +740,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     } else {
       in_.assign(input.substr(at));
     }
-    if (in_.empty() && in_.capacity() > 0) std::string().swap(in_);
+    if (in_.empty()) std::string().swap(in_);  // a connection between frames holds no buffer
   }
 
   void on_frame(const h2::FrameHeader& h, std::string_view payload) {
@@ -904,7 +903,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
         } else if (call->bad_header || !call->has_method || !call->has_scheme || call->path.empty()) {
           reset(*call, ErrorCode::protocol_error);
         } else {
-          call->started = true;
           impl_->start_call(call);
           if (end_stream && call->conn && !call->remote_closed) half_closed(call);
         }
@@ -1416,11 +1414,9 @@ void Call::finish(Status status) {
   finishing = true;
   pending.reset();  // the message being written (or about to be) still goes out
   trailers = std::move(status);
-  if (!response_started) {
-    conn->submit_trailers(*this);  // Trailers-Only
-  } else {
-    conn->resume(*this);  // after the message being written, so it is not cut off
-  }
+  // The flush sends Trailers-Only if no response started, else trailers after the message
+  // being written, so it is not cut off.
+  conn->resume(*this);
 }
 
 // ---- Impl: connections and calls ------------------------------------------------------------
