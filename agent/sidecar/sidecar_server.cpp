@@ -83,6 +83,7 @@ enum class Code : int {
   ok = 0,
   cancelled = 1,
   invalid_argument = 3,
+  deadline_exceeded = 4,
   permission_denied = 7,
   resource_exhausted = 8,
   unimplemented = 12,
@@ -94,6 +95,30 @@ struct Status {
   Code code{Code::ok};
   std::string message;
 };
+
+// gRPC's grpc-timeout (PROTOCOL-HTTP2.md): 1 to 8 ASCII digits and a unit (H, M, S, m, u, n).
+// nullopt: malformed. A timeout of more than a year is as good as none: duration::max().
+std::optional<SteadyClock::duration> parse_grpc_timeout(std::string_view v) {
+  if (v.size() < 2 || v.size() > 9) return std::nullopt;
+  std::int64_t n = 0;
+  for (const char ch : v.substr(0, v.size() - 1)) {
+    if (ch < '0' || ch > '9') return std::nullopt;
+    n = n * 10 + (ch - '0');
+  }
+  constexpr std::int64_t kYear = 365LL * 24 * 3600;
+  std::int64_t seconds = 0;
+  switch (v.back()) {
+    case 'H': seconds = n * 3600; break;
+    case 'M': seconds = n * 60; break;
+    case 'S': seconds = n; break;
+    case 'm': return std::chrono::milliseconds(n);  // 8 digits: at most 28 hours
+    case 'u': return std::chrono::microseconds(n);
+    case 'n': return std::chrono::nanoseconds(n);
+    default: return std::nullopt;
+  }
+  if (seconds > kYear) return SteadyClock::duration::max();
+  return std::chrono::seconds(seconds);
+}
 
 enum class Api { connection, sds, sds_fetch, x509_svid, x509_bundles };
 
@@ -330,11 +355,13 @@ struct Call {
   bool has_authority{false};
   bool saw_field{false};   // a regular field came (pseudo-headers must come before)
   bool bad_header{false};  // a malformed request (RFC 9113 8.1.1): reset
+  bool bad_timeout{false};  // grpc-timeout malformed: INTERNAL, as grpc-go answers
   bool admitted{false};    // counted by the limits
   bool remote_closed{false};
   uid_t uid{0};            // the caller's, once admitted
   std::size_t messages_in{0};
   std::string inbuf;       // request bytes not yet a whole message
+  std::optional<SteadyClock::time_point> deadline;  // from grpc-timeout
 
   // HTTP/2 flow control: what we may still send, and what came since our last WINDOW_UPDATE.
   std::int64_t send_window{h2::kDefaultWindow};
@@ -634,6 +661,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   // Something new to send (a message, trailers, or Trailers-Only): gathered at the next flush.
   void resume(Call&) { schedule_flush(); }
+  // A call's grpc-timeout: when it passes, the call ends with DEADLINE_EXCEEDED, as gRPC's
+  // servers end it (a client that set one may not be there to cancel it).
+  void watch_deadline(SteadyClock::time_point at) {
+    if (next_deadline_ && *next_deadline_ <= at) return;
+    next_deadline_ = at;
+    arm_timer();
+  }
 
  private:
   // What the gRPC layer may keep open at once on one connection; more are refused by HTTP/2.
@@ -955,6 +989,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
       call.encoding = value;
     } else if (name == "workload.spiffe.io") {
       call.spiffe_header = value == "true";
+    } else if (name == "grpc-timeout") {
+      const auto timeout = parse_grpc_timeout(value);
+      if (!timeout) {
+        call.bad_timeout = true;
+      } else if (*timeout != SteadyClock::duration::max()) {
+        call.deadline = SteadyClock::now() + *timeout;
+      }
     }
   }
 
@@ -1308,11 +1349,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
                        });
   }
 
-  // One timer per connection: keep-alive PINGs, their answer, and the idle limit.
+  // One timer per connection: keep-alive PINGs, their answer, the idle limit and the calls'
+  // deadlines.
   void arm_timer() {
     if (closed_) return;
     auto at = next_ping_;
     if (ping_deadline_) at = std::min(at, *ping_deadline_);
+    if (next_deadline_) at = std::min(at, *next_deadline_);
     if (idle_since_) at = std::min(at, *idle_since_ + impl_->config().idle_timeout);
     timer_.expires_at(at);
     timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
@@ -1323,6 +1366,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void on_timer() {
     const auto now = SteadyClock::now();
+    if (next_deadline_ && now >= *next_deadline_) {
+      next_deadline_.reset();
+      std::vector<std::shared_ptr<Call>> late;  // finishing may close streams: not while walking
+      for (const auto& [sid, call] : calls_) {
+        if (!call->deadline || call->finishing) continue;
+        if (*call->deadline <= now) {
+          late.push_back(call);
+        } else if (!next_deadline_ || *call->deadline < *next_deadline_) {
+          next_deadline_ = call->deadline;
+        }
+      }
+      for (const auto& call : late) {
+        call->deadline.reset();
+        call->finish({Code::deadline_exceeded, "deadline exceeded"});
+        if (closed_) return;
+      }
+    }
     if (ping_deadline_ && now >= *ping_deadline_) {
       close("keepalive_timeout", "no PING answer; " + std::to_string(out_.size()) +
                                      " bytes not taken by the client");
@@ -1360,6 +1420,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   asio::steady_timer timer_;
   SteadyClock::time_point next_ping_;
   std::optional<SteadyClock::time_point> ping_deadline_;
+  std::optional<SteadyClock::time_point> next_deadline_;  // the earliest call deadline, or later
   std::optional<SteadyClock::time_point> idle_since_;
   SteadyClock::time_point reset_refill_;
   double reset_tokens_{0};
@@ -1495,6 +1556,10 @@ void Impl::start_call(const std::shared_ptr<Call>& call) {
     c.finish({Code::unimplemented, "grpc-encoding " + c.encoding + " is not supported (identity only)"});
     return;
   }
+  if (c.bad_timeout) {
+    c.finish({Code::internal, "malformed grpc-timeout"});
+    return;
+  }
   auto refuse = [&](Code code, std::string_view reason, std::string message) {
     refused(c.api, c.peer(), reason, message);
     c.finish({code, std::move(message)});
@@ -1516,6 +1581,7 @@ void Impl::start_call(const std::shared_ptr<Call>& call) {
   }
   c.admitted = true;
   c.uid = c.peer().uid;
+  if (c.deadline) c.conn->watch_deadline(*c.deadline);
   if (c.api == Api::sds) open_sds(call);
 }
 

@@ -845,6 +845,45 @@ TEST_F(SidecarApiTest, ErrorsBeforeAnyMessageAreTrailersOnlyAndNonGrpcIsHttp415)
   EXPECT_EQ(svids.svids_size(), 2);  // root: api and web
 }
 
+TEST_F(SidecarApiTest, AStreamWithAGrpcTimeoutEndsWithDeadlineExceededWhenItPasses) {
+  start();
+  H2Client h2(path_);
+  const std::string empty("\0\0\0\0\0", 5);
+  auto svid_call = [&](std::string timeout) {
+    std::vector<std::pair<std::string, std::string>> headers = {{"workload.spiffe.io", "true"}};
+    if (!timeout.empty()) headers.emplace_back("grpc-timeout", timeout);
+    return h2.call(kFetchX509Svid, {empty}, true, headers);
+  };
+  const auto timed = svid_call("300m");
+  const auto untimed = svid_call("");
+  const auto far = svid_call("99999999H");  // 11,000 years: as good as none
+  const auto letter = svid_call("5x");
+  const auto nine_digits = svid_call("123456789m");
+  const auto no_digits = svid_call("S");
+  // A bidirectional SDS stream whose client keeps its side open.
+  const auto sds = h2.call(kStreamSecrets, {grpc_frame(sds_request({"web"}))}, false, {{"grpc-timeout", "200m"}});
+  ASSERT_TRUE(h2.pump([&] { return h2.stream(timed).closed && h2.stream(sds).closed; }));
+  for (auto id : {timed, sds}) {
+    auto& st = h2.stream(id);
+    EXPECT_EQ(grpc_messages(st.data).size(), 1u) << id;  // served, then ended
+    EXPECT_EQ(st.trailers["grpc-status"], "4") << id << " " << st.trailers["grpc-message"];
+  }
+  for (auto id : {letter, nine_digits, no_digits}) {
+    auto& st = h2.stream(id);
+    EXPECT_TRUE(st.closed) << id;
+    EXPECT_EQ(st.headers["grpc-status"], "13") << id;
+    EXPECT_EQ(st.headers["grpc-message"], "malformed grpc-timeout") << id;
+  }
+  // The others go on, on the same connection, and get the next rotation.
+  EXPECT_FALSE(h2.stream(untimed).closed);
+  EXPECT_FALSE(h2.stream(far).closed);
+  EXPECT_EQ(on_io([&] { return server_->streams(); }), 2u);
+  commit("web", material("web"));
+  ASSERT_TRUE(h2.pump([&] {
+    return grpc_messages(h2.stream(untimed).data).size() == 2 && grpc_messages(h2.stream(far).data).size() == 2;
+  }));
+}
+
 TEST_F(SidecarApiTest, AClientThatNeverAnswersPingsIsDroppedAndLoggedOthersCarryOn) {
   auto config = api_config();
   config.keepalive = 300ms;
