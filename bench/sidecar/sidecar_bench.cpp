@@ -1039,7 +1039,14 @@ Figures run_http_watch(Server& server, std::size_t n, int rotations) {
   return f;
 }
 
-bool streams_part(std::size_t n, int rotations) {
+// The p99 target, for the server's own writes and end to end (through this process's one client
+// thread), and the memory target.
+struct Targets {
+  bool server{true};
+  bool end_to_end{true};
+};
+
+Targets streams_part(std::size_t n, int rotations) {
   // Each run has a server of its own: memory a previous run freed would otherwise be reused and
   // hide what this one costs. All are forked before this process touches gRPC (a child forked
   // from a process with gRPC's threads would have gRPC's state without its threads).
@@ -1070,10 +1077,11 @@ bool streams_part(std::size_t n, int rotations) {
   all.back().what = "Workload, 100 streams per conn.";
   print(all.back());
   servers[4].reset();
-  bool met = true;
+  Targets met;
   for (std::size_t i = 1; i < 3; ++i) {
-    met = met && all[i].p99 <= 10.0 && all[i].kib_per_stream <= 8.0 &&
-          all[i].rotations == static_cast<std::size_t>(rotations);
+    const bool whole = all[i].kib_per_stream <= 8.0 && all[i].rotations == static_cast<std::size_t>(rotations);
+    met.server = met.server && whole && all[i].written_p99 <= 10.0;
+    met.end_to_end = met.end_to_end && whole && all[i].p99 <= 10.0;
   }
   return met;
 }
@@ -1170,13 +1178,14 @@ int main(int argc, char** argv) {
               g_grpc_clients ? "gRPC C++ callback API (gRPC's threads)" : "nghttp2 sessions on one epoll thread");
   // The daemon part first: it forks the daemon before this process has any gRPC thread.
   if (!skip_daemon) daemon_part(daemon);
-  bool met = true;
+  Targets met;
   if (!skip_streams) met = streams_part(streams, rotations);
   std::printf("loadavg at the end: %s\n", loadavg().c_str());
   if (!skip_streams) {
     std::printf("targets (SDS and Workload API, one connection per stream: p99 <= 10 ms to %zu "
-                "streams; <= 8 KiB per idle stream): %s\n",
-                streams, met ? "met" : "NOT met");
+                "streams; <= 8 KiB per idle stream): by the server's own writes %s; end to end, "
+                "through this benchmark's one client thread, %s\n",
+                streams, met.server ? "met" : "NOT met", met.end_to_end ? "met" : "NOT met");
   }
   return 0;
 }
