@@ -46,6 +46,14 @@ class ClientTest : public ::testing::Test {
     return std::move(*c);
   }
   Result<Response> get(Client& client, const std::string& url) { return test::run_sync(ioc, client.get(url)); }
+  // A GET from a server that answers every request with these raw bytes.
+  Result<Response> get_raw_answer(std::string raw) {
+    TestHttpsServer server(pki.leaf.cert_pem(), pki.leaf.key_pem(), [raw](const TestHttpsServer::Request&) {
+      return TestHttpsServer::Reply{.raw = raw};
+    });
+    auto client = make_client();
+    return get(*client, server.url() + "/");
+  }
 };
 
 TestHttpsServer::Handler hello() {
@@ -263,30 +271,18 @@ TEST_F(ClientTest, TimesOut) {
 }
 
 TEST_F(ClientTest, TruncatedResponseIsAnError) {
-  TestHttpsServer server(pki.leaf.cert_pem(), pki.leaf.key_pem(), [](const TestHttpsServer::Request&) {
-    return TestHttpsServer::Reply{.raw = std::string("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")};
-  });
-  auto client = make_client();
-  auto r = get(*client, server.url() + "/");
+  auto r = get_raw_answer("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("read"), std::string::npos) << r.error().message;
 }
 
 TEST_F(ClientTest, NotHttpIsAnError) {
-  TestHttpsServer server(pki.leaf.cert_pem(), pki.leaf.key_pem(), [](const TestHttpsServer::Request&) {
-    return TestHttpsServer::Reply{.raw = std::string("<html>garbage</html>\r\n\r\n")};
-  });
-  auto client = make_client();
-  EXPECT_FALSE(get(*client, server.url() + "/"));
+  EXPECT_FALSE(get_raw_answer("<html>garbage</html>\r\n\r\n"));
 }
 
 // fuzz_broker_answers: "HTTP/1.1 082 OK" came back as a response with status 82.
 TEST_F(ClientTest, AStatusBelow100IsAnError) {
-  TestHttpsServer server(pki.leaf.cert_pem(), pki.leaf.key_pem(), [](const TestHttpsServer::Request&) {
-    return TestHttpsServer::Reply{.raw = std::string("HTTP/1.1 082 OK\r\nContent-Length: 2\r\n\r\n{}")};
-  });
-  auto client = make_client();
-  auto r = get(*client, server.url() + "/");
+  auto r = get_raw_answer("HTTP/1.1 082 OK\r\nContent-Length: 2\r\n\r\n{}");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("read"), std::string::npos) << r.error().message;
 }
